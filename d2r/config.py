@@ -1,0 +1,351 @@
+"""One configuration system: dataclass defaults, YAML presets, user YAML, overrides.
+
+Resolution order (later wins): dataclass defaults → preset chain (a preset may
+``extends:`` another) → user YAML files → ``--set a.b=c`` overrides.  Unknown
+keys and values of the wrong type are errors that name the dotted key.  The
+resolved :class:`Config` converts to a plain dict (``to_dict``) which every
+artifact records, and back (``from_dict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Optional
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "ImagesConfig",
+    "RootSiftConfig",
+    "DelfConfig",
+    "FeaturesConfig",
+    "RegionsConfig",
+    "CodebookConfig",
+    "AggregationConfig",
+    "SearchConfig",
+    "VerificationConfig",
+    "Config",
+    "PRESET_DIR",
+    "available_presets",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "parse_override",
+    "diff_configs",
+]
+
+PRESET_DIR = Path(__file__).with_name("presets")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names the dotted key."""
+
+
+@dataclass
+class ImagesConfig:
+    """How images are decoded before feature extraction."""
+
+    max_side: Optional[int] = 1024
+    """Downscale so the longer side is at most this many pixels (None: keep size)."""
+    max_pixels: int = 178_956_970
+    """Refuse images with more pixels than this (decompression-bomb guard)."""
+    on_error: Literal["skip", "raise"] = "skip"
+    """Batch runs: skip unreadable images and list them, or stop at the first."""
+
+
+@dataclass
+class RootSiftConfig:
+    """OpenCV SIFT + Hellinger (RootSIFT) normalisation."""
+
+    max_features: int = 1000
+    """Keep at most this many keypoints, strongest response first."""
+    contrast_threshold: float = 0.04
+    edge_threshold: float = 10.0
+    pca_dim: Optional[int] = None
+    """Reduce to this dimension with a PCA learned on the indexed images (None: 128-D raw)."""
+
+
+@dataclass
+class DelfConfig:
+    """DELF extraction (Noh et al.), field names after the reference's DelfConfig."""
+
+    model_path: Optional[str] = None
+    """SavedModel / TF-Hub directory / Keras weights; None means no DELF model."""
+    model_format: Literal["auto", "tf1_savedmodel", "tf2_savedmodel", "hub", "keras"] = "auto"
+    scales: tuple[float, ...] = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
+    score_threshold: float = 100.0
+    """Absolute attention threshold (reference: ``abs_thres``)."""
+    max_features: int = 1000
+    use_pca: bool = True
+    pca_dim: int = 128
+    use_whitening: bool = False
+    pca_path: Optional[str] = None
+    """Directory with learned PCA parameters (ours or the reference's datum files)."""
+
+
+@dataclass
+class FeaturesConfig:
+    """Which local-feature backend runs, and how its output is stored."""
+
+    backend: Literal["rootsift", "delf"] = "rootsift"
+    store_dtype: Literal["float32", "float16"] = "float16"
+    rootsift: RootSiftConfig = field(default_factory=RootSiftConfig)
+    delf: DelfConfig = field(default_factory=DelfConfig)
+
+
+@dataclass
+class RegionsConfig:
+    """Image regions whose features are aggregated (regional aggregation / search)."""
+
+    source: Literal["none", "detector", "grid", "selective_search"] = "none"
+    detector_path: Optional[str] = None
+    score_threshold: float = 0.1
+    """Detector boxes kept above this score (the paper's indexing threshold)."""
+    max_boxes: int = 100
+    grid_levels: int = 3
+    """R-MAC grid levels when ``source == "grid"``."""
+
+
+@dataclass
+class CodebookConfig:
+    """Visual-word codebook: trained on the indexed images or loaded."""
+
+    path: Optional[str] = None
+    """Load this codebook instead of training one."""
+    num_words: int = 1024
+    seed: int = 0
+    max_points_per_word: int = 256
+    """k-means trains on at most ``num_words * max_points_per_word`` descriptors."""
+    niter: int = 20
+    quantization: Literal["exact", "approximate"] = "exact"
+
+
+@dataclass
+class AggregationConfig:
+    """Aggregation kernel and its similarity (the D2R paper's names)."""
+
+    method: Literal[
+        "vlad", "asmk", "asmk_star", "r_vlad", "naive_r_asmk", "r_asmk", "r_asmk_star"
+    ] = "asmk_star"
+    num_assignments_db: int = 1
+    num_assignments_query: int = 1
+    alpha: float = 3.0
+    tau: float = 0.0
+    database_normalization: bool = True
+    """Divide by the database image's self-similarity too (False: the paper's Eq. 9)."""
+    regional_search: bool = False
+    """Index each region as its own item (D2R regional search)."""
+    pooling: Literal["max", "avg"] = "max"
+    """Regional search: image score from its regions' scores (Eq. 3 max, Eq. 4 average)."""
+
+
+@dataclass
+class SearchConfig:
+    top_k: int = 100
+
+
+@dataclass
+class VerificationConfig:
+    """RANSAC spatial verification re-ranking of the top of the initial ranking."""
+
+    rerank: int = 0
+    """Re-rank the top N (0: off)."""
+    descriptor_threshold: float = 0.8
+    ratio_test: Optional[float] = None
+    mutual: bool = False
+    ransac_threshold: float = 20.0
+    max_trials: int = 1000
+    min_inliers: int = 8
+
+
+@dataclass
+class Config:
+    """The resolved configuration of a pipeline run."""
+
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    regions: RegionsConfig = field(default_factory=RegionsConfig)
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
+
+
+def to_dict(config: Any) -> dict:
+    """Plain nested dict (tuples become lists) of a config dataclass."""
+    def plain(value):
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field annotation and convert it (list → tuple, int → float)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item_type = args[0]
+        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(annotation, value, key)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {annotation!r}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key {dotted!r}; known keys here: {', '.join(sorted(names))}"
+            )
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: Mapping) -> dict:
+    """Recursive dict merge: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped in ``d2r/presets``."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _preset_values(name: str, seen: tuple[str, ...] = ()) -> dict:
+    """Values of preset ``name`` with its ``extends`` chain resolved."""
+    if name in seen:
+        raise ConfigError(f"preset {name!r} extends itself through {' -> '.join(seen)}")
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown preset {name!r}; available: {', '.join(available_presets())}"
+        )
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return _merge(_preset_values(str(parent), seen + (name,)), data)
+
+
+def parse_override(text: str) -> dict:
+    """``"a.b=c"`` → ``{"a": {"b": c}}`` with ``c`` parsed as a YAML scalar or list."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: cannot parse value: {exc}") from exc
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def from_dict(values: Mapping[str, Any]) -> Config:
+    """Build a :class:`Config` from a (possibly partial) nested mapping."""
+    return _build(Config, values)
+
+
+def load_config(
+    preset: Optional[str] = None,
+    files: Iterable[str | Path] = (),
+    overrides: Iterable[str] = (),
+) -> Config:
+    """Resolve defaults → preset → YAML ``files`` → ``overrides`` (``"a.b=c"`` strings)."""
+    values: dict = {}
+    if preset:
+        values = _preset_values(preset)
+    for path in files:
+        data = _read_yaml(Path(path))
+        parent = data.pop("extends", None)
+        if parent is not None:
+            values = _merge(values, _preset_values(str(parent)))
+        values = _merge(values, data)
+    for text in overrides:
+        values = _merge(values, parse_override(text))
+    return from_dict(values)
+
+
+def diff_configs(expected: Mapping, actual: Mapping, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (for refusal messages)."""
+    keys = sorted(set(expected) | set(actual))
+    out = []
+    for key in keys:
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        a, b = expected.get(key), actual.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.extend(diff_configs(a, b, dotted))
+        elif a != b:
+            out.append(f"{dotted}: {a!r} != {b!r}")
+    return out
