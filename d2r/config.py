@@ -66,8 +66,11 @@ class RootSiftConfig:
     """Keep at most this many keypoints, strongest response first."""
     contrast_threshold: float = 0.04
     edge_threshold: float = 10.0
+    pca_path: Optional[str] = None
+    """Directory of learned PCA parameters for RootSIFT (None: raw 128-D RootSIFT)."""
     pca_dim: Optional[int] = None
-    """Reduce to this dimension with a PCA learned on the indexed images (None: 128-D raw)."""
+    """Keep this many PCA components (None: all)."""
+    use_whitening: bool = False
 
 
 @dataclass

@@ -1,0 +1,179 @@
+"""Batch local-feature extraction into a feature store: ``python -m d2r.extract``.
+
+Images come from a directory, a list file or a revisitop dataset directory
+(its database).  Extraction resumes: images already in the store are skipped,
+so a killed run is simply started again.  ``--shard i/n`` takes every n-th
+image starting at i, so n processes (or machines) split a collection, each
+writing its own store.  Unreadable images are skipped, logged, and listed in
+``skipped.tsv`` next to the store (``images.on_error: raise`` stops instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from tqdm import tqdm
+
+from d2r import cli
+from d2r.config import Config, to_dict
+from d2r.features.base import LocalFeatureExtractor
+from d2r.io.feature_store import FeatureStore
+from d2r.io.images import LoadedImage, iter_images, write_skipped
+from d2r.types import LocalFeatures
+
+__all__ = [
+    "make_extractor",
+    "image_features",
+    "store_config",
+    "ExtractionSummary",
+    "extract_to_store",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+SKIPPED_FILE = "skipped.tsv"
+
+
+def make_extractor(config: Config) -> LocalFeatureExtractor:
+    """The local-feature backend ``config.features`` describes (DELF is loaded lazily)."""
+    features = config.features
+    if features.backend == "rootsift":
+        from d2r.features.pca import load_pca
+        from d2r.features.rootsift import RootSiftExtractor
+
+        opts = features.rootsift
+        pca = load_pca(opts.pca_path) if opts.pca_path else None
+        return RootSiftExtractor(
+            max_features=opts.max_features,
+            contrast_threshold=opts.contrast_threshold,
+            edge_threshold=opts.edge_threshold,
+            pca=pca,
+            pca_dim=opts.pca_dim if pca is not None else None,
+            whiten=opts.use_whitening,
+        )
+    from d2r.features.delf import DelfExtractor
+
+    return DelfExtractor.from_config(features.delf)
+
+
+def image_features(
+    extractor: LocalFeatureExtractor, image: LoadedImage, *, box: Optional[Sequence[float]] = None
+) -> LocalFeatures:
+    """Features of a decoded image (optionally of ``box``), in original-image pixels.
+
+    ``box`` is (x1, y1, x2, y2) in original-image pixels; ``image.pixels`` may be a
+    downscaled copy, and the returned locations and ``image_size`` refer to the
+    original image either way.
+    """
+    sx, sy = image.scale_xy
+    scaled_box = None
+    if box is not None:
+        x1, y1, x2, y2 = (float(v) for v in box)
+        scaled_box = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+    feats = extractor.extract(image.pixels, box=scaled_box)
+    return LocalFeatures(
+        locations=image.to_original(feats.locations) if len(feats) else feats.locations,
+        descriptors=feats.descriptors,
+        scales=feats.scales,
+        scores=feats.scores,
+        image_size=image.original_size,
+    )
+
+
+def store_config(config: Config, extractor: LocalFeatureExtractor) -> dict:
+    """What a feature store records about how its features were made."""
+    return {"extractor": extractor.config(), "images": to_dict(config.images)}
+
+
+@dataclass
+class ExtractionSummary:
+    """Outcome of one :func:`extract_to_store` run."""
+
+    extracted: int = 0
+    already_done: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def extract_to_store(
+    config: Config,
+    source: cli.ImageSource,
+    store_path: str | Path,
+    *,
+    extractor: Optional[LocalFeatureExtractor] = None,
+    show_progress: Optional[bool] = None,
+) -> ExtractionSummary:
+    """Extract features of every image of ``source`` missing from the store at ``store_path``.
+
+    The store records the extractor and image config and refuses to be continued
+    with another.  ``show_progress=None`` shows a bar only on a terminal.
+    """
+    extractor = extractor or make_extractor(config)
+    store_path = Path(store_path)
+    summary = ExtractionSummary()
+    start = time.perf_counter()
+    with FeatureStore.open(
+        store_path, mode="a", config=store_config(config, extractor), dim=extractor.dim,
+        dtype=config.features.store_dtype,
+    ) as store:
+        todo = [i for i, name in enumerate(source.names) if name not in store]
+        summary.already_done = len(source) - len(todo)
+        if summary.already_done:
+            logger.info("%s: %d of %d images already extracted", store_path,
+                        summary.already_done, len(source))
+        path_to_name = {source.paths[i]: source.names[i] for i in todo}
+        images = iter_images(
+            [source.paths[i] for i in todo], max_side=config.images.max_side,
+            max_pixels=config.images.max_pixels, on_error=config.images.on_error,
+        )
+        for path, loaded in tqdm(images, total=len(todo), disable=_no_bar(show_progress),
+                                 desc="extract", unit="img"):
+            t0 = time.perf_counter()
+            feats = image_features(extractor, loaded)
+            store.put(path_to_name[path], feats)
+            summary.extracted += 1
+            logger.debug("%s: %d features in %.3f s", path_to_name[path], len(feats),
+                         time.perf_counter() - t0)
+        summary.skipped = [(path_to_name[Path(p)], reason) for p, reason in images.skipped]
+    if summary.skipped:
+        skipped_file = store_path / SKIPPED_FILE
+        write_skipped(summary.skipped, skipped_file)
+        logger.warning("%d unreadable images skipped, listed in %s", len(summary.skipped),
+                       skipped_file)
+    summary.seconds = time.perf_counter() - start
+    logger.info("extracted %d images in %.1f s (%d already done, %d skipped)",
+                summary.extracted, summary.seconds, summary.already_done, len(summary.skipped))
+    return summary
+
+
+def _no_bar(show_progress: Optional[bool]) -> Optional[bool]:
+    """tqdm's ``disable``: None hides the bar when stderr is not a terminal."""
+    return None if show_progress is None else not show_progress
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m d2r.extract", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_source_args(parser)
+    parser.add_argument("--out", required=True, metavar="STORE", help="feature store directory")
+    parser.add_argument("--shard", type=cli.parse_shard, default=(0, 1), metavar="I/N",
+                        help="process every N-th image starting at I (0-based)")
+    cli.add_config_args(parser, default_preset="rootsift-asmk-star")
+    cli.add_common_args(parser)
+    args = cli.parse(parser, argv)
+    config = cli.config_from_args(args)
+    source = cli.source_from_args(args).shard(*args.shard)
+    summary = extract_to_store(config, source, args.out)
+    print(f"{summary.extracted} extracted, {summary.already_done} already done, "
+          f"{len(summary.skipped)} skipped -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
