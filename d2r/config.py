@@ -37,6 +37,7 @@ __all__ = [
     "to_dict",
     "parse_override",
     "diff_configs",
+    "merge_values",
 ]
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -112,6 +113,9 @@ class RegionsConfig:
     max_boxes: int = 100
     grid_levels: int = 3
     """R-MAC grid levels when ``source == "grid"``."""
+    features: Literal["crop", "select"] = "crop"
+    """Region features: extracted from each region's crop (the paper), or the
+    whole-image features whose keypoints fall inside the region (cheaper)."""
 
 
 @dataclass
@@ -164,6 +168,8 @@ class VerificationConfig:
     ransac_threshold: float = 20.0
     max_trials: int = 1000
     min_inliers: int = 8
+    method: Literal["opencv", "skimage"] = "opencv"
+    """RANSAC implementation: OpenCV (fast) or scikit-image (the DELF reference's procedure)."""
 
 
 @dataclass
@@ -252,12 +258,12 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict, update: Mapping) -> dict:
+def merge_values(base: Mapping, update: Mapping) -> dict:
     """Recursive dict merge: mappings merge key by key, anything else replaces."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_values(out[key], value)
         else:
             out[key] = value
     return out
@@ -297,7 +303,7 @@ def _preset_values(name: str, seen: tuple[str, ...] = ()) -> dict:
     parent = data.pop("extends", None)
     if parent is None:
         return data
-    return _merge(_preset_values(str(parent), seen + (name,)), data)
+    return merge_values(_preset_values(str(parent), seen + (name,)), data)
 
 
 def parse_override(text: str) -> dict:
@@ -333,10 +339,10 @@ def load_config(
         data = _read_yaml(Path(path))
         parent = data.pop("extends", None)
         if parent is not None:
-            values = _merge(values, _preset_values(str(parent)))
-        values = _merge(values, data)
+            values = merge_values(values, _preset_values(str(parent)))
+        values = merge_values(values, data)
     for text in overrides:
-        values = _merge(values, parse_override(text))
+        values = merge_values(values, parse_override(text))
     return from_dict(values)
 
 
