@@ -1,0 +1,620 @@
+"""Inverted file for ASMK-family aggregated images (ASMK, ASMK*, R-ASMK, R-ASMK*).
+
+Posting lists are stored contiguously (CSR): ``offsets`` (K+1,) int64 indexes ``image_ids``
+(P,) int32 and the payload, either ``codes`` (P, ceil(D/8)) uint8 packed sign bits or
+``vectors`` (P, D) float32/float16.  ``item_lengths`` (N,) int32 holds each item's number of
+words, for normalisation.  Within a posting list, items appear in ascending id order.
+
+Building is incremental: :meth:`InvertedIndex.add` turns a batch into a word-sorted *run*
+(one stable argsort) and keeps it pending; the runs are merged into the CSR arrays, word
+block by word block, on the first :meth:`~InvertedIndex.search` after an add (or
+:meth:`~InvertedIndex.finalize`), and directly into the output files by
+:meth:`~InvertedIndex.save`.  :class:`InvertedIndexWriter` spills every batch's run to disk,
+so indexes larger than memory are built in bounded RAM.
+
+Search scores every database item at once per query: the per-word similarity ``u`` is
+computed for all postings of all the query's words (binary codes: one gather of the
+concatenated posting ranges, XOR + popcount, sigma by table lookup; float vectors: one BLAS
+mat-vec per query word over its contiguous posting slice), passed through the selectivity
+function and accumulated per item with ``np.bincount``; top-k uses ``np.partition``.  With
+``normalize=True`` the score equals ``similarity(query, item)`` of the aggregation module::
+
+    S(q, d) = sum_{w in W_q & W_d} sigma(u_w) / sqrt(|W_q| |W_d|),
+    sigma(u) = sign(u) |u|^alpha if u > tau else 0,
+    u_w = <x_w, y_w>  or, for D-bit codes,  1 - 2 Hamming(b_w, c_w) / D.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from d2r.aggregation import selectivity
+from d2r.index.storage import IndexFormatError, IndexWriter, StoredIndex, read_index
+from d2r.types import AggregatedImage, SearchResult
+
+__all__ = ["InvertedIndex", "InvertedIndexWriter", "check_k", "check_normalize", "top_k"]
+
+logger = logging.getLogger(__name__)
+
+_GATHER_BYTES = 1 << 25  # bytes of gathered postings processed at once in search
+_MERGE_BYTES = 1 << 28  # bytes of merged postings written per block in merges
+_INT32_MAX = np.iinfo(np.int32).max
+_VECTOR_DTYPES = ("float32", "float16")
+
+
+class _Run(NamedTuple):
+    """Postings sorted by word: ``offsets`` (K+1,) int64, ``ids`` (P,) int32, ``payload`` (P, width)."""
+
+    offsets: np.ndarray
+    ids: np.ndarray
+    payload: np.ndarray
+
+
+def check_normalize(normalize: bool | str) -> str:
+    """Canonical normalisation mode: ``"both"`` (True), ``"query"`` or ``"none"`` (False)."""
+    if normalize is True or normalize == "both":
+        return "both"
+    if normalize is False or normalize == "none":
+        return "none"
+    if normalize == "query":
+        return "query"
+    raise ValueError(f"normalize must be True, False, 'both', 'query' or 'none', got {normalize!r}")
+
+
+def check_k(k: int) -> int:
+    """Validate the number of results ``k`` (a positive integer)."""
+    if isinstance(k, bool) or int(k) != k or int(k) < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` entries of ``scores`` (N,), descending; ties go to the lower id.
+
+    Returns:
+        (k,) float32 scores and (k,) int64 ids, padded with -inf / -1 when N < k.
+    """
+    out_scores = np.full(k, -np.inf, np.float32)
+    out_ids = np.full(k, -1, np.int64)
+    n = scores.shape[0]
+    kk = min(k, n)
+    if kk == 0:
+        return out_scores, out_ids
+    if kk < n:
+        threshold = np.partition(scores, n - kk)[n - kk]
+        above = np.flatnonzero(scores > threshold)
+        ties = np.flatnonzero(scores == threshold)[: kk - above.size]
+        candidates = np.concatenate([above, ties])
+    else:
+        candidates = np.arange(n)
+    order = np.lexsort((candidates, -scores[candidates]))
+    best = candidates[order]
+    out_scores[:kk] = scores[best]
+    out_ids[:kk] = best
+    return out_scores, out_ids
+
+
+def _code_view_dtype(width: int) -> np.dtype:
+    """Widest unsigned integer whose size divides the packed-code row width (for XOR + popcount)."""
+    for dtype in (np.uint64, np.uint32, np.uint16):
+        if width % np.dtype(dtype).itemsize == 0:
+            return np.dtype(dtype)
+    return np.dtype(np.uint8)
+
+
+def _rows(table: np.ndarray) -> np.ndarray:
+    """(P, width) C-contiguous table viewed as (P,) opaque rows (fast fancy assignment)."""
+    return table.view(np.dtype((np.void, table.shape[1] * table.itemsize))).reshape(-1)
+
+
+def _stable_word_order(words: np.ndarray, num_words: int) -> np.ndarray:
+    """Stable argsort of word ids by 16-bit radix passes (numpy radix-sorts 16-bit keys)."""
+    if num_words <= 1 << 16:
+        return np.argsort(words.astype(np.uint16), kind="stable")
+    low = np.argsort((words & 0xFFFF).astype(np.uint16), kind="stable")
+    high = np.argsort((words[low] >> 16).astype(np.uint16), kind="stable")
+    return low[high]
+
+
+def _merged_offsets(runs: Sequence[_Run]) -> np.ndarray:
+    counts = np.zeros(runs[0].offsets.shape[0] - 1, np.int64)
+    for run in runs:
+        counts += np.diff(run.offsets)
+    offsets = np.zeros(counts.shape[0] + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return offsets
+
+
+def _merge_runs(runs: Sequence[_Run], offsets: np.ndarray, out_ids: np.ndarray,
+                out_payload: np.ndarray) -> None:
+    """Merge word-sorted runs into CSR arrays (``offsets`` from :func:`_merged_offsets`).
+
+    Works block by block over word ranges holding about ``_MERGE_BYTES`` of output, so that
+    reads from each run and writes to the output (both possibly memory-mapped files) are
+    contiguous.  Within a word, postings keep run order (earlier runs first).
+    """
+    num_words = offsets.shape[0] - 1
+    total = int(offsets[-1])
+    if total == 0:
+        return
+    row_bytes = out_ids.itemsize + out_payload.itemsize * out_payload.shape[1]
+    block = max(1, _MERGE_BYTES // row_bytes)
+    bounds = np.unique(np.concatenate([
+        [0], np.searchsorted(offsets, np.arange(block, total, block), side="right") - 1, [num_words]]))
+    for w0, w1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        p0, p1 = int(offsets[w0]), int(offsets[w1])
+        if p1 == p0:
+            continue
+        dst_ids = out_ids[p0:p1]
+        dst_payload = _rows(out_payload[p0:p1])
+        filled = offsets[w0:w1] - p0
+        for run in runs:
+            r_off = np.asarray(run.offsets[w0:w1 + 1])
+            r0, r1 = int(r_off[0]), int(r_off[-1])
+            if r1 == r0:
+                continue
+            counts = np.diff(r_off)
+            shift = np.repeat(filled - (r_off[:-1] - r0), counts)
+            dest = shift + np.arange(r1 - r0, dtype=np.int64)
+            dst_ids[dest] = run.ids[r0:r1]
+            dst_payload[dest] = _rows(np.ascontiguousarray(run.payload[r0:r1]))
+            filled = filled + counts
+
+
+class InvertedIndex:
+    """In-memory (or memory-mapped) inverted file over aggregated images.
+
+    Args:
+        num_words: codebook size K.
+        dim: descriptor dimension D.
+        binary: whether items carry packed sign bits (ASMK*) instead of float vectors (ASMK).
+        vector_dtype: storage dtype of float vectors, ``"float32"`` or ``"float16"``
+            (ignored for binary indexes; queries are always computed in float32).
+    """
+
+    kind = "inverted"
+
+    def __init__(self, *, num_words: int, dim: int, binary: bool,
+                 vector_dtype: str = "float32") -> None:
+        if int(num_words) < 1:
+            raise ValueError(f"num_words must be >= 1, got {num_words}")
+        if int(dim) < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if not binary and str(vector_dtype) not in _VECTOR_DTYPES:
+            raise ValueError(f"vector_dtype must be one of {_VECTOR_DTYPES}, got {vector_dtype!r}")
+        self.num_words = int(num_words)
+        self.dim = int(dim)
+        self.binary = bool(binary)
+        self.vector_dtype = "uint8" if self.binary else str(vector_dtype)
+        self.width = (self.dim + 7) // 8 if self.binary else self.dim
+        self.config: dict[str, Any] = {}
+        self._csr = _Run(np.zeros(self.num_words + 1, np.int64), np.zeros(0, np.int32),
+                         np.zeros((0, self.width), self.vector_dtype))
+        self._pending: list[_Run] = []
+        self._lengths_parts: list[np.ndarray] = []
+        self._lengths = np.zeros(0, np.int32)
+        self._names: list[str] = []
+        self._named: bool | None = None
+        self._cache: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ properties
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    @property
+    def num_items(self) -> int:
+        """Number of indexed items N (images, or regions in a regional index)."""
+        return int(self.item_lengths.shape[0])
+
+    @property
+    def num_postings(self) -> int:
+        """Total number of posting entries P (= sum of item lengths)."""
+        return int(self._csr.ids.shape[0]) + sum(int(r.ids.shape[0]) for r in self._pending)
+
+    @property
+    def item_lengths(self) -> np.ndarray:
+        """(N,) int32 number of words of each item."""
+        if self._lengths_parts:
+            self._lengths = np.concatenate([self._lengths, *self._lengths_parts])
+            self._lengths_parts = []
+        return self._lengths
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Item names by id (empty when items were added without names)."""
+        if "names" not in self._cache:
+            self._cache["names"] = tuple(self._names)
+        return self._cache["names"]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the posting arrays, offsets and item lengths (as saved)."""
+        row = 4 + np.dtype(self.vector_dtype).itemsize * self.width
+        return self.num_postings * row + 8 * (self.num_words + 1) + 4 * self.num_items
+
+    @property
+    def bytes_per_posting(self) -> float:
+        """:attr:`nbytes` divided by the number of postings (nan when empty)."""
+        return self.nbytes / self.num_postings if self.num_postings else float("nan")
+
+    def posting_lengths(self) -> np.ndarray:
+        """(K,) int64 number of postings of every visual word."""
+        self.finalize()
+        return np.diff(self._csr.offsets)
+
+    def posting_list(self, word: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ids (n,) int32 and payload (n, width) of visual word ``word``."""
+        if not 0 <= int(word) < self.num_words:
+            raise ValueError(f"word {word} is outside the codebook [0, {self.num_words})")
+        self.finalize()
+        lo, hi = int(self._csr.offsets[word]), int(self._csr.offsets[word + 1])
+        return self._csr.ids[lo:hi], self._csr.payload[lo:hi]
+
+    # ------------------------------------------------------------------ building
+
+    def _check_item(self, what: str, item: Any) -> None:
+        if not isinstance(item, AggregatedImage):
+            raise TypeError(f"{what} must be an AggregatedImage, got {type(item).__name__}")
+        if item.dim != self.dim or item.binary != self.binary:
+            raise ValueError(f"{what} has dim={item.dim}, binary={item.binary}; this index "
+                             f"holds dim={self.dim}, binary={self.binary}")
+        if len(item) and int(item.words[-1]) >= self.num_words:
+            raise ValueError(f"{what} has word {int(item.words[-1])} outside the codebook "
+                             f"[0, {self.num_words})")
+
+    def add(self, items: Sequence[AggregatedImage], names: Sequence[str] | None = None) -> np.ndarray:
+        """Append a batch of items; returns their ids (n,) int64 (consecutive from N).
+
+        Items added with names must always be added with names (and vice versa).  The batch
+        becomes a pending run; it is merged into the CSR arrays on the next search.
+        """
+        items = list(items)
+        for i, item in enumerate(items):
+            self._check_item(f"items[{i}]", item)
+        if names is not None:
+            names = [str(n) for n in names]
+            if len(names) != len(items):
+                raise ValueError(f"names has {len(names)} entries for {len(items)} items")
+        named = names is not None
+        if items and self._named is not None and named != self._named:
+            raise ValueError("items were previously added " + ("with" if self._named else "without")
+                             + " names; pass names consistently")
+        first = self.num_items
+        if first + len(items) > _INT32_MAX:
+            raise ValueError(f"an index holds at most {_INT32_MAX} items")
+        ids = np.arange(first, first + len(items), dtype=np.int64)
+        if not items:
+            return ids
+        self._named = named
+        lengths = np.fromiter((len(it) for it in items), dtype=np.int32, count=len(items))
+        self._pending.append(self._make_run(items, lengths, first))
+        self._lengths_parts.append(lengths)
+        if named:
+            self._names.extend(names)
+        self._cache.clear()
+        return ids
+
+    def _make_run(self, items: list[AggregatedImage], lengths: np.ndarray, first: int) -> _Run:
+        words = np.concatenate([it.words for it in items])
+        payload = np.concatenate([it.vectors for it in items]).astype(self.vector_dtype, copy=False)
+        ids = np.repeat(np.arange(first, first + len(items), dtype=np.int32), lengths)
+        order = _stable_word_order(words, self.num_words)
+        offsets = np.zeros(self.num_words + 1, np.int64)
+        np.cumsum(np.bincount(words, minlength=self.num_words), out=offsets[1:])
+        return _Run(offsets, np.take(ids, order), np.take(payload, order, axis=0))
+
+    def finalize(self) -> None:
+        """Merge pending runs into the CSR arrays (in memory; a memory-mapped base is copied)."""
+        if not self._pending:
+            return
+        if len(self._pending) == 1 and self._csr.ids.shape[0] == 0:
+            self._csr, self._pending = self._pending[0], []
+            self._cache.clear()
+            return
+        runs = [self._csr, *self._pending]
+        offsets = _merged_offsets(runs)
+        total = int(offsets[-1])
+        ids = np.empty(total, np.int32)
+        payload = np.empty((total, self.width), self.vector_dtype)
+        _merge_runs(runs, offsets, ids, payload)
+        self._csr = _Run(offsets, ids, payload)
+        self._pending = []
+        self._cache.clear()
+        logger.debug("merged %d runs into %d postings", len(runs) - 1, total)
+
+    def _shallow_copy(self) -> "InvertedIndex":
+        """A new index sharing this one's arrays; adding to either leaves the other unchanged."""
+        other = InvertedIndex.__new__(InvertedIndex)
+        other.__dict__.update(self.__dict__)
+        other.config = dict(self.config)
+        other._pending = list(self._pending)
+        other._lengths_parts = list(self._lengths_parts)
+        other._names = list(self._names)
+        other._cache = {}
+        return other
+
+    # ------------------------------------------------------------------ search
+
+    def _inv_sqrt_lengths(self) -> np.ndarray:
+        if "inv_sqrt" not in self._cache:
+            lengths = self.item_lengths.astype(np.float64)
+            inv = np.zeros_like(lengths)
+            np.divide(1.0, np.sqrt(lengths), out=inv, where=lengths > 0)
+            self._cache["inv_sqrt"] = inv
+        return self._cache["inv_sqrt"]
+
+    def score_all(self, query: AggregatedImage, *, alpha: float = 3.0, tau: float = 0.0,
+                  normalize: bool | str = True) -> np.ndarray:
+        """Similarity of ``query`` to every item: (N,) float64.
+
+        ``normalize``: True (``"both"``) divides by sqrt(|W_q| |W_d|), ``"query"`` by
+        sqrt(|W_q|) only, False (``"none"``) not at all.  Items sharing no word with the
+        query score 0.
+        """
+        self._check_item("query", query)
+        normalize = check_normalize(normalize)
+        alpha, tau = float(alpha), float(tau)
+        self.finalize()
+        n_items = self.num_items
+        scores = np.zeros(n_items, np.float64)
+        nq = len(query)
+        if nq == 0 or n_items == 0:
+            return scores
+        offsets, db_ids, payload = self._csr
+        starts = offsets[query.words]
+        lengths = offsets[query.words + 1] - starts
+        ends = np.cumsum(lengths)
+        # temporaries per posting: position, id, weight, and for codes the gathered XOR operands
+        row_bytes = 24 + (2 * self.width if self.binary else 0)
+        budget = max(1, _GATHER_BYTES // row_bytes)
+        lo = 0
+        while lo < nq:
+            before = int(ends[lo - 1]) if lo else 0
+            hi = max(lo + 1, int(np.searchsorted(ends, before + budget, side="right")))
+            self._accumulate(query, lo, hi, starts[lo:hi], lengths[lo:hi], alpha, tau, scores)
+            lo = hi
+        if normalize == "both":
+            scores *= self._inv_sqrt_lengths() / np.sqrt(nq)
+        elif normalize == "query":
+            scores /= np.sqrt(nq)
+        return scores
+
+    def _hamming_table(self, alpha: float, tau: float) -> np.ndarray:
+        """(D+1,) float64 sigma(1 - 2h/D) for every Hamming distance h (cached per alpha, tau)."""
+        key = ("hamming_table", alpha, tau)
+        if key not in self._cache:
+            u = 1.0 - 2.0 * np.arange(self.dim + 1) / self.dim
+            self._cache[key] = selectivity(u, alpha=alpha, tau=tau)
+        return self._cache[key]
+
+    def _accumulate(self, query: AggregatedImage, lo: int, hi: int, starts: np.ndarray,
+                    lengths: np.ndarray, alpha: float, tau: float, scores: np.ndarray) -> None:
+        """Add sigma(u) of query words [lo, hi) to ``scores`` of the items in their posting lists.
+
+        Binary codes, fully vectorised: the posting ranges are gathered in one ``np.take``,
+        h = popcount(XOR) on the codes viewed as the widest unsigned words, and since
+        u = 1 - 2h/D takes D+1 values, sigma is a table lookup by h.  Float vectors: one BLAS
+        mat-vec per query word over its contiguous posting slice (no gathered copies; measured
+        >10x faster than gathering rows and query vectors per posting), then the same
+        vectorised sigma and accumulation.
+        """
+        n = int(lengths.sum())
+        if n == 0:
+            return
+        first = np.cumsum(lengths) - lengths
+        pos = np.arange(n, dtype=np.int64) + np.repeat(starts - first, lengths)
+        _, db_ids, payload = self._csr
+        if self.binary:
+            view = _code_view_dtype(self.width)
+            q_codes = np.ascontiguousarray(query.vectors[lo:hi]).view(view)
+            counts = np.bitwise_count(np.take(payload.view(view), pos, axis=0)
+                                      ^ np.repeat(q_codes, lengths, axis=0))
+            hamming = counts[:, 0].astype(np.uint16 if self.dim < 1 << 16 else np.int64)
+            for col in range(1, counts.shape[1]):
+                hamming += counts[:, col]
+            weights = np.take(self._hamming_table(alpha, tau), hamming)
+        else:
+            u = np.empty(n, np.float32)
+            q_vectors = query.vectors[lo:hi]
+            spans = zip(starts.tolist(), lengths.tolist(), first.tolist())
+            for j, (start, length, at) in enumerate(spans):
+                if length:
+                    rows = payload[start:start + length].astype(np.float32, copy=False)
+                    np.matmul(rows, q_vectors[j], out=u[at:at + length])
+            weights = selectivity(u, alpha=alpha, tau=tau)
+        scores += np.bincount(np.take(db_ids, pos), weights=weights, minlength=scores.shape[0])
+
+    def search(self, queries: Sequence[AggregatedImage], *, k: int = 100, alpha: float = 3.0,
+               tau: float = 0.0, normalize: bool | str = True) -> SearchResult:
+        """Top-``k`` items for each query, best first (ties to the lower id).
+
+        Returns:
+            SearchResult with (Q, k) float32 scores and int64 ids (-inf / -1 padding when
+            the index holds fewer than k items), and the item names.
+        """
+        queries = list(queries)
+        for i, q in enumerate(queries):
+            self._check_item(f"queries[{i}]", q)
+        k = check_k(k)
+        out_scores = np.empty((len(queries), k), np.float32)
+        out_ids = np.empty((len(queries), k), np.int64)
+        for i, q in enumerate(queries):
+            s = self.score_all(q, alpha=alpha, tau=tau, normalize=normalize)
+            out_scores[i], out_ids[i] = top_k(s, k)
+        return SearchResult(out_scores, out_ids, self.names)
+
+    # ------------------------------------------------------------------ storage
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "num_words": self.num_words,
+            "dim": self.dim,
+            "binary": self.binary,
+            "vector_dtype": self.vector_dtype,
+            "num_items": self.num_items,
+            "num_postings": self.num_postings,
+        }
+
+    @property
+    def _payload_name(self) -> str:
+        return "codes" if self.binary else "vectors"
+
+    def _write_arrays(self, writer: IndexWriter) -> None:
+        runs = [self._csr, *self._pending]
+        offsets = _merged_offsets(runs)
+        total = int(offsets[-1])
+        writer.put("offsets", offsets)
+        ids = writer.create("image_ids", (total,), np.int32)
+        payload = writer.create(self._payload_name, (total, self.width), self.vector_dtype)
+        _merge_runs(runs, offsets, ids, payload)
+        writer.put("item_lengths", self.item_lengths)
+
+    def save(self, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
+             overwrite: bool = False) -> Path:
+        """Write the index to directory ``path`` atomically (pending runs merged on the way).
+
+        ``config`` is recorded verbatim in the manifest (e.g. resolved config, codebook hash,
+        feature config); it must be JSON-serialisable.  Returns ``path``.
+        """
+        config = dict(self.config if config is None else config)
+        with IndexWriter(path, kind=self.kind, overwrite=overwrite) as writer:
+            self._write_arrays(writer)
+            return writer.commit(meta=self._meta(), names=self.names, config=config)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> "InvertedIndex":
+        """Open an index saved by :meth:`save` (arrays memory-mapped read-only by default).
+
+        Adding to a loaded index works: new batches stay pending and the next merge copies
+        the mapped arrays into memory (copy-on-write); the files are never modified.
+        """
+        stored = read_index(path, kind=cls.kind, mmap=mmap, verify=verify)
+        return cls._from_stored(stored, names=stored.names)
+
+    @classmethod
+    def _from_stored(cls, stored: StoredIndex, *, names: Sequence[str]) -> "InvertedIndex":
+        meta, arrays, where = stored.meta, stored.arrays, stored.path
+        try:
+            index = cls(num_words=int(meta["num_words"]), dim=int(meta["dim"]),
+                        binary=bool(meta["binary"]), vector_dtype=str(meta["vector_dtype"]))
+            num_items, num_postings = int(meta["num_items"]), int(meta["num_postings"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexFormatError(f"{where}/manifest.json has invalid inverted-index metadata: "
+                                   f"{exc}") from exc
+        expected = {
+            "offsets": ((index.num_words + 1,), np.int64),
+            "image_ids": ((num_postings,), np.int32),
+            index._payload_name: ((num_postings, index.width), np.dtype(index.vector_dtype)),
+            "item_lengths": ((num_items,), np.int32),
+        }
+        for name, (shape, dtype) in expected.items():
+            if name not in arrays:
+                raise IndexFormatError(f"{where} lacks array {name}.npy")
+            arr = arrays[name]
+            if arr.shape != shape or arr.dtype != dtype:
+                raise IndexFormatError(f"{where}/{name}.npy holds {arr.dtype} {arr.shape}, "
+                                       f"expected {np.dtype(dtype)} {shape}")
+        offsets = arrays["offsets"]
+        if offsets[0] != 0 or offsets[-1] != num_postings or np.any(np.diff(offsets) < 0):
+            raise IndexFormatError(f"{where}/offsets.npy is not a valid CSR offset array")
+        if len(names) not in (0, num_items):
+            raise IndexFormatError(f"{where}/names.json has {len(names)} names for {num_items} items")
+        index._csr = _Run(offsets, arrays["image_ids"], arrays[index._payload_name])
+        index._lengths = arrays["item_lengths"]
+        index._names = list(names)
+        index._named = bool(names) if num_items else None
+        index.config = dict(stored.config)
+        return index
+
+
+class InvertedIndexWriter:
+    """Build an :class:`InvertedIndex` directory on disk in batches, in bounded memory.
+
+    Every :meth:`add` sorts its batch by word and spills the run to a scratch directory beside
+    ``path``; :meth:`close` merges all runs word block by word block straight into the output
+    arrays and commits the directory atomically.  Memory stays at about one batch plus one
+    merge block (``_MERGE_BYTES``) plus per-item lengths and names.  Open the result with
+    :meth:`InvertedIndex.load`.  Use as a context manager (an exception discards everything)::
+
+        with InvertedIndexWriter(path, num_words=K, dim=128, binary=True) as writer:
+            for batch in batches:
+                writer.add(batch, names=...)
+            writer.close(config=config)
+
+    Args:
+        path: output index directory.
+        num_words, dim, binary, vector_dtype: as for :class:`InvertedIndex`.
+        base: optional existing index (e.g. loaded with mmap) whose items come first.
+        overwrite: replace an existing directory at ``path`` on close.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, num_words: int, dim: int, binary: bool,
+                 vector_dtype: str = "float32", base: InvertedIndex | None = None,
+                 overwrite: bool = False) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"index directory {self.path} already exists (pass overwrite=True)")
+        self.overwrite = bool(overwrite)
+        self._index = InvertedIndex(num_words=num_words, dim=dim, binary=binary,
+                                    vector_dtype=vector_dtype)
+        if base is not None:
+            mine = (self._index.num_words, self._index.dim, self._index.binary, self._index.vector_dtype)
+            theirs = (base.num_words, base.dim, base.binary, base.vector_dtype)
+            if mine != theirs:
+                raise ValueError(f"base index has (num_words, dim, binary, vector_dtype)={theirs}, "
+                                 f"writer was asked for {mine}")
+            self._index = base._shallow_copy()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._scratch = self.path.parent / f".{self.path.name}.runs-{uuid.uuid4().hex[:12]}"
+        self._scratch.mkdir()
+        self._closed = False
+
+    def __enter__(self) -> "InvertedIndexWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._closed:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._closed = True
+
+    @property
+    def num_items(self) -> int:
+        return self._index.num_items
+
+    @property
+    def num_postings(self) -> int:
+        return self._index.num_postings
+
+    def add(self, items: Sequence[AggregatedImage], names: Sequence[str] | None = None) -> np.ndarray:
+        """Add a batch (see :meth:`InvertedIndex.add`) and spill its run to disk; returns ids."""
+        if self._closed:
+            raise RuntimeError(f"writer for {self.path} is closed")
+        pending = len(self._index._pending)
+        ids = self._index.add(items, names)
+        if len(self._index._pending) > pending:
+            run = self._index._pending.pop()
+            stem = self._scratch / f"run{len(self._index._pending):06d}"
+            spilled = []
+            for part, arr in zip(_Run._fields, run):
+                np.save(f"{stem}_{part}.npy", arr, allow_pickle=False)
+                spilled.append(np.load(f"{stem}_{part}.npy", mmap_mode="r"))
+            self._index._pending.append(_Run(*spilled))
+        return ids
+
+    def close(self, *, config: Mapping[str, Any] | None = None) -> Path:
+        """Merge the spilled runs into ``path``, commit it atomically and remove the scratch runs."""
+        if self._closed:
+            raise RuntimeError(f"writer for {self.path} is closed")
+        try:
+            path = self._index.save(self.path, config=config, overwrite=self.overwrite)
+        finally:
+            self.__exit__(None, None, None)
+        return path
