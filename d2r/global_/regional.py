@@ -1,0 +1,185 @@
+"""Region-wise first- and second-order pooling and best-region-pair search (pure numpy).
+
+After Jeong et al., "regional deep feature aggregation": each candidate region
+(:mod:`d2r.global_.salient_regions`) is described by
+
+* first order: ``sum_{p in R} alpha(p) x(p)`` weighted per channel by CroW's beta, l2;
+* second order: the log-Euclidean covariance of the region's features reduced by
+  PCA to K' = 128 dimensions, ``vec(logm(Sigma + eps I))`` with off-diagonal entries
+  scaled by sqrt(2) (so inner products equal Frobenius products), l2;
+
+(``order="both"`` concatenates the two, each l2-normalized), then PCA-whitened to D
+(:func:`~d2r.global_.whitening.learn_whitening` on region vectors of another data
+set).  Two images are as similar as their best pair of regions; query expansion
+adds, to every query region, its best-matching region in each of the top-k images.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import numpy as np
+
+from d2r.global_.pooling import check_activations, l2_normalize
+from d2r.global_.salient_regions import crow_channel_weights
+from d2r.global_.whitening import Whitening
+from d2r.types import SearchResult
+
+__all__ = [
+    "first_order_pooling",
+    "log_euclidean_vector",
+    "second_order_pooling",
+    "region_vectors",
+    "RegionDatabase",
+]
+
+Order = Literal["first", "second", "both"]
+
+
+def _check_masks(masks, shape: tuple[int, int]) -> np.ndarray:
+    m = np.asarray(masks, dtype=bool)
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3 or m.shape[1:] != tuple(shape):
+        raise ValueError(f"masks must have shape (R, {shape[0]}, {shape[1]}), got {np.shape(masks)}")
+    empty = np.flatnonzero(~m.any(axis=(1, 2)))
+    if empty.size:
+        raise ValueError(f"region mask {int(empty[0])} is empty")
+    return m
+
+
+def first_order_pooling(activations, masks, alpha, beta=None) -> np.ndarray:
+    """``l2(beta * sum_{p in R} alpha(p) x(p))`` per region: (H, W, C), (R, H, W), (H, W), (C,) -> (R, C) float32."""
+    x = check_activations(activations)
+    m = _check_masks(masks, x.shape[:2])
+    a = np.asarray(alpha, dtype=np.float32)
+    if a.shape != x.shape[:2]:
+        raise ValueError(f"alpha must have shape {x.shape[:2]}, got {a.shape}")
+    weights = m.astype(np.float32) * a[None]
+    pooled = np.einsum("rhw,hwc->rc", weights, x, optimize=True)
+    if beta is not None:
+        bw = np.asarray(beta, dtype=np.float32).reshape(-1)
+        if bw.shape[0] != x.shape[2]:
+            raise ValueError(f"beta must have {x.shape[2]} values, got {bw.shape[0]}")
+        pooled = pooled * bw
+    return l2_normalize(pooled)
+
+
+def log_euclidean_vector(covariance, *, eps: float = 1e-3) -> np.ndarray:
+    """``vec(logm(S + eps I))``, upper triangle row by row, off-diagonals x sqrt(2): (K, K) -> (K(K+1)/2,) float32."""
+    s = np.asarray(covariance, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] != s.shape[1]:
+        raise ValueError(f"covariance must be a square matrix, got shape {s.shape}")
+    s = (s + s.T) / 2 + eps * np.eye(s.shape[0])
+    evals, evecs = np.linalg.eigh(s)
+    if evals.min() <= 0:
+        raise ValueError(f"covariance + eps I is not positive definite (smallest eigenvalue {evals.min():.3g}); "
+                         "increase eps")
+    log_s = (evecs * np.log(evals)) @ evecs.T
+    iu = np.triu_indices(s.shape[0])
+    scale = np.where(iu[0] == iu[1], 1.0, np.sqrt(2.0))
+    return (log_s[iu] * scale).astype(np.float32)
+
+
+def second_order_pooling(activations, masks, *, reduction: Whitening | None = None, eps: float = 1e-3) -> np.ndarray:
+    """l2 log-Euclidean covariance of each region's (reduced) features: -> (R, K'(K'+1)/2) float32.
+
+    The features of a region are its cells' activation vectors, passed through
+    ``reduction`` (l2 -> PCA to K' -> l2; None: used as they are).  The covariance is
+    the maximum-likelihood one (divided by the number of cells n).
+    """
+    x = check_activations(activations)
+    m = _check_masks(masks, x.shape[:2])
+    feats = x.reshape(-1, x.shape[2])
+    if reduction is not None:
+        feats = reduction.apply(feats)
+    out = []
+    for region in m.reshape(m.shape[0], -1):
+        f = feats[region].astype(np.float64)
+        centred = f - f.mean(axis=0)
+        out.append(log_euclidean_vector(centred.T @ centred / f.shape[0], eps=eps))
+    return l2_normalize(np.stack(out))
+
+
+def region_vectors(activations, masks, alpha, *, order: Order = "both", reduction: Whitening | None = None,
+                   eps: float = 1e-3, whitening: Whitening | None = None) -> np.ndarray:
+    """Region descriptors of one image: (H, W, C) map, (R, H, W) masks, (H, W) alpha -> (R, D) float32.
+
+    ``order`` picks first-order, second-order or both (concatenated); ``whitening``
+    (learned on such vectors of another data set) maps them to its ``dim``.
+    """
+    if order not in ("first", "second", "both"):
+        raise ValueError(f"order must be 'first', 'second' or 'both', got {order!r}")
+    x = check_activations(activations)
+    parts = []
+    if order in ("first", "both"):
+        parts.append(first_order_pooling(x, masks, alpha, crow_channel_weights(x)))
+    if order in ("second", "both"):
+        parts.append(second_order_pooling(x, masks, reduction=reduction, eps=eps))
+    v = l2_normalize(np.concatenate(parts, axis=1))
+    return v if whitening is None else whitening.apply(v)
+
+
+class RegionDatabase:
+    """Region vectors of N images; image similarity = best region pair (inner product).
+
+    Args:
+        regions: N arrays (R_i, D), R_i >= 1, l2-normalized region vectors.
+        names: optional image names.
+    """
+
+    def __init__(self, regions: Sequence, names: Sequence[str] = ()) -> None:
+        arrays = [np.asarray(r, dtype=np.float32) for r in regions]
+        if not arrays:
+            raise ValueError("regions is empty")
+        dims = {a.shape[1] if a.ndim == 2 else -1 for a in arrays}
+        if len(dims) != 1 or -1 in dims:
+            raise ValueError("every entry of regions must be an (R_i, D) array with the same D")
+        counts = np.array([a.shape[0] for a in arrays])
+        if counts.min() < 1:
+            raise ValueError(f"image {int(np.argmin(counts))} has no regions")
+        self.dim = arrays[0].shape[1]
+        self.vectors = np.ascontiguousarray(np.concatenate(arrays))
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.owner = np.repeat(np.arange(len(arrays)), counts)
+        self.names = tuple(str(n) for n in names)
+        if self.names and len(self.names) != len(arrays):
+            raise ValueError(f"{len(self.names)} names for {len(arrays)} images")
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    def _query(self, query) -> np.ndarray:
+        q = np.asarray(query, dtype=np.float32)
+        if q.ndim != 2 or q.shape[0] == 0 or q.shape[1] != self.dim:
+            raise ValueError(f"query regions must have shape (R, {self.dim}) with R >= 1, got {q.shape}")
+        return q
+
+    def similarity(self, queries: Sequence) -> np.ndarray:
+        """Best-region-pair similarity of each query (R_q, D) with every image: (Q, N) float32."""
+        rows = []
+        for query in queries:
+            best = (self._query(query) @ self.vectors.T).max(axis=0)
+            rows.append(np.maximum.reduceat(best, self.offsets[:-1]))
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, len(self)), np.float32)
+
+    def search(self, queries: Sequence, *, k: int | None = None) -> SearchResult:
+        """Top ``k`` images (default all) of each query by :meth:`similarity`."""
+        sims = self.similarity(queries)
+        k = len(self) if k is None else min(int(k), len(self))
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return SearchResult(np.take_along_axis(sims, order, axis=1), order, self.names)
+
+    def expand(self, query, ids, *, top_k: int = 5) -> np.ndarray:
+        """Query expansion: each query region plus its best match in each of the first ``top_k``
+        images of ``ids`` (-1 skipped), l2: (R_q, D) -> (R_q, D) float32."""
+        q = self._query(query)
+        total = q.astype(np.float64).copy()
+        for i in np.asarray(ids, dtype=np.int64).reshape(-1)[: int(top_k)]:
+            if i < 0:
+                continue
+            if i >= len(self):
+                raise ValueError(f"image id {int(i)} outside [0, {len(self)})")
+            block = self.vectors[self.offsets[i] : self.offsets[i + 1]]
+            total += block[np.argmax(q @ block.T, axis=1)]
+        return l2_normalize(total)
