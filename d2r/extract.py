@@ -5,7 +5,14 @@ Images come from a directory, a list file or a revisitop dataset directory
 so a killed run is simply started again.  ``--shard i/n`` takes every n-th
 image starting at i, so n processes (or machines) split a collection, each
 writing its own store.  Unreadable images are skipped, logged, and listed in
-``skipped.tsv`` next to the store (``images.on_error: raise`` stops instead).
+``skipped.tsv`` in the store (``images.on_error: raise`` stops instead).
+
+With ``regions.source`` other than ``none`` each image's regions (the whole
+image first, then detector boxes / grid cells / proposals) are written as a
+reference-compatible ``.boxes`` file under ``--boxes DIR``, and with
+``regions.features: crop`` the features of region ``i >= 1`` are stored under
+the entry name ``"<image>#<i>"`` (:func:`region_entry`).  The whole-image entry
+is written last, so its presence marks the image as done.
 """
 
 from __future__ import annotations
@@ -17,18 +24,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from d2r import cli
 from d2r.config import Config, to_dict
+from d2r.detection.regions import select_regions_for
 from d2r.features.base import LocalFeatureExtractor
+from d2r.io.delf_files import read_boxes, write_boxes
 from d2r.io.feature_store import FeatureStore
 from d2r.io.images import LoadedImage, iter_images, write_skipped
-from d2r.types import LocalFeatures
+from d2r.types import Boxes, LocalFeatures
 
 __all__ = [
     "make_extractor",
     "image_features",
+    "region_entry",
+    "boxes_path",
+    "read_regions",
+    "region_features",
+    "RegionFinder",
     "store_config",
     "ExtractionSummary",
     "extract_to_store",
@@ -86,9 +101,77 @@ def image_features(
     )
 
 
+def region_entry(name: str, region: int) -> str:
+    """Feature-store entry of region ``region`` (>= 1) of image ``name``; 0 is ``name`` itself."""
+    return name if region == 0 else f"{name}#{region}"
+
+
+def boxes_path(boxes_dir: str | Path, name: str) -> Path:
+    """Where the regions of image ``name`` are written (``name`` may contain ``/``)."""
+    return Path(boxes_dir) / f"{name}.boxes"
+
+
+def read_regions(boxes_dir: str | Path, name: str, image_size: tuple[int, int]) -> Boxes:
+    """Regions of image ``name`` (row 0 the whole image), as written by extraction."""
+    return read_boxes(boxes_path(boxes_dir, name), image_size=image_size)
+
+
+def region_features(
+    store: FeatureStore, name: str, regions: Boxes, *, mode: str
+) -> list[LocalFeatures]:
+    """Features of every region of image ``name``, the whole image first.
+
+    ``mode="crop"`` reads the features extracted from each region's crop;
+    ``"select"`` takes the whole-image features whose keypoints lie in the region.
+    """
+    whole = store.get(name)
+    if mode == "crop":
+        return [whole] + store.get_many([region_entry(name, i) for i in range(1, len(regions))])
+    return [whole] + [whole.in_box(box) for box in regions.xyxy[1:]]
+
+
+class RegionFinder:
+    """Regions of decoded images per ``config.regions`` (the detector is loaded on first use)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config.regions
+        self._detector = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.source != "none"
+
+    def __call__(self, image: LoadedImage) -> Boxes:
+        """(R, 4) boxes in original-image pixels, row 0 the whole image."""
+        detections = None
+        if self.config.source == "detector":
+            detections = self._detect(image)
+        regions = select_regions_for(self.config, image.size, detections, image=image.pixels)
+        sx, sy = image.scale_xy
+        xyxy = regions.xyxy / np.array([sx, sy, sx, sy], np.float32)
+        width, height = image.original_size
+        xyxy = np.minimum(xyxy, np.array([width, height, width, height], np.float32))
+        return Boxes(xyxy, regions.scores, regions.labels)
+
+    def _detect(self, image: LoadedImage) -> Boxes:
+        if self._detector is None:
+            from d2r.detection.detector import load_detector
+
+            if not self.config.detector_path:
+                raise ValueError("regions.source=detector needs regions.detector_path")
+            self._detector = load_detector(
+                self.config.detector_path, score_threshold=self.config.score_threshold,
+                max_boxes=self.config.max_boxes)
+        return self._detector.detect(image.pixels)
+
+
 def store_config(config: Config, extractor: LocalFeatureExtractor) -> dict:
     """What a feature store records about how its features were made."""
-    return {"extractor": extractor.config(), "images": to_dict(config.images)}
+    return {
+        "extractor": extractor.config(),
+        "images": to_dict(config.images),
+        "regions": to_dict(config.regions),
+    }
 
 
 @dataclass
@@ -106,15 +189,22 @@ def extract_to_store(
     source: cli.ImageSource,
     store_path: str | Path,
     *,
+    boxes_dir: Optional[str | Path] = None,
     extractor: Optional[LocalFeatureExtractor] = None,
     show_progress: Optional[bool] = None,
 ) -> ExtractionSummary:
     """Extract features of every image of ``source`` missing from the store at ``store_path``.
 
-    The store records the extractor and image config and refuses to be continued
-    with another.  ``show_progress=None`` shows a bar only on a terminal.
+    The store records the extractor, image and region config and refuses to be
+    continued with another.  ``boxes_dir`` receives the regions when
+    ``config.regions.source`` is not ``none``.  ``show_progress=None`` shows a
+    bar only on a terminal.
     """
     extractor = extractor or make_extractor(config)
+    find_regions = RegionFinder(config)
+    if find_regions.enabled and boxes_dir is None:
+        raise ValueError(f"regions.source={config.regions.source!r} needs a boxes directory")
+    crop_regions = find_regions.enabled and config.regions.features == "crop"
     store_path = Path(store_path)
     summary = ExtractionSummary()
     start = time.perf_counter()
@@ -135,10 +225,20 @@ def extract_to_store(
         for path, loaded in tqdm(images, total=len(todo), disable=_no_bar(show_progress),
                                  desc="extract", unit="img"):
             t0 = time.perf_counter()
+            name = path_to_name[path]
             feats = image_features(extractor, loaded)
-            store.put(path_to_name[path], feats)
+            if find_regions.enabled:
+                regions = find_regions(loaded)
+                out = boxes_path(boxes_dir, name)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                write_boxes(out, regions, image_size=loaded.original_size)
+                for i in range(1, len(regions) if crop_regions else 1):
+                    if region_entry(name, i) not in store:
+                        store.put(region_entry(name, i),
+                                  image_features(extractor, loaded, box=regions.xyxy[i]))
+            store.put(name, feats)
             summary.extracted += 1
-            logger.debug("%s: %d features in %.3f s", path_to_name[path], len(feats),
+            logger.debug("%s: %d features in %.3f s", name, len(feats),
                          time.perf_counter() - t0)
         summary.skipped = [(path_to_name[Path(p)], reason) for p, reason in images.skipped]
     if summary.skipped:
@@ -162,6 +262,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_source_args(parser)
     parser.add_argument("--out", required=True, metavar="STORE", help="feature store directory")
+    parser.add_argument("--boxes", metavar="DIR",
+                        help="where region .boxes files go (needed when regions.source != none)")
     parser.add_argument("--shard", type=cli.parse_shard, default=(0, 1), metavar="I/N",
                         help="process every N-th image starting at I (0-based)")
     cli.add_config_args(parser, default_preset="rootsift-asmk-star")
@@ -169,7 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = cli.parse(parser, argv)
     config = cli.config_from_args(args)
     source = cli.source_from_args(args).shard(*args.shard)
-    summary = extract_to_store(config, source, args.out)
+    summary = extract_to_store(config, source, args.out, boxes_dir=args.boxes)
     print(f"{summary.extracted} extracted, {summary.already_done} already done, "
           f"{len(summary.skipped)} skipped -> {args.out}")
     return 0

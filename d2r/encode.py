@@ -1,0 +1,121 @@
+"""Stored features → aggregated images: what the index holds and what a query sends.
+
+The aggregation config decides the shape of a database entry:
+
+* ``vlad`` / ``asmk`` / ``asmk_star``: one aggregated image from the
+  whole-image features;
+* ``r_vlad`` / ``naive_r_asmk`` / ``r_asmk`` / ``r_asmk_star``: one aggregated
+  image from all regions (whole image included) by regional aggregation;
+* ``regional_search``: one aggregated item per region (whole image first),
+  each with the (non-regional) ``method``.
+
+A query is always one region (the query crop), aggregated with the database
+method; with one region the regional kernels equal their plain forms.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from d2r.aggregation import aggregate, aggregate_regions
+from d2r.codebook import Codebook, quantize
+from d2r.config import Config
+from d2r.types import AggregatedImage, LocalFeatures
+
+__all__ = [
+    "REGIONAL_METHODS",
+    "PLAIN_METHOD",
+    "validate",
+    "encode_regions",
+    "encode_query",
+    "encode_database_image",
+    "sample_descriptors",
+]
+
+logger = logging.getLogger(__name__)
+
+PLAIN_METHOD = {
+    "vlad": "vlad", "asmk": "asmk", "asmk_star": "asmk_star",
+    "r_vlad": "vlad", "naive_r_asmk": "asmk", "r_asmk": "asmk", "r_asmk_star": "asmk_star",
+}
+"""The single-region kernel each method reduces to (used for regional-search items)."""
+
+REGIONAL_METHODS = frozenset({"r_vlad", "naive_r_asmk", "r_asmk", "r_asmk_star"})
+
+
+def validate(config: Config) -> None:
+    """Refuse combinations of options that have no meaning."""
+    agg = config.aggregation
+    if agg.regional_search and agg.method in REGIONAL_METHODS:
+        raise ValueError(
+            f"aggregation.regional_search indexes regions one by one; use a plain method "
+            f"(asmk_star, asmk, vlad), not {agg.method!r}")
+    if agg.regional_search and agg.method == "vlad":
+        raise ValueError("aggregation.regional_search needs an ASMK method (the inverted index)")
+    if (agg.regional_search or agg.method in REGIONAL_METHODS) and config.regions.source == "none":
+        logger.warning("%s with regions.source=none: every image has only the whole-image region",
+                       "regional search" if agg.regional_search else agg.method)
+
+
+def _assign(descriptors: Sequence[np.ndarray], codebook: Codebook, *, num_assignments: int,
+            mode: str) -> list[np.ndarray]:
+    """Word assignments of several descriptor sets with one quantizer call."""
+    sizes = [len(d) for d in descriptors]
+    if sum(sizes) == 0:
+        return [np.zeros((0, num_assignments), np.int64) for _ in sizes]
+    words, _ = quantize(np.concatenate(descriptors), codebook, num_assignments=num_assignments,
+                        mode=mode)
+    return np.split(words, np.cumsum(sizes)[:-1])
+
+
+def encode_regions(
+    regions: Sequence[LocalFeatures], codebook: Codebook, config: Config, *, num_assignments: int
+) -> AggregatedImage | list[AggregatedImage]:
+    """Aggregate one image given its regions' features (whole image first).
+
+    Returns one :class:`AggregatedImage`, or one per region with regional search.
+    """
+    agg = config.aggregation
+    method = agg.method
+    descriptors = [r.descriptors for r in regions]
+    assignments = _assign(descriptors, codebook, num_assignments=num_assignments,
+                          mode=config.codebook.quantization)
+    if agg.regional_search:
+        return [aggregate(d, codebook, method, assignments=a)
+                for d, a in zip(descriptors, assignments)]
+    if method in REGIONAL_METHODS:
+        return aggregate_regions(descriptors, codebook, method, assignments=assignments)
+    return aggregate(descriptors[0], codebook, method, assignments=assignments[0])
+
+
+def encode_database_image(
+    regions: Sequence[LocalFeatures], codebook: Codebook, config: Config
+) -> AggregatedImage | list[AggregatedImage]:
+    """Database entry of one image (see the module docstring)."""
+    return encode_regions(regions, codebook, config,
+                          num_assignments=config.aggregation.num_assignments_db)
+
+
+def encode_query(features: LocalFeatures, codebook: Codebook, config: Config) -> AggregatedImage:
+    """The aggregated query: its features as a single region."""
+    agg = config.aggregation
+    method = PLAIN_METHOD[agg.method]
+    words = _assign([features.descriptors], codebook, num_assignments=agg.num_assignments_query,
+                    mode=config.codebook.quantization)[0]
+    return aggregate(features.descriptors, codebook, method, assignments=words)
+
+
+def sample_descriptors(
+    features: Sequence[LocalFeatures], *, max_count: int, seed: int
+) -> np.ndarray:
+    """Up to ``max_count`` descriptors drawn uniformly without replacement, (N, D) float32."""
+    if not features:
+        raise ValueError("no features to sample descriptors from")
+    stacked = np.concatenate([f.descriptors for f in features])
+    if len(stacked) <= max_count:
+        return stacked
+    rng = np.random.default_rng(seed)
+    return stacked[np.sort(rng.choice(len(stacked), size=max_count, replace=False))]
