@@ -104,6 +104,34 @@ def _new_index(config: Config, codebook: Codebook):
     return cls(num_words=codebook.num_words, dim=codebook.dim, binary=binary)
 
 
+def _aggregated_index(config: Config, codebook: Codebook, store: FeatureStore,
+                      names: Sequence[str], boxes_dir: Path, show_progress: Optional[bool]):
+    """Aggregate every image (with its regions) and add it to a new index."""
+    index = _new_index(config, codebook)
+    use_regions = config.regions.source != "none"
+    for lo in tqdm(range(0, len(names), _BATCH), desc="aggregate", unit="batch",
+                   disable=None if show_progress is None else not show_progress):
+        batch = names[lo:lo + _BATCH]
+        entries = []
+        for name, whole in zip(batch, store.get_many(batch)):
+            regions = [whole]
+            if use_regions:
+                boxes = read_regions(boxes_dir, name, whole.image_size)
+                regions = region_features(store, name, boxes, mode=config.regions.features)
+            entries.append(encode_database_image(regions, codebook, config))
+        index.add(entries, names=batch)
+    return index
+
+
+def _global_descriptor_index(store: FeatureStore, names: Sequence[str]) -> GlobalIndex:
+    """The CNN global descriptors (one stored row per image) in a flat inner-product index."""
+    index = GlobalIndex(store.dim)
+    for lo in range(0, len(names), _BATCH):
+        batch = names[lo:lo + _BATCH]
+        index.add(np.concatenate([f.descriptors for f in store.get_many(batch)]), names=batch)
+    return index
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -114,7 +142,11 @@ def build_index(
     config: Config, source: cli.ImageSource, out: str | os.PathLike,
     *, show_progress: Optional[bool] = None,
 ) -> Path:
-    """Extract, train or load the codebook, aggregate and index ``source`` into ``out``."""
+    """Extract, train or load the codebook, aggregate and index ``source`` into ``out``.
+
+    With ``features.backend: cnn`` the stored global descriptors go straight into a
+    flat inner-product index (no codebook).
+    """
     validate(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,20 +159,13 @@ def build_index(
         if not names:
             raise ValueError(f"no image of the {len(source)} given could be read; see "
                              f"{out / 'features' / 'skipped.tsv'}")
-        codebook = load_or_train_codebook(config, store, names, out)
-        index = _new_index(config, codebook)
-        use_regions = config.regions.source != "none"
-        for lo in tqdm(range(0, len(names), _BATCH), disable=None if show_progress is None
-                       else not show_progress, desc="aggregate", unit="batch"):
-            batch = names[lo:lo + _BATCH]
-            entries = []
-            for name, whole in zip(batch, store.get_many(batch)):
-                regions = [whole]
-                if use_regions:
-                    boxes = read_regions(out / "boxes", name, whole.image_size)
-                    regions = region_features(store, name, boxes, mode=config.regions.features)
-                entries.append(encode_database_image(regions, codebook, config))
-            index.add(entries, names=batch)
+        if config.features.backend == "cnn":
+            codebook = None
+            index = _global_descriptor_index(store, names)
+        else:
+            codebook = load_or_train_codebook(config, store, names, out)
+            index = _aggregated_index(config, codebook, store, names, out / "boxes",
+                                      show_progress)
         feature_config = store.config
     record = {
         "format": FORMAT,
@@ -148,9 +173,9 @@ def build_index(
         "d2r_version": __version__,
         "kind": index.kind,
         "config": to_dict(config),
-        "codebook": {"sha256": codebook.sha256, "num_words": codebook.num_words,
-                     "dim": codebook.dim, "path": os.path.relpath(
-                         config.codebook.path or _codebook_dir(out, config), out)},
+        "codebook": None if codebook is None else {
+            "sha256": codebook.sha256, "num_words": codebook.num_words, "dim": codebook.dim,
+            "path": os.path.relpath(config.codebook.path or _codebook_dir(out, config), out)},
         "features": feature_config,
         "num_images": len(names),
         "num_skipped": len(summary.skipped),

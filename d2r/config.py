@@ -23,6 +23,7 @@ __all__ = [
     "ImagesConfig",
     "RootSiftConfig",
     "DelfConfig",
+    "CnnGlobalConfig",
     "FeaturesConfig",
     "RegionsConfig",
     "CodebookConfig",
@@ -93,13 +94,38 @@ class DelfConfig:
 
 
 @dataclass
-class FeaturesConfig:
-    """Which local-feature backend runs, and how its output is stored."""
+class CnnGlobalConfig:
+    """CNN global descriptor (``features.backend: cnn``): the comparison baselines."""
 
-    backend: Literal["rootsift", "delf"] = "rootsift"
+    backbone: Literal["vgg16", "resnet50", "resnet101"] = "vgg16"
+    weights_path: Optional[str] = None
+    """Local Keras weights file of the backbone (None: random weights, for testing only)."""
+    seed: int = 0
+    """Seed of the random weights when ``weights_path`` is None."""
+    method: Literal["mac", "rmac", "gem", "multires"] = "rmac"
+    layers: tuple[str, ...] = ("last",)
+    """Conv layers used (``last``, ``penultimate``, ``previous_block`` or Keras names)."""
+    levels: int = 3
+    """R-MAC scales L."""
+    gem_p: float = 3.0
+    whitening_path: Optional[str] = None
+    """PCA-whitening learned on another data set (``python -m d2r.global_.learn``)."""
+    resolutions: tuple[int, ...] = (550, 800, 1050)
+    """``multires``: input sizes (longer side) fused early."""
+    pfa_path: Optional[str] = None
+    """``multires``: Principal Feature Analysis selection."""
+
+
+@dataclass
+class FeaturesConfig:
+    """Which feature backend runs, and how its output is stored."""
+
+    backend: Literal["rootsift", "delf", "cnn"] = "rootsift"
+    """Local features (rootsift, delf) or one CNN global descriptor per image (cnn)."""
     store_dtype: Literal["float32", "float16"] = "float16"
     rootsift: RootSiftConfig = field(default_factory=RootSiftConfig)
     delf: DelfConfig = field(default_factory=DelfConfig)
+    cnn: CnnGlobalConfig = field(default_factory=CnnGlobalConfig)
 
 
 @dataclass
@@ -154,6 +180,8 @@ class AggregationConfig:
 @dataclass
 class SearchConfig:
     top_k: int = 100
+    query_expansion: int = 0
+    """Global descriptors: average query expansion with the top this many (0: off)."""
 
 
 @dataclass

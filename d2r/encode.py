@@ -49,6 +49,16 @@ REGIONAL_METHODS = frozenset({"r_vlad", "naive_r_asmk", "r_asmk", "r_asmk_star"}
 def validate(config: Config) -> None:
     """Refuse combinations of options that have no meaning."""
     agg = config.aggregation
+    if config.features.backend == "cnn":
+        if config.regions.source != "none" or agg.regional_search:
+            raise ValueError("features.backend=cnn describes whole images; regions need "
+                             "local features (regions.source=none)")
+        if config.verification.rerank > 0:
+            raise ValueError("spatial verification needs local features, not features.backend=cnn")
+        return
+    if config.search.query_expansion:
+        raise ValueError("search.query_expansion applies to CNN global descriptors "
+                         "(features.backend=cnn)")
     if agg.regional_search and agg.method in REGIONAL_METHODS:
         raise ValueError(
             f"aggregation.regional_search indexes regions one by one; use a plain method "

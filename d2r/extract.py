@@ -56,8 +56,12 @@ SKIPPED_FILE = "skipped.tsv"
 
 
 def make_extractor(config: Config) -> LocalFeatureExtractor:
-    """The local-feature backend ``config.features`` describes (DELF is loaded lazily)."""
+    """The feature backend ``config.features`` describes (TensorFlow models load lazily)."""
     features = config.features
+    if features.backend == "cnn":
+        from d2r.global_.extractor import make_global_extractor
+
+        return make_global_extractor(features.cnn)
     if features.backend == "rootsift":
         from d2r.features.pca import load_pca
         from d2r.features.rootsift import RootSiftExtractor

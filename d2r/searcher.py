@@ -15,11 +15,14 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from d2r.build_index import FORMAT, MANIFEST, VERSION
 from d2r.codebook import load_codebook, load_tf_checkpoint
 from d2r.config import (Config, ConfigError, diff_configs, from_dict, merge_values,
                         parse_override, to_dict)
-from d2r.encode import encode_query
+from d2r.encode import encode_query, validate
+from d2r.global_.qe import average_query_expansion
 from d2r.extract import image_features, make_extractor
 from d2r.index.global_index import GlobalIndex
 from d2r.index.inverted import InvertedIndex
@@ -80,20 +83,27 @@ class Searcher:
         if fixed:
             raise ConfigError(f"index {self.path} was built with other values; these cannot "
                               f"change at query time: {'; '.join(fixed)}")
-        record = self.manifest["codebook"]
-        location = self.path / record["path"]
-        self.codebook = load_codebook(location) if (location / "codebook.json").exists() \
-            else load_tf_checkpoint(location)
-        if self.codebook.sha256 != record["sha256"]:
-            raise IndexMismatchError(f"codebook {location} is not the one index {self.path} was "
-                                     f"built with (sha256 {self.codebook.sha256[:12]} != "
-                                     f"{record['sha256'][:12]})")
+        validate(self.config)
+        self.codebook = self._load_codebook(self.manifest["codebook"])
         kind = self.manifest["kind"]
         self.index = _INDEX_CLASSES[kind].load(self.path / "search", mmap=mmap)
         self.names: tuple[str, ...] = tuple(self.index.names)
         self._extractor = None
         self._store: Optional[FeatureStore] = None
         self._db_features: dict[int, LocalFeatures] = {}
+
+    def _load_codebook(self, record: Optional[dict]):
+        """The index's codebook, checked against its recorded hash (None for global descriptors)."""
+        if record is None:
+            return None
+        location = self.path / record["path"]
+        codebook = load_codebook(location) if (location / "codebook.json").exists() \
+            else load_tf_checkpoint(location)
+        if codebook.sha256 != record["sha256"]:
+            raise IndexMismatchError(f"codebook {location} is not the one index {self.path} was "
+                                     f"built with (sha256 {codebook.sha256[:12]} != "
+                                     f"{record['sha256'][:12]})")
+        return codebook
 
     @property
     def extractor(self):
@@ -119,6 +129,8 @@ class Searcher:
     def search(self, queries: Sequence[LocalFeatures], *, k: Optional[int] = None) -> SearchResult:
         """Top-``k`` (default ``search.top_k``) database images per query, best first."""
         k = self.config.search.top_k if k is None else k
+        if self.codebook is None:
+            return self._search_global(queries, k)
         encoded = [encode_query(q, self.codebook, self.config) for q in queries]
         if isinstance(self.index, GlobalIndex):
             return self.index.search(encoded, k=k)
@@ -128,6 +140,17 @@ class Searcher:
         if isinstance(self.index, RegionalIndex):
             options["pooling"] = agg.pooling
         return self.index.search(encoded, k=k, **options)
+
+    def _search_global(self, queries: Sequence[LocalFeatures], k: int) -> SearchResult:
+        """CNN global descriptors: inner product, then optional average query expansion."""
+        vectors = np.concatenate([q.descriptors for q in queries]) if queries else \
+            np.zeros((0, self.index.dim), np.float32)
+        result = self.index.search(vectors, k=k)
+        top = self.config.search.query_expansion
+        if top > 0:
+            expanded = average_query_expansion(vectors, self.index.vectors, result, top_k=top)
+            result = self.index.search(expanded, k=k)
+        return result
 
     def database_features(self, image_id: int) -> LocalFeatures:
         """Whole-image features of database image ``image_id``, cached in memory."""
