@@ -30,6 +30,7 @@ from tqdm import tqdm
 from d2r import __version__, cli
 from d2r.codebook import Codebook, load_codebook, load_tf_checkpoint, save_codebook, train_codebook
 from d2r.config import Config, to_dict
+from d2r.distributed.options import add_ray_args, ray_kwargs, ray_requested
 from d2r.encode import encode_database_image, sample_descriptors, validate
 from d2r.extract import extract_to_store, make_extractor, read_regions, region_features
 from d2r.index.global_index import GlobalIndex
@@ -37,7 +38,10 @@ from d2r.index.inverted import InvertedIndex
 from d2r.index.regional import RegionalIndex
 from d2r.io.feature_store import FeatureStore
 
-__all__ = ["MANIFEST", "FORMAT", "build_index", "load_or_train_codebook", "main"]
+__all__ = [
+    "MANIFEST", "FORMAT", "VERSION", "build_index", "codebook_dir", "load_or_train_codebook",
+    "new_index", "index_record", "write_json", "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +51,8 @@ VERSION = 1
 _BATCH = 512
 
 
-def _codebook_dir(out: Path, config: Config) -> Path:
+def codebook_dir(out: Path, config: Config) -> Path:
+    """Where the codebook trained for ``config.codebook`` lives inside index directory ``out``."""
     spec = json.dumps(to_dict(config.codebook), sort_keys=True).encode()
     return out / "codebooks" / hashlib.sha256(spec).hexdigest()[:16]
 
@@ -66,7 +71,7 @@ def load_or_train_codebook(
         codebook = load_codebook(path) if path.is_dir() and (path / "codebook.json").exists() \
             else load_tf_checkpoint(path)
     else:
-        folder = _codebook_dir(out, config)
+        folder = codebook_dir(out, config)
         if (folder / "codebook.json").exists():
             logger.info("reusing codebook %s", folder)
             return load_codebook(folder)
@@ -95,7 +100,8 @@ def load_or_train_codebook(
     return codebook
 
 
-def _new_index(config: Config, codebook: Codebook):
+def new_index(config: Config, codebook: Codebook):
+    """An empty search structure for aggregated images of ``config``."""
     agg = config.aggregation
     if agg.method in ("vlad", "r_vlad"):
         return GlobalIndex(codebook.num_words * codebook.dim)
@@ -104,10 +110,28 @@ def _new_index(config: Config, codebook: Codebook):
     return cls(num_words=codebook.num_words, dim=codebook.dim, binary=binary)
 
 
+def index_record(config: Config, codebook: Optional[Codebook], out: Path, *, kind: str,
+                 features: dict, num_images: int, num_skipped: int) -> dict:
+    """The ``index.json`` content (without timing) of an index built into ``out``."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "d2r_version": __version__,
+        "kind": kind,
+        "config": to_dict(config),
+        "codebook": None if codebook is None else {
+            "sha256": codebook.sha256, "num_words": codebook.num_words, "dim": codebook.dim,
+            "path": os.path.relpath(config.codebook.path or codebook_dir(out, config), out)},
+        "features": features,
+        "num_images": num_images,
+        "num_skipped": num_skipped,
+    }
+
+
 def _aggregated_index(config: Config, codebook: Codebook, store: FeatureStore,
                       names: Sequence[str], boxes_dir: Path, show_progress: Optional[bool]):
     """Aggregate every image (with its regions) and add it to a new index."""
-    index = _new_index(config, codebook)
+    index = new_index(config, codebook)
     use_regions = config.regions.source != "none"
     for lo in tqdm(range(0, len(names), _BATCH), desc="aggregate", unit="batch",
                    disable=None if show_progress is None else not show_progress):
@@ -132,7 +156,8 @@ def _global_descriptor_index(store: FeatureStore, names: Sequence[str]) -> Globa
     return index
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON to ``path`` atomically."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
@@ -167,24 +192,13 @@ def build_index(
             index = _aggregated_index(config, codebook, store, names, out / "boxes",
                                       show_progress)
         feature_config = store.config
-    record = {
-        "format": FORMAT,
-        "version": VERSION,
-        "d2r_version": __version__,
-        "kind": index.kind,
-        "config": to_dict(config),
-        "codebook": None if codebook is None else {
-            "sha256": codebook.sha256, "num_words": codebook.num_words, "dim": codebook.dim,
-            "path": os.path.relpath(config.codebook.path or _codebook_dir(out, config), out)},
-        "features": feature_config,
-        "num_images": len(names),
-        "num_skipped": len(summary.skipped),
-    }
+    record = index_record(config, codebook, out, kind=index.kind, features=feature_config,
+                          num_images=len(names), num_skipped=len(summary.skipped))
     index.save(out / "search", config=record, overwrite=True)
     if hasattr(index, "items_per_image"):
         record["items_per_image"] = float(index.items_per_image)
     record["seconds"] = round(time.perf_counter() - start, 3)
-    _write_json(out / MANIFEST, record)
+    write_json(out / MANIFEST, record)
     logger.info("indexed %d images into %s in %.1f s", len(names), out, record["seconds"])
     return out
 
@@ -195,10 +209,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cli.add_source_args(parser)
     parser.add_argument("--out", required=True, metavar="INDEX", help="index directory")
     cli.add_config_args(parser, default_preset="rootsift-asmk-star")
+    add_ray_args(parser, shards=True)
     cli.add_common_args(parser)
     args = cli.parse(parser, argv)
     config = cli.config_from_args(args)
-    out = build_index(config, cli.source_from_args(args), args.out)
+    source = cli.source_from_args(args)
+    if ray_requested(args):
+        from d2r.distributed import build_index_ray
+
+        out = build_index_ray(config, source, args.out, **ray_kwargs(args))
+    else:
+        out = build_index(config, source, args.out)
     manifest = json.loads((out / MANIFEST).read_text())
     print(f"indexed {manifest['num_images']} images ({manifest['kind']}, "
           f"{manifest['config']['aggregation']['method']}) -> {out}")

@@ -18,6 +18,8 @@ from d2r.config import Config, available_presets, load_config
 
 __all__ = [
     "ImageSource",
+    "load_dataset",
+    "add_distractor_args",
     "add_config_args",
     "config_from_args",
     "add_source_args",
@@ -64,11 +66,20 @@ class ImageSource:
         return cls(tuple(names), tuple(path.parent / n for n in names))
 
     @classmethod
-    def from_dataset(cls, dataset_dir: str | os.PathLike) -> "ImageSource":
-        """The database (``imlist``) of a dataset directory in the revisitop layout."""
-        from d2r.datasets.revisited import load_revisited
+    def from_dataset(
+        cls,
+        dataset_dir: str | os.PathLike,
+        *,
+        distractor_list: Optional[str | os.PathLike] = None,
+        distractor_root: Optional[str | os.PathLike] = None,
+    ) -> "ImageSource":
+        """The database of a revisitop-layout dataset, optionally followed by R1M distractors.
 
-        dataset = load_revisited(dataset_dir)
+        Names are the dataset's ``db_names`` (base images, then the distractors in list
+        order, numbered as :func:`d2r.datasets.revisited.with_distractors` numbers them).
+        """
+        dataset = load_dataset(dataset_dir, distractor_list=distractor_list,
+                               distractor_root=distractor_root)
         return cls(
             tuple(dataset.db_names), tuple(dataset.db_path(i) for i in range(dataset.num_db))
         )
@@ -76,6 +87,31 @@ class ImageSource:
     def shard(self, index: int, count: int) -> "ImageSource":
         """Every ``count``-th image starting at ``index`` (``--shard index/count``)."""
         return ImageSource(self.names[index::count], self.paths[index::count])
+
+
+def load_dataset(
+    dataset_dir: str | os.PathLike,
+    *,
+    distractor_list: Optional[str | os.PathLike] = None,
+    distractor_root: Optional[str | os.PathLike] = None,
+):
+    """:func:`~d2r.datasets.revisited.load_revisited`, plus R1M distractors when both are given."""
+    from d2r.datasets.revisited import load_distractors, load_revisited, with_distractors
+
+    if (distractor_list is None) != (distractor_root is None):
+        raise ValueError("give both the distractor list and the distractor image folder, or neither")
+    dataset = load_revisited(dataset_dir)
+    if distractor_list is not None:
+        dataset = with_distractors(dataset, load_distractors(distractor_list), distractor_root)
+    return dataset
+
+
+def add_distractor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--distractors", metavar="FILE",
+                        help="with --dataset-dir: append the distractors of this list "
+                             "(revisitop1m.txt) to the database")
+    parser.add_argument("--distractor-dir", metavar="DIR",
+                        help="folder the --distractors names are relative to (revisitop1m/jpg)")
 
 
 def add_config_args(parser: argparse.ArgumentParser, *, default_preset: Optional[str]) -> None:
@@ -106,6 +142,7 @@ def add_source_args(parser: argparse.ArgumentParser, *, required: bool = True) -
         "--dataset-dir", metavar="DIR",
         help="dataset in the revisitop layout (DIR/jpg, DIR/gnd_*.pkl); its database is used",
     )
+    add_distractor_args(parser)
 
 
 def source_from_args(args: argparse.Namespace) -> ImageSource:
@@ -113,7 +150,8 @@ def source_from_args(args: argparse.Namespace) -> ImageSource:
         return ImageSource.from_directory(args.images)
     if args.image_list:
         return ImageSource.from_list(args.image_list)
-    return ImageSource.from_dataset(args.dataset_dir)
+    return ImageSource.from_dataset(args.dataset_dir, distractor_list=args.distractors,
+                                    distractor_root=args.distractor_dir)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

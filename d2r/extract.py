@@ -30,6 +30,7 @@ from tqdm import tqdm
 from d2r import cli
 from d2r.config import Config, to_dict
 from d2r.detection.regions import select_regions_for
+from d2r.distributed.options import add_ray_args, ray_kwargs, ray_requested
 from d2r.features.base import LocalFeatureExtractor
 from d2r.io.delf_files import read_boxes, write_boxes
 from d2r.io.feature_store import FeatureStore
@@ -271,11 +272,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--shard", type=cli.parse_shard, default=(0, 1), metavar="I/N",
                         help="process every N-th image starting at I (0-based)")
     cli.add_config_args(parser, default_preset="rootsift-asmk-star")
+    add_ray_args(parser)
     cli.add_common_args(parser)
     args = cli.parse(parser, argv)
     config = cli.config_from_args(args)
     source = cli.source_from_args(args).shard(*args.shard)
-    summary = extract_to_store(config, source, args.out, boxes_dir=args.boxes)
+    if ray_requested(args):
+        from d2r.distributed import run_extract_ray
+
+        summary = run_extract_ray(config, source, args.out, boxes_dir=args.boxes,
+                                  **ray_kwargs(args))
+    else:
+        summary = extract_to_store(config, source, args.out, boxes_dir=args.boxes)
     print(f"{summary.extracted} extracted, {summary.already_done} already done, "
           f"{len(summary.skipped)} skipped -> {args.out}")
     return 0

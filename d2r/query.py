@@ -31,7 +31,6 @@ import numpy as np
 from tqdm import tqdm
 
 from d2r import cli
-from d2r.datasets.revisited import load_revisited
 from d2r.evaluate import format_table, write_metrics
 from d2r.evaluation import evaluate_protocols
 from d2r.extract import read_regions
@@ -80,12 +79,16 @@ def run_image(searcher: Searcher, image: str | os.PathLike,
 
 
 def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | os.PathLike,
-                *, report: bool = False, show_progress: Optional[bool] = None) -> dict:
+                *, report: bool = False, distractor_list: Optional[str | os.PathLike] = None,
+                distractor_root: Optional[str | os.PathLike] = None,
+                show_progress: Optional[bool] = None) -> dict:
     """Run every query of a revisitop-layout dataset; write rankings and metrics to ``out``.
 
-    With ``report`` also write the visual report to ``out/report/index.html``.
+    With ``report`` also write the visual report to ``out/report/index.html``; with
+    the distractor list and folder the database is the dataset + R1M.
     """
-    dataset = load_revisited(dataset_dir)
+    dataset = cli.load_dataset(dataset_dir, distractor_list=distractor_list,
+                               distractor_root=distractor_root)
     position = {name: i for i, name in enumerate(dataset.db_names)}
     missing = [n for n in searcher.names if n not in position]
     if missing:
@@ -143,6 +146,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--image", metavar="FILE", help="one query image")
     mode.add_argument("--dataset-dir", metavar="DIR", help="run every query of this dataset")
+    cli.add_distractor_args(parser)
     parser.add_argument("--box", type=_parse_box, help="query box x1,y1,x2,y2 (pixels)")
     parser.add_argument("--out", metavar="DIR", help="results directory (dataset mode)")
     parser.add_argument("--json", metavar="FILE", help="also write the ranked list here")
@@ -164,7 +168,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.dataset_dir:
             if not args.out:
                 parser.error("--dataset-dir needs --out")
-            metrics = run_dataset(searcher, args.dataset_dir, args.out, report=args.report)
+            metrics = run_dataset(searcher, args.dataset_dir, args.out, report=args.report,
+                                  distractor_list=args.distractors,
+                                  distractor_root=args.distractor_dir)
             print(format_table(metrics))
             return 0
         rows = run_image(searcher, args.image, box=args.box)

@@ -9,7 +9,7 @@ import pytest
 from d2r import cli
 from d2r.config import load_config
 from d2r.extract import extract_to_store, image_features, make_extractor
-from d2r.io.feature_store import FeatureStore, StoreConfigError
+from d2r.io.feature_store import FeatureStore
 from d2r.io.images import load_image_with_info, read_skipped
 
 

@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from d2r.config import RegionsConfig
+from d2r.global_.regions import rmac_regions
 from d2r.types import Boxes
 
 __all__ = [
@@ -50,9 +51,6 @@ WHOLE_IMAGE_LABEL = 0
 PROPOSAL_LABEL = 1
 """Label of selective-search proposals."""
 SOURCES = ("none", "detector", "grid", "selective_search")
-
-_RMAC_OVERLAP = 0.4
-_RMAC_STEPS = np.arange(2, 8)  # candidate numbers of regions along the long side
 
 
 def _check_size(image_size) -> tuple[int, int]:
@@ -81,41 +79,12 @@ def whole_image(image_size: tuple[int, int]) -> Boxes:
     )
 
 
-def _rmac_extra_regions(width: int, height: int) -> tuple[int, int]:
-    """Extra regions (along W, along H) so neighbours overlap by about 40%.
-
-    With ``w = min(W, H)`` and ``b = (max(W, H) - w) / (steps - 1)`` the
-    overlap of consecutive level-1 regions is ``1 - b / w``; the step count
-    closest to 40% overlap gives ``steps - 1`` extra regions on the long side
-    (none for a square image).
-    """
-    if width == height:
-        return 0, 0
-    side = min(width, height)
-    spacing = (max(width, height) - side) / (_RMAC_STEPS - 1)
-    extra = int(np.argmin(np.abs((side * side - side * spacing) / (side * side) - _RMAC_OVERLAP))) + 1
-    return (extra, 0) if width > height else (0, extra)
-
-
-def _rmac_starts(length: int, side: int, count: int) -> np.ndarray:
-    """``count`` region starts spread uniformly so the last region ends at ``length``.
-
-    ``floor(c + i * step) - c`` with ``c = floor(side / 2 - 1)`` (region
-    centre offsets in the reference code) equals ``floor(i * step)`` up to
-    floating-point rounding, which this reproduces exactly.
-    """
-    if count == 1:
-        return np.zeros(1)
-    offset = np.floor(side / 2 - 1)
-    return np.floor(offset + np.arange(count) * ((length - side) / (count - 1))) - offset
-
-
 def rmac_grid(image_size: tuple[int, int], *, levels: int = _DEFAULTS.grid_levels) -> Boxes:
     """R-MAC regions (Tolias, Sicre & Jégou, ICLR 2016), level 1 first.
 
     Level ``l`` has square regions of side ``floor(2 * min(W, H) / (l + 1))``
-    on an ``(l + extra_W) x (l + extra_H)`` grid (see
-    :func:`_rmac_extra_regions`), starts at ``floor(i * (L - side) / (n - 1))``
+    on an ``(l + extra_W) x (l + extra_H)`` grid (extra regions on the long side
+    only, for about 40% overlap; :func:`d2r.global_.regions.rmac_regions`), starts at ``floor(i * (L - side) / (n - 1))``
     along an axis of length ``L`` with ``n`` regions — the integer grid of the
     authors' MATLAB code and of cnnimageretrieval-pytorch, in pixels.  Boxes
     are row-major (top to bottom, then left to right) within a level; labels
@@ -127,22 +96,8 @@ def rmac_grid(image_size: tuple[int, int], *, levels: int = _DEFAULTS.grid_level
     """
     width, height = _check_size(image_size)
     levels = _check_count("levels", levels, 1)
-    extra_w, extra_h = _rmac_extra_regions(width, height)
-    side_min = min(width, height)
-    boxes, labels = [], []
-    for level in range(1, levels + 1):
-        side = int(np.floor(2 * side_min / (level + 1)))
-        if side < 1:
-            continue
-        xs = _rmac_starts(width, side, level + extra_w)
-        ys = _rmac_starts(height, side, level + extra_h)
-        y0, x0 = (a.ravel() for a in np.meshgrid(ys, xs, indexing="ij"))
-        boxes.append(np.stack([x0, y0, x0 + side, y0 + side], axis=1))
-        labels.append(np.full(len(x0), level, np.int32))
-    if not boxes:
-        return Boxes.empty()
-    xyxy = np.concatenate(boxes).astype(np.float32)
-    return Boxes(xyxy, np.ones(len(xyxy), np.float32), np.concatenate(labels))
+    xyxy, level_of = rmac_regions(height, width, levels=levels, with_levels=True)
+    return Boxes(xyxy.astype(np.float32), np.ones(len(xyxy), np.float32), level_of)
 
 
 def filter_detections(

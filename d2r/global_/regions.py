@@ -59,13 +59,15 @@ def _grid(xs: np.ndarray, ys: np.ndarray, side_x: int, side_y: int) -> np.ndarra
     return np.stack([x1, y1, x1 + side_x, y1 + side_y], axis=1)
 
 
-def rmac_regions(height: int, width: int, *, levels: int = 3, overlap: float = 0.4) -> np.ndarray:
-    """The R-MAC regions of an H x W activation map.
+def rmac_regions(height: int, width: int, *, levels: int = 3, overlap: float = 0.4,
+                 with_levels: bool = False):
+    """The R-MAC regions of an H x W activation map (or image, in pixels).
 
     Args:
         height, width: map size in cells.
         levels: number of scales L.
         overlap: desired overlap of neighbouring regions along the long side.
+        with_levels: also return each region's scale ``l`` (R,) int32.
 
     Returns:
         (R, 4) int64 boxes ``x1, y1, x2, y2`` (end-exclusive).  Scale ``l`` has
@@ -79,7 +81,7 @@ def rmac_regions(height: int, width: int, *, levels: int = 3, overlap: float = 0
     extra = _extra_regions(h, w, overlap)
     extra_x, extra_y = (extra, 0) if w > h else (0, extra)
     short = min(h, w)
-    out = []
+    out, level_of = [], []
     for level in range(1, levels + 1):
         side = int(np.floor(2 * short / (level + 1)))
         if side < 1:
@@ -87,7 +89,11 @@ def rmac_regions(height: int, width: int, *, levels: int = 3, overlap: float = 0
         xs = _starts(w, side, level + extra_x)
         ys = _starts(h, side, level + extra_y)
         out.append(_grid(xs, ys, side, side))
-    return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 4), np.int64)
+        level_of.append(np.full(len(out[-1]), level, np.int32))
+    boxes = np.concatenate(out).astype(np.int64) if out else np.zeros((0, 4), np.int64)
+    if with_levels:
+        return boxes, np.concatenate(level_of) if level_of else np.zeros(0, np.int32)
+    return boxes
 
 
 def sliding_regions(height: int, width: int, *, levels: int = 3, stride: float = 0.4) -> np.ndarray:

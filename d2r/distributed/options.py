@@ -1,0 +1,75 @@
+"""Command-line options of the Ray mode (``--ray``, ``--ray-address``), without importing Ray.
+
+``python -m d2r.extract`` and ``python -m d2r.build_index`` call
+:func:`add_ray_args` on their parser and, when :func:`ray_requested`, run
+:func:`d2r.distributed.run_extract_ray` / :func:`d2r.distributed.build_index_ray`
+with ``**ray_kwargs(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_ray_args", "ray_requested", "ray_kwargs"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def add_ray_args(parser: argparse.ArgumentParser, *, shards: bool = False) -> None:
+    """Add the ``distributed (Ray)`` option group; ``shards`` adds ``--ray-shards`` (build_index)."""
+    group = parser.add_argument_group("distributed (Ray; pip install 'd2r[ray]')")
+    group.add_argument("--ray", action="store_true",
+                       help="run on Ray: a local instance, or the cluster in $RAY_ADDRESS")
+    group.add_argument("--ray-address", metavar="ADDR",
+                       help="run on this Ray cluster (implies --ray): 'auto' on a cluster node, "
+                            "or ray://HOST:10001")
+    group.add_argument("--ray-workers", type=_positive_int, metavar="N",
+                       help="extraction actors (default: as many as the cluster's CPUs/GPUs allow)")
+    group.add_argument("--ray-gpus-per-worker", type=_non_negative_float, default=0.0, metavar="G",
+                       help="GPUs per extraction actor, e.g. 1 for DELF on GPUs (default 0)")
+    group.add_argument("--ray-cpus-per-worker", type=_non_negative_float, default=1.0, metavar="C",
+                       help="CPUs per extraction actor (default 1)")
+    group.add_argument("--ray-chunk", type=_positive_int, default=128, metavar="N",
+                       help="images per extraction task; a crash loses at most one (default 128)")
+    if shards:
+        group.add_argument("--ray-shards", type=_positive_int, metavar="N",
+                           help="write N shard indexes (OUT/shards) for sharded search instead "
+                                "of OUT/search")
+
+
+def ray_requested(args: argparse.Namespace) -> bool:
+    """Whether ``--ray`` or ``--ray-address`` was given."""
+    return bool(getattr(args, "ray", False) or getattr(args, "ray_address", None))
+
+
+def ray_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of ``run_extract_ray`` / ``build_index_ray`` from parsed options."""
+    kwargs: dict[str, Any] = {
+        "address": args.ray_address,
+        "num_workers": args.ray_workers,
+        "num_gpus_per_worker": args.ray_gpus_per_worker,
+        "num_cpus_per_worker": args.ray_cpus_per_worker,
+        "chunk_size": args.ray_chunk,
+    }
+    if getattr(args, "ray_shards", None):
+        kwargs["num_shards"] = args.ray_shards
+    return kwargs
