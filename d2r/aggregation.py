@@ -56,6 +56,7 @@ __all__ = [
     "aggregate",
     "aggregate_regions",
     "binarize",
+    "check_normalize",
     "selectivity",
     "shared_words",
     "word_similarities",
@@ -333,7 +334,8 @@ def _check_pair(a: AggregatedImage, b: AggregatedImage, method: str) -> bool:
     return False
 
 
-def _normalizer(normalize: Normalize) -> str:
+def check_normalize(normalize: Normalize) -> str:
+    """Canonical normalisation mode: ``"both"`` (True), ``"query"`` or ``"none"`` (False)."""
     if normalize is True or normalize == "both":
         return "both"
     if normalize is False or normalize == "none":
@@ -357,7 +359,7 @@ def normalization_factors(
     Returns:
         (N,) float64; 0 where a normalising side has no words (its raw sum is 0 anyway).
     """
-    mode = _normalizer(normalize)
+    mode = check_normalize(normalize)
     num_db_words = np.asarray(num_db_words, dtype=np.float64).reshape(-1)
     if mode == "none":
         return np.ones_like(num_db_words)
@@ -395,7 +397,7 @@ def similarity(
         the score; 0.0 when the images share no word.
     """
     vlad = _check_pair(a, b, method)
-    _normalizer(normalize)
+    check_normalize(normalize)
     ia, ib = shared_words(a, b)
     u = word_similarities(a.vectors[ia], b.vectors[ib], dim=a.dim, binary=a.binary)
     if vlad:
@@ -421,7 +423,7 @@ def similarity_matrix(
     Returns:
         (Q, N) float32 scores.
     """
-    _normalizer(normalize)
+    check_normalize(normalize)
     scores = np.zeros((len(queries), len(database)), np.float32)
     if not len(queries) or not len(database):
         return scores

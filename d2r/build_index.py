@@ -40,7 +40,7 @@ from d2r.io.feature_store import FeatureStore
 
 __all__ = [
     "MANIFEST", "FORMAT", "VERSION", "build_index", "codebook_dir", "load_or_train_codebook",
-    "new_index", "index_record", "write_json", "main",
+    "new_index", "index_record", "save_index", "finish_build", "write_json", "main",
 ]
 
 logger = logging.getLogger(__name__)
@@ -194,12 +194,23 @@ def build_index(
         feature_config = store.config
     record = index_record(config, codebook, out, kind=index.kind, features=feature_config,
                           num_images=len(names), num_skipped=len(summary.skipped))
+    save_index(index, out, record)
+    return finish_build(out, record, start)
+
+
+def save_index(index, out: Path, record: dict) -> None:
+    """Write the search structure to ``out/search`` (replacing an older one) and note its size."""
     index.save(out / "search", config=record, overwrite=True)
     if hasattr(index, "items_per_image"):
         record["items_per_image"] = float(index.items_per_image)
+
+
+def finish_build(out: Path, record: dict, start: float, *, where: str = "") -> Path:
+    """Write ``index.json`` last, with the build time; the index is then complete."""
     record["seconds"] = round(time.perf_counter() - start, 3)
     write_json(out / MANIFEST, record)
-    logger.info("indexed %d images into %s in %.1f s", len(names), out, record["seconds"])
+    logger.info("indexed %d images into %s in %.1f s%s", record["num_images"], out,
+                record["seconds"], where)
     return out
 
 

@@ -20,13 +20,12 @@ from typing import Sequence
 
 import numpy as np
 
-from d2r.aggregation import aggregate, aggregate_regions
+from d2r.aggregation import REGIONAL_METHODS, aggregate, aggregate_regions
 from d2r.codebook import Codebook, quantize
 from d2r.config import Config
 from d2r.types import AggregatedImage, LocalFeatures
 
 __all__ = [
-    "REGIONAL_METHODS",
     "PLAIN_METHOD",
     "validate",
     "encode_regions",
@@ -42,8 +41,6 @@ PLAIN_METHOD = {
     "r_vlad": "vlad", "naive_r_asmk": "asmk", "r_asmk": "asmk", "r_asmk_star": "asmk_star",
 }
 """The single-region kernel each method reduces to (used for regional-search items)."""
-
-REGIONAL_METHODS = frozenset({"r_vlad", "naive_r_asmk", "r_asmk", "r_asmk_star"})
 
 
 def validate(config: Config) -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "store_config",
     "ExtractionSummary",
     "extract_to_store",
+    "finish_summary",
     "main",
 ]
 
@@ -246,14 +247,21 @@ def extract_to_store(
             logger.debug("%s: %d features in %.3f s", name, len(feats),
                          time.perf_counter() - t0)
         summary.skipped = [(path_to_name[Path(p)], reason) for p, reason in images.skipped]
+    return finish_summary(summary, store_path, start)
+
+
+def finish_summary(summary: ExtractionSummary, store_path: Path, start: float,
+                   *, where: str = "") -> ExtractionSummary:
+    """List the skipped images in ``store_path/skipped.tsv``, time and log the run."""
     if summary.skipped:
         skipped_file = store_path / SKIPPED_FILE
         write_skipped(summary.skipped, skipped_file)
         logger.warning("%d unreadable images skipped, listed in %s", len(summary.skipped),
                        skipped_file)
     summary.seconds = time.perf_counter() - start
-    logger.info("extracted %d images in %.1f s (%d already done, %d skipped)",
-                summary.extracted, summary.seconds, summary.already_done, len(summary.skipped))
+    logger.info("extracted %d images in %.1f s%s (%d already done, %d skipped)",
+                summary.extracted, summary.seconds, where, summary.already_done,
+                len(summary.skipped))
     return summary
 
 

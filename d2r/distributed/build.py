@@ -28,7 +28,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from d2r import cli
-from d2r.build_index import MANIFEST, index_record, load_or_train_codebook, new_index, write_json
+from d2r.build_index import (finish_build, index_record, load_or_train_codebook, new_index,
+                             save_index)
 from d2r.codebook import Codebook
 from d2r.config import Config
 from d2r.distributed._ray import init_ray, kill_actors, run_on_actors
@@ -211,10 +212,5 @@ def build_index_ray(
             logger.warning("%s is from an earlier build; split the new index again "
                            "(python -m d2r.distributed.shards %s --shards N --overwrite)",
                            out / "shards", out)
-        index.save(out / "search", config=record, overwrite=True)
-        if hasattr(index, "items_per_image"):
-            record["items_per_image"] = float(index.items_per_image)
-    record["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(out / MANIFEST, record)
-    logger.info("indexed %d images into %s in %.1f s on Ray", len(names), out, record["seconds"])
-    return out
+        save_index(index, out, record)
+    return finish_build(out, record, start, where=" on Ray")

@@ -36,16 +36,15 @@ import h5py
 from d2r import cli
 from d2r.config import Config
 from d2r.distributed._ray import init_ray, kill_actors, run_on_actors
-from d2r.extract import ExtractionSummary, extract_to_store, make_extractor, store_config
+from d2r.extract import (ExtractionSummary, extract_to_store, finish_summary, make_extractor,
+                         store_config)
 from d2r.features.base import LocalFeatureExtractor
 from d2r.io.feature_store import FeatureStore, StoreConfigError
-from d2r.io.images import write_skipped
 
 __all__ = ["run_extract_ray", "merge_feature_stores", "part_store_paths", "parts_dir_for"]
 
 logger = logging.getLogger(__name__)
 
-SKIPPED_FILE = "skipped.tsv"
 _PART_RE = re.compile(r"^shard-(\d{4,})$")
 _SHARD_RE = re.compile(r"^(\d{6,})\.h5$")  # committed shard files of a feature store
 _COPY_BATCH = 256
@@ -192,15 +191,7 @@ def run_extract_ray(
         merge_feature_stores(parts, store_path)
         if not keep_parts:
             shutil.rmtree(parts_dir, ignore_errors=True)
-    if summary.skipped:
-        skipped_file = store_path / SKIPPED_FILE
-        write_skipped(summary.skipped, skipped_file)
-        logger.warning("%d unreadable images skipped, listed in %s", len(summary.skipped),
-                       skipped_file)
-    summary.seconds = time.perf_counter() - start
-    logger.info("extracted %d images in %.1f s on Ray (%d already done, %d skipped)",
-                summary.extracted, summary.seconds, summary.already_done, len(summary.skipped))
-    return summary
+    return finish_summary(summary, store_path, start, where=" on Ray")
 
 
 def _worker_count(ray, requested: Optional[int], cpus: float, gpus: float, num_chunks: int) -> int:

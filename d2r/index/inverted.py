@@ -35,7 +35,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from d2r.aggregation import selectivity
+from d2r.aggregation import check_normalize, selectivity
 from d2r.index.storage import IndexFormatError, IndexWriter, StoredIndex, read_index
 from d2r.types import AggregatedImage, SearchResult
 
@@ -55,17 +55,6 @@ class _Run(NamedTuple):
     offsets: np.ndarray
     ids: np.ndarray
     payload: np.ndarray
-
-
-def check_normalize(normalize: bool | str) -> str:
-    """Canonical normalisation mode: ``"both"`` (True), ``"query"`` or ``"none"`` (False)."""
-    if normalize is True or normalize == "both":
-        return "both"
-    if normalize is False or normalize == "none":
-        return "none"
-    if normalize == "query":
-        return "query"
-    raise ValueError(f"normalize must be True, False, 'both', 'query' or 'none', got {normalize!r}")
 
 
 def check_k(k: int) -> int:
