@@ -32,8 +32,10 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import importlib.util
 import re
 import sys
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -52,7 +54,7 @@ _VERSION_CHECK = re.compile(
 _PROTOC_VERSION = re.compile(r"^# Protobuf Python Version: (.+)$", re.M)
 _SERIALIZED_FILE = re.compile(r"AddSerializedFile\((b'.*?')\)")
 _HEADER_NOTE = (
-    "# Regenerate with `python protos/generate.py`; the runtime version check is\n"
+    "# Regenerate with `python {command}`; the runtime version check is\n"
     "# lowered to protobuf {floor} there (see its docstring).\n"
 )
 
@@ -65,7 +67,7 @@ def proto_sources() -> list[Path]:
     return sources
 
 
-def _lower_runtime_floor(code: str, source: str) -> str:
+def _lower_runtime_floor(code: str, source: str, command: str = "protos/generate.py") -> str:
     floor = MIN_PROTOBUF_RUNTIME
     code, count = _VERSION_CHECK.subn(
         lambda m: f"{m.group(1)}{floor[0]}{m.group(2)}{floor[1]}{m.group(3)}{floor[2]}{m.group(4)}",
@@ -78,38 +80,49 @@ def _lower_runtime_floor(code: str, source: str) -> str:
         )
     marker = "# source: "
     at = code.index(marker)
-    return code[:at] + _HEADER_NOTE.format(floor=".".join(map(str, floor))) + code[at:]
+    note = _HEADER_NOTE.format(command=command, floor=".".join(map(str, floor)))
+    return code[:at] + note + code[at:]
 
 
-def generate(output_dir: Path) -> list[Path]:
-    """Compile every ``protos/*.proto`` into ``output_dir/<name>_pb2.py``.
+def compile_protos(sources: list[Path], proto_dir: Path, package_path: str, output_dir: Path,
+                   *, command: str) -> list[Path]:
+    """Compile ``sources`` (in ``proto_dir``, registered under ``package_path``) into ``output_dir``.
 
-    Returns the written files, sorted.  Raises ImportError without
-    grpcio-tools and RuntimeError when protoc fails.
+    Returns the written ``<name>_pb2.py`` files, sorted, each with its runtime version
+    check lowered (:data:`MIN_PROTOBUF_RUNTIME`) and a note naming ``command``.
+    Raises ImportError without grpcio-tools and RuntimeError when protoc fails.
+    protoc runs in a child process: grpc_tools' bundled protobuf library crashes a
+    process that has already loaded TensorFlow's.
     """
-    from grpc_tools import protoc
-
+    if importlib.util.find_spec("grpc_tools") is None:
+        raise ImportError("regenerating protobuf code needs grpcio-tools (pip install grpcio-tools)")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    sources = proto_sources()
     with tempfile.TemporaryDirectory() as tmp:
         args = [
-            "protoc",
-            f"--proto_path={PACKAGE_PATH}={PROTO_DIR}",
+            sys.executable, "-m", "grpc_tools.protoc",
+            f"--proto_path={package_path}={proto_dir}",
             f"--python_out={tmp}",
-            *(f"{PACKAGE_PATH}/{src.name}" for src in sources),
+            *(f"{package_path}/{src.name}" for src in sources),
         ]
-        status = protoc.main(args)
-        if status != 0:
-            raise RuntimeError(f"protoc failed with status {status}: {' '.join(args)}")
+        proc = subprocess.run(args, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"protoc failed with status {proc.returncode}: {' '.join(args)}\n"
+                               f"{proc.stderr}")
         written = []
         for src in sources:
             name = f"{src.stem}_pb2.py"
-            code = (Path(tmp) / PACKAGE_PATH / name).read_text(encoding="utf-8")
+            code = (Path(tmp) / package_path / name).read_text(encoding="utf-8")
             target = output_dir / name
-            target.write_text(_lower_runtime_floor(code, src.name), encoding="utf-8")
+            target.write_text(_lower_runtime_floor(code, src.name, command), encoding="utf-8")
             written.append(target)
     return sorted(written)
+
+
+def generate(output_dir: Path) -> list[Path]:
+    """Compile every ``protos/*.proto`` into ``output_dir/<name>_pb2.py``; returns the files."""
+    return compile_protos(proto_sources(), PROTO_DIR, PACKAGE_PATH, output_dir,
+                          command="protos/generate.py")
 
 
 def _protoc_version(code: str) -> str | None:

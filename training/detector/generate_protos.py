@@ -19,7 +19,7 @@ nothing newer.
 from __future__ import annotations
 
 import argparse
-import re
+import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -29,55 +29,23 @@ PROTO_DIR = REPO_ROOT / "protos" / "object_detection"
 PACKAGE_PATH = "training/detector/protos"
 OUTPUT_DIR = REPO_ROOT / PACKAGE_PATH
 
-MIN_PROTOBUF_RUNTIME = (5, 28, 0)
 
-_VERSION_CHECK = re.compile(
-    r"(ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*)"
-    r"\d+(,\s*)\d+(,\s*)\d+(,)"
-)
-_HEADER_NOTE = (
-    "# Regenerate with `python training/detector/generate_protos.py`; the runtime\n"
-    "# version check is lowered to protobuf {floor} there (see its docstring).\n"
-)
-
-
-def _lower_runtime_floor(code: str, source: str) -> str:
-    major, minor, patch = MIN_PROTOBUF_RUNTIME
-    code, count = _VERSION_CHECK.subn(
-        lambda m: f"{m.group(1)}{major}{m.group(2)}{minor}{m.group(3)}{patch}{m.group(4)}", code
-    )
-    if count != 1:
-        raise RuntimeError(f"generated code for {source} has {count} runtime version checks, expected 1")
-    at = code.index("# source: ")
-    return code[:at] + _HEADER_NOTE.format(floor=".".join(map(str, MIN_PROTOBUF_RUNTIME))) + code[at:]
+def _shared_generator():
+    """``protos/generate.py``, the compiler both sets of generated modules share."""
+    spec = importlib.util.spec_from_file_location("d2r_protos_generate",
+                                                  REPO_ROOT / "protos" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def generate(output_dir: Path) -> list[Path]:
     """Compile every ``protos/object_detection/*.proto`` into ``output_dir``; returns the files."""
-    from grpc_tools import protoc
-
     sources = sorted(PROTO_DIR.glob("*.proto"))
     if not sources:
         raise FileNotFoundError(f"no .proto files in {PROTO_DIR}")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    with tempfile.TemporaryDirectory() as tmp:
-        args = [
-            "protoc",
-            f"--proto_path={PACKAGE_PATH}={PROTO_DIR}",
-            f"--python_out={tmp}",
-            *(f"{PACKAGE_PATH}/{src.name}" for src in sources),
-        ]
-        if protoc.main(args) != 0:
-            raise RuntimeError(f"protoc failed: {' '.join(args)}")
-        for src in sources:
-            name = f"{src.stem}_pb2.py"
-            code = (Path(tmp) / PACKAGE_PATH / name).read_text(encoding="utf-8")
-            target = output_dir / name
-            target.write_text(_lower_runtime_floor(code, src.name), encoding="utf-8")
-            written.append(target)
-    return written
+    return _shared_generator().compile_protos(sources, PROTO_DIR, PACKAGE_PATH, output_dir,
+                                              command="training/detector/generate_protos.py")
 
 
 def stale_files(shipped_dir: Path = OUTPUT_DIR) -> list[str]:
