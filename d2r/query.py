@@ -55,11 +55,20 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
 
 
 def _rerank(searcher: Searcher, queries, initial: SearchResult) -> tuple[SearchResult, list | None]:
-    """The initial result, re-ranked when ``verification.rerank > 0`` (with the per-query details)."""
-    if searcher.config.verification.rerank <= 0:
+    """The initial result with its top ``verification.rerank`` re-ranked (and the details).
+
+    Only the verified head is handed to re-ranking; the tail is appended unchanged,
+    so a full ranking of a million images costs no per-entry bookkeeping.
+    """
+    top_n = searcher.config.verification.rerank
+    if top_n <= 0:
         return initial, None
-    reranked = searcher.rerank(queries, initial, workers=os.cpu_count() or 1)
-    return stack_results(reranked, searcher.names), reranked
+    head = SearchResult(initial.scores[:, :top_n], initial.ids[:, :top_n], initial.names)
+    reranked = searcher.rerank(queries, head, workers=os.cpu_count() or 1)
+    top = stack_results(reranked, searcher.names)
+    return SearchResult(np.concatenate([top.scores, initial.scores[:, top_n:]], axis=1),
+                        np.concatenate([top.ids, initial.ids[:, top_n:]], axis=1),
+                        searcher.names), reranked
 
 
 def run_image(searcher: Searcher, image: str | os.PathLike,
@@ -72,7 +81,7 @@ def run_image(searcher: Searcher, image: str | os.PathLike,
         if image_id < 0:
             break
         row = {"rank": rank, "name": searcher.names[image_id], "score": float(score)}
-        if reranked is not None:
+        if reranked is not None and rank <= len(reranked[0].inliers):
             row["inliers"] = int(reranked[0].inliers[rank - 1])
         rows.append(row)
     return rows
