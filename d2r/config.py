@@ -39,6 +39,8 @@ __all__ = [
     "parse_override",
     "diff_configs",
     "merge_values",
+    "build_dataclass",
+    "read_yaml",
 ]
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -251,7 +253,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return _build(annotation, value, key)
+        return build_dataclass(annotation, value, key)
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
@@ -271,8 +273,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {annotation!r}")
 
 
-def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys."""
+def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -297,7 +299,8 @@ def merge_values(base: Mapping, update: Mapping) -> dict:
     return out
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
+    """The mapping a YAML config file holds (``{}`` when empty); errors name the file."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -327,7 +330,7 @@ def _preset_values(name: str, seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(
             f"unknown preset {name!r}; available: {', '.join(available_presets())}"
         )
-    data = _read_yaml(path)
+    data = read_yaml(path)
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -351,7 +354,7 @@ def parse_override(text: str) -> dict:
 
 def from_dict(values: Mapping[str, Any]) -> Config:
     """Build a :class:`Config` from a (possibly partial) nested mapping."""
-    return _build(Config, values)
+    return build_dataclass(Config, values)
 
 
 def load_config(
@@ -364,7 +367,7 @@ def load_config(
     if preset:
         values = _preset_values(preset)
     for path in files:
-        data = _read_yaml(Path(path))
+        data = read_yaml(Path(path))
         parent = data.pop("extends", None)
         if parent is not None:
             values = merge_values(values, _preset_values(str(parent)))
