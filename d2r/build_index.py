@@ -36,11 +36,12 @@ from d2r.extract import extract_to_store, make_extractor, read_regions, region_f
 from d2r.index.global_index import GlobalIndex
 from d2r.index.inverted import InvertedIndex
 from d2r.index.regional import RegionalIndex
+from d2r.io.atomic import atomic_write_json
 from d2r.io.feature_store import FeatureStore
 
 __all__ = [
     "MANIFEST", "FORMAT", "VERSION", "build_index", "codebook_dir", "load_or_train_codebook",
-    "new_index", "index_record", "save_index", "finish_build", "write_json", "main",
+    "new_index", "index_record", "save_index", "finish_build", "main",
 ]
 
 logger = logging.getLogger(__name__)
@@ -156,13 +157,6 @@ def _global_descriptor_index(store: FeatureStore, names: Sequence[str]) -> Globa
     return index
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def build_index(
     config: Config, source: cli.ImageSource, out: str | os.PathLike,
     *, show_progress: Optional[bool] = None,
@@ -208,7 +202,7 @@ def save_index(index, out: Path, record: dict) -> None:
 def finish_build(out: Path, record: dict, start: float, *, where: str = "") -> Path:
     """Write ``index.json`` last, with the build time; the index is then complete."""
     record["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(out / MANIFEST, record)
+    atomic_write_json(out / MANIFEST, record)
     logger.info("indexed %d images into %s in %.1f s%s", record["num_images"], out,
                 record["seconds"], where)
     return out

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Literal, Optional, Union
 
 import faiss
 import numpy as np
+
+from d2r.io.atomic import atomic_write, atomic_write_json
 
 __all__ = [
     "Codebook",
@@ -207,18 +208,6 @@ def train_codebook(
     return Codebook(centroids, seed=int(seed), num_training=x.shape[0], source="faiss-kmeans")
 
 
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_codebook(codebook: Codebook, path: Union[str, os.PathLike]) -> Path:
     """Write ``codebook`` to directory ``path`` (created if needed).
 
@@ -228,9 +217,8 @@ def save_codebook(codebook: Codebook, path: Union[str, os.PathLike]) -> Path:
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     centroids = np.ascontiguousarray(codebook.centroids, dtype="<f4")
-    _write_atomic(directory / CENTROIDS_FILE, lambda f: np.save(f, centroids, allow_pickle=False))
-    text = json.dumps(codebook.metadata(), indent=2, sort_keys=True).encode()
-    _write_atomic(directory / METADATA_FILE, lambda f: f.write(text))
+    atomic_write(directory / CENTROIDS_FILE, lambda f: np.save(f, centroids, allow_pickle=False))
+    atomic_write_json(directory / METADATA_FILE, codebook.metadata(), sort_keys=True)
     return directory
 
 

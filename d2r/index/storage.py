@@ -29,6 +29,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from d2r.io.atomic import fsync_path
+
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
@@ -61,14 +63,6 @@ def file_sha256(path: str | os.PathLike) -> str:
         while chunk := fh.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _jsonable(value: Any, where: str) -> Any:
@@ -152,7 +146,7 @@ class IndexWriter:
                 "sha256": file_sha256(file),
             }
             del header
-            _fsync_path(file)
+            fsync_path(file)
         names_file = self.tmpdir / NAMES_FILE
         names_file.write_text(json.dumps(names), encoding="utf-8")
         manifest = {
@@ -167,7 +161,7 @@ class IndexWriter:
         manifest_file = self.tmpdir / MANIFEST_FILE
         manifest_file.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
         for file in (names_file, manifest_file, self.tmpdir):
-            _fsync_path(file)
+            fsync_path(file)
         self._swap_into_place()
         self._committed = True
         logger.info("wrote %s index to %s (%d arrays)", self.kind, self.path, len(arrays))
@@ -181,7 +175,7 @@ class IndexWriter:
             old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:12]}"
             os.rename(self.path, old)
         os.rename(self.tmpdir, self.path)
-        _fsync_path(self.path.parent)
+        fsync_path(self.path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 

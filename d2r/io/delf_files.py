@@ -46,7 +46,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -54,6 +53,7 @@ from typing import Sequence, Union
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from d2r.io.atomic import atomic_write_bytes
 from d2r.protos import box_pb2, datum_pb2, feature_pb2
 from d2r.types import Boxes, LocalFeatures
 
@@ -545,7 +545,7 @@ def write_delf(
     path: PathLike, features: LocalFeatures, *, orientations: np.ndarray | None = None
 ) -> None:
     """Write ``features`` to a ``.delf`` file atomically (see :func:`serialize_delf`)."""
-    _atomic_write(path, serialize_delf(features, orientations=orientations))
+    atomic_write_bytes(path, serialize_delf(features, orientations=orientations))
 
 
 def read_delf_with_orientations(
@@ -648,7 +648,7 @@ def parse_boxes(data: bytes, *, image_size: tuple[int, int], source: str = "<byt
 
 def write_boxes(path: PathLike, boxes: Boxes, *, image_size: tuple[int, int]) -> None:
     """Write pixel ``boxes`` to a ``.boxes`` file atomically (see :func:`serialize_boxes`)."""
-    _atomic_write(path, serialize_boxes(boxes, image_size=image_size))
+    atomic_write_bytes(path, serialize_boxes(boxes, image_size=image_size))
 
 
 def read_boxes(path: PathLike, *, image_size: tuple[int, int]) -> Boxes:
@@ -662,7 +662,7 @@ def read_boxes(path: PathLike, *, image_size: tuple[int, int]) -> Boxes:
 
 def write_datum(path: PathLike, array: np.ndarray) -> None:
     """Write ``array`` to a datum file atomically (see :func:`serialize_datum`)."""
-    _atomic_write(path, serialize_datum(array))
+    atomic_write_bytes(path, serialize_datum(array))
 
 
 def read_datum(path: PathLike) -> np.ndarray:
@@ -672,7 +672,7 @@ def read_datum(path: PathLike) -> np.ndarray:
 
 def write_datum_pair(path: PathLike, first: np.ndarray, second: np.ndarray) -> None:
     """Write two arrays to a datum-pair file atomically (see :func:`serialize_datum_pair`)."""
-    _atomic_write(path, serialize_datum_pair(first, second))
+    atomic_write_bytes(path, serialize_datum_pair(first, second))
 
 
 def read_datum_pair(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -686,18 +686,3 @@ def read_datum_pair(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def _read(path: PathLike) -> bytes:
     return Path(path).read_bytes()
-
-
-def _atomic_write(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {target}: directory {target.parent} does not exist")
-    temporary = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(temporary, "xb") as f:
-            f.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -37,6 +37,7 @@ from typing import Iterable, Literal, Mapping
 import h5py
 import numpy as np
 
+from d2r.io.atomic import atomic_write_json, fsync_path
 from d2r.types import LocalFeatures
 
 __all__ = ["FeatureStore", "StoreConfigError"]
@@ -252,9 +253,9 @@ class FeatureStore:
             f.create_dataset("starts", data=np.array([e.start for _, e in ordered], np.int64))
             f.create_dataset("stops", data=np.array([e.stop for _, e in ordered], np.int64))
             f.create_dataset("rows", data=np.array([e.row for _, e in ordered], np.int64))
-        _fsync_path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, self._path / _CATALOG)
-        _fsync_path(self._path)
+        fsync_path(self._path)
         self._uncataloged = 0
 
     # --------------------------------------------------------------- properties
@@ -392,7 +393,7 @@ class FeatureStore:
             features = _round_to_float16(name, features)
         if self.dim is None:
             self._manifest["dim"] = features.dim
-            _atomic_write_json(self._path / _MANIFEST, self._manifest)
+            atomic_write_json(self._path / _MANIFEST, self._manifest, durable=True, sort_keys=True)
         elif features.dim != self.dim:
             raise ValueError(
                 f"image {name!r} has {features.dim}-D descriptors, feature store "
@@ -421,9 +422,9 @@ class FeatureStore:
         tmp = final.with_name(file + ".tmp")
         items = self._buffer
         self._write_shard(tmp, items)
-        _fsync_path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, final)
-        _fsync_path(final.parent)
+        fsync_path(final.parent)
         shard = len(self._shard_files)
         self._shard_files.append(file)
         for name, _ in items:
@@ -620,13 +621,13 @@ def _prepare_for_writing(path: Path, config: dict | None, dim: int | None, dtype
                 "dim": None if dim is None else int(dim),
                 "dtype": dtype or "float32",
             }
-            _atomic_write_json(path / _MANIFEST, manifest)
+            atomic_write_json(path / _MANIFEST, manifest, durable=True, sort_keys=True)
             logger.info("created feature store %s", path)
         else:
             _check_manifest(path, manifest, config, dim, dtype)
             if manifest["dim"] is None and dim is not None:
                 manifest["dim"] = int(dim)
-                _atomic_write_json(path / _MANIFEST, manifest)
+                atomic_write_json(path / _MANIFEST, manifest, durable=True, sort_keys=True)
         for stale in (path / _SHARDS).glob("*.tmp"):
             logger.warning("removing uncommitted shard %s left by an interrupted writer", stale)
             stale.unlink()
@@ -645,22 +646,3 @@ def _acquire_writer_lock(path: Path) -> int:
         os.close(fd)
         raise RuntimeError(f"feature store {str(path)!r} is already open for writing (by this or another process)") from exc
     return fd
-
-
-def _atomic_write_json(file: Path, value: dict) -> None:
-    tmp = file.with_name(file.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, file)
-    _fsync_path(file.parent)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
