@@ -40,7 +40,8 @@ from d2r.io.atomic import atomic_write_json
 from d2r.io.feature_store import FeatureStore
 
 __all__ = [
-    "MANIFEST", "FORMAT", "VERSION", "build_index", "codebook_dir", "load_or_train_codebook",
+    "MANIFEST", "FORMAT", "VERSION", "build_index", "codebook_dir", "indexed_names",
+    "load_or_train_codebook",
     "new_index", "index_record", "save_index", "finish_build", "main",
 ]
 
@@ -56,6 +57,15 @@ def codebook_dir(out: Path, config: Config) -> Path:
     """Where the codebook trained for ``config.codebook`` lives inside index directory ``out``."""
     spec = json.dumps(to_dict(config.codebook), sort_keys=True).encode()
     return out / "codebooks" / hashlib.sha256(spec).hexdigest()[:16]
+
+
+def indexed_names(store: FeatureStore, source: cli.ImageSource) -> list[str]:
+    """The images of ``source`` whose features are in ``store``, in source order (not none)."""
+    names = [n for n in source.names if n in store]
+    if not names:
+        raise ValueError(f"no image of the {len(source)} given could be read; see "
+                         f"{store.path / 'skipped.tsv'}")
+    return names
 
 
 def load_or_train_codebook(
@@ -174,10 +184,7 @@ def build_index(
     summary = extract_to_store(config, source, out / "features", boxes_dir=out / "boxes",
                                extractor=extractor, show_progress=show_progress)
     with FeatureStore.open(out / "features") as store:
-        names = [n for n in source.names if n in store]
-        if not names:
-            raise ValueError(f"no image of the {len(source)} given could be read; see "
-                             f"{out / 'features' / 'skipped.tsv'}")
+        names = indexed_names(store, source)
         if config.features.backend == "cnn":
             codebook = None
             index = _global_descriptor_index(store, names)

@@ -28,8 +28,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from d2r import cli
-from d2r.build_index import (finish_build, index_record, load_or_train_codebook, new_index,
-                             save_index)
+from d2r.build_index import (finish_build, index_record, indexed_names, load_or_train_codebook,
+                             new_index, save_index)
 from d2r.codebook import Codebook
 from d2r.config import Config
 from d2r.distributed._ray import init_ray, kill_actors, run_on_actors
@@ -159,10 +159,7 @@ def build_index_ray(
         max_restarts=max_restarts, max_task_retries=max_task_retries,
         extractor_factory=extractor_factory, show_progress=show_progress)
     with FeatureStore.open(out / "features") as store:
-        names = [n for n in source.names if n in store]
-        if not names:
-            raise ValueError(f"no image of the {len(source)} given could be read; see "
-                             f"{out / 'features' / 'skipped.tsv'}")
+        names = indexed_names(store, source)
         codebook = load_or_train_codebook(config, store, names, out)
         feature_config = store.config
     record = index_record(config, codebook, out, kind=new_index(config, codebook).kind,
