@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from d2r.features.base import BaseExtractor
+from d2r.features.base import BaseExtractor, check_positive_int
 from d2r.features.pca import PCA, postprocess_descriptors
 from d2r.features.receptive_field import ReceptiveField, centers_from_yxyx
 from d2r.types import LocalFeatures
@@ -392,8 +392,7 @@ class DelfExtractor(BaseExtractor):
         scales = tuple(float(s) for s in scales)
         if not scales or not all(np.isfinite(s) and s > 0 for s in scales):
             raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales!r}")
-        if isinstance(max_features, bool) or int(max_features) != max_features or max_features < 1:
-            raise ValueError(f"max_features must be a positive integer, got {max_features!r}")
+        check_positive_int("max_features", max_features)
         if not np.isfinite(score_threshold):
             raise ValueError(f"score_threshold must be finite, got {score_threshold!r}")
         self._runner = runner

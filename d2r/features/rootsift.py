@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from d2r.features.base import BaseExtractor
+from d2r.features.base import BaseExtractor, check_positive_int
 from d2r.features.pca import PCA, postprocess_descriptors
 from d2r.types import LocalFeatures
 
@@ -62,8 +62,7 @@ class RootSiftExtractor(BaseExtractor):
         max_image_side: int | None = None,
     ) -> None:
         super().__init__(max_image_side=max_image_side)
-        if isinstance(max_features, bool) or int(max_features) != max_features or max_features < 1:
-            raise ValueError(f"max_features must be a positive integer, got {max_features!r}")
+        check_positive_int("max_features", max_features)
         self.max_features = int(max_features)
         self.contrast_threshold = float(contrast_threshold)
         self.edge_threshold = float(edge_threshold)
