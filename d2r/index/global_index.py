@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from d2r.index.inverted import check_k
+from d2r.index.names import EntryNames
 from d2r.index.storage import IndexFormatError, IndexWriter, read_index
 from d2r.types import AggregatedImage, SearchResult
 
@@ -39,8 +40,7 @@ class GlobalIndex:
         self.config: dict[str, Any] = {}
         self._vectors = np.zeros((0, self.dim), np.float32)
         self._parts: list[np.ndarray] = []
-        self._names: list[str] = []
-        self._named: bool | None = None
+        self._names = EntryNames("vectors")
 
     def __len__(self) -> int:
         return self.num_images
@@ -61,7 +61,7 @@ class GlobalIndex:
     @property
     def names(self) -> tuple[str, ...]:
         """Image names by id (empty when vectors were added without names)."""
-        return tuple(self._names)
+        return self._names.names
 
     @property
     def nbytes(self) -> int:
@@ -91,21 +91,12 @@ class GlobalIndex:
             names: Sequence[str] | None = None) -> np.ndarray:
         """Append (n, D) float32 descriptors (or VLAD AggregatedImages); returns ids (n,) int64."""
         arr = self._as_matrix(vectors, "vectors")
-        if names is not None:
-            names = [str(n) for n in names]
-            if len(names) != arr.shape[0]:
-                raise ValueError(f"names has {len(names)} entries for {arr.shape[0]} vectors")
-        named = names is not None
-        if arr.shape[0] and self._named is not None and named != self._named:
-            raise ValueError("vectors were previously added " + ("with" if self._named else "without")
-                             + " names; pass names consistently")
+        names = self._names.check(names, arr.shape[0])
         first = self.num_images
         ids = np.arange(first, first + arr.shape[0], dtype=np.int64)
         if arr.shape[0]:
             self._parts.append(arr)
-            self._named = named
-            if named:
-                self._names.extend(names)
+        self._names.append(names, arr.shape[0])
         return ids
 
     def search(self, queries: np.ndarray | Sequence[AggregatedImage], *, k: int = 100) -> SearchResult:
@@ -159,6 +150,5 @@ class GlobalIndex:
         index = cls(dim)
         index.config = dict(stored.config)
         index._vectors = vectors
-        index._names = list(stored.names)
-        index._named = bool(stored.names) if num_images else None
+        index._names.restore(stored.names, num_images)
         return index

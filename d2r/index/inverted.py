@@ -36,6 +36,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from d2r.aggregation import check_normalize, selectivity
+from d2r.index.names import EntryNames
 from d2r.index.storage import IndexFormatError, IndexWriter, StoredIndex, read_index
 from d2r.types import AggregatedImage, SearchResult
 
@@ -189,8 +190,7 @@ class InvertedIndex:
         self._pending: list[_Run] = []
         self._lengths_parts: list[np.ndarray] = []
         self._lengths = np.zeros(0, np.int32)
-        self._names: list[str] = []
-        self._named: bool | None = None
+        self._names = EntryNames("items")
         self._cache: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ properties
@@ -220,7 +220,7 @@ class InvertedIndex:
     def names(self) -> tuple[str, ...]:
         """Item names by id (empty when items were added without names)."""
         if "names" not in self._cache:
-            self._cache["names"] = tuple(self._names)
+            self._cache["names"] = self._names.names
         return self._cache["names"]
 
     @property
@@ -268,26 +268,17 @@ class InvertedIndex:
         items = list(items)
         for i, item in enumerate(items):
             self._check_item(f"items[{i}]", item)
-        if names is not None:
-            names = [str(n) for n in names]
-            if len(names) != len(items):
-                raise ValueError(f"names has {len(names)} entries for {len(items)} items")
-        named = names is not None
-        if items and self._named is not None and named != self._named:
-            raise ValueError("items were previously added " + ("with" if self._named else "without")
-                             + " names; pass names consistently")
+        names = self._names.check(names, len(items))
         first = self.num_items
         if first + len(items) > _INT32_MAX:
             raise ValueError(f"an index holds at most {_INT32_MAX} items")
         ids = np.arange(first, first + len(items), dtype=np.int64)
         if not items:
             return ids
-        self._named = named
         lengths = np.fromiter((len(it) for it in items), dtype=np.int32, count=len(items))
         self._pending.append(self._make_run(items, lengths, first))
         self._lengths_parts.append(lengths)
-        if named:
-            self._names.extend(names)
+        self._names.append(names, len(items))
         self._cache.clear()
         return ids
 
@@ -326,7 +317,7 @@ class InvertedIndex:
         other.config = dict(self.config)
         other._pending = list(self._pending)
         other._lengths_parts = list(self._lengths_parts)
-        other._names = list(self._names)
+        other._names = self._names.copy()
         other._cache = {}
         return other
 
@@ -518,8 +509,7 @@ class InvertedIndex:
             raise IndexFormatError(f"{where}/names.json has {len(names)} names for {num_items} items")
         index._csr = _Run(offsets, arrays["image_ids"], arrays[index._payload_name])
         index._lengths = arrays["item_lengths"]
-        index._names = list(names)
-        index._named = bool(names) if num_items else None
+        index._names.restore(names, num_items)
         index.config = dict(stored.config)
         return index
 

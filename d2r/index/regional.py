@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from d2r.index.names import EntryNames
 from d2r.index.inverted import InvertedIndex, check_k, top_k
 from d2r.index.storage import IndexFormatError, IndexWriter, read_index
 from d2r.types import AggregatedImage, SearchResult
@@ -47,8 +48,7 @@ class RegionalIndex:
         self.config: dict[str, Any] = {}
         self._item_to_image = np.zeros(0, np.int64)
         self._parts: list[np.ndarray] = []
-        self._names: list[str] = []
-        self._named: bool | None = None
+        self._names = EntryNames("images")
 
     def __len__(self) -> int:
         return self.num_images
@@ -78,7 +78,7 @@ class RegionalIndex:
     @property
     def names(self) -> tuple[str, ...]:
         """Image names by image id (empty when images were added without names)."""
-        return tuple(self._names)
+        return self._names.names
 
     @property
     def nbytes(self) -> int:
@@ -92,23 +92,14 @@ class RegionalIndex:
         for i, regions in enumerate(images):
             if not regions:
                 raise ValueError(f"images[{i}] has no regions; index at least the whole image")
-        if names is not None:
-            names = [str(n) for n in names]
-            if len(names) != len(images):
-                raise ValueError(f"names has {len(names)} entries for {len(images)} images")
-        named = names is not None
-        if images and self._named is not None and named != self._named:
-            raise ValueError("images were previously added " + ("with" if self._named else "without")
-                             + " names; pass names consistently")
+        names = self._names.check(names, len(images))
         first = self.num_images
         ids = np.arange(first, first + len(images), dtype=np.int64)
         if not images:
             return ids
         self.items.add([region for regions in images for region in regions])
         self._parts.append(np.repeat(ids, [len(regions) for regions in images]))
-        self._named = named
-        if named:
-            self._names.extend(names)
+        self._names.append(names, len(images))
         return ids
 
     def score_images(self, query: AggregatedImage, *, alpha: float = 3.0, tau: float = 0.0,
@@ -173,6 +164,6 @@ class RegionalIndex:
         index.config = dict(stored.config)
         index._item_to_image = mapping
         index._parts = []
-        index._names = list(stored.names)
-        index._named = bool(stored.names) if mapping.size else None
+        index._names = EntryNames("images")
+        index._names.restore(stored.names, int(mapping.size))
         return index
