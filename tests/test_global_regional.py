@@ -1,4 +1,4 @@
-"""Regional first/second-order pooling, salient-point regions, best-region-pair search and its QE."""
+"""Regional first/second-order pooling and salient-point regions (their search: test_region_vector_index)."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,6 @@ from scipy.linalg import logm
 
 from d2r.global_._kmeans import global_kmeans, kmeans
 from d2r.global_.regional import (
-    RegionDatabase,
     first_order_pooling,
     log_euclidean_vector,
     region_vectors,
@@ -101,7 +100,7 @@ def test_global_kmeans_separates_three_blobs_deterministically():
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     pts = np.concatenate([c + rng.standard_normal((15, 2)) * 0.5 for c in centres])
-    found, labels = global_kmeans(pts, 3)
+    _, labels = global_kmeans(pts, 3)
     assert len(set(labels[:15])) == len(set(labels[15:30])) == len(set(labels[30:])) == 1
     assert len(set(labels)) == 3
     again = global_kmeans(pts, 3)[1]
@@ -139,24 +138,3 @@ def test_salient_regions_on_an_image_and_region_vectors():
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1, rtol=1e-5)
     assert region_vectors(amap, masks, alpha, order="first").shape == (8, 16)
 
-
-def test_region_database_best_pair_similarity_and_qe():
-    rng = np.random.default_rng(2)
-    unit = lambda n: (lambda a: a / np.linalg.norm(a, axis=1, keepdims=True))(rng.standard_normal((n, 6)))  # noqa: E731
-    db_regions = [unit(3), unit(1), unit(4)]
-    query = unit(2)
-    db = RegionDatabase(db_regions, names=["a", "b", "c"])
-    sims = db.similarity([query])
-    brute = [max(float(q @ d) for q in query for d in regions) for regions in db_regions]
-    np.testing.assert_allclose(sims[0], brute, rtol=1e-5)
-    result = db.search([query], k=2)
-    np.testing.assert_array_equal(result.ids[0], np.argsort(brute)[::-1][:2])
-    assert result.names == ("a", "b", "c")
-    # QE with the top-1 image adds each query region's best match there
-    top = int(np.argmax(brute))
-    expanded = db.expand(query, [top, -1], top_k=2)
-    block = db_regions[top]
-    manual = query + block[np.argmax(query @ block.T, axis=1)]
-    np.testing.assert_allclose(expanded, manual / np.linalg.norm(manual, axis=1, keepdims=True), rtol=1e-5)
-    with pytest.raises(ValueError, match="no regions"):
-        RegionDatabase([np.zeros((0, 6))])

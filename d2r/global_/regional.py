@@ -1,4 +1,4 @@
-"""Region-wise first- and second-order pooling and best-region-pair search (pure numpy).
+"""Region-wise first- and second-order pooling of CNN activation maps (pure numpy).
 
 After Jeong et al., "regional deep feature aggregation": each candidate region
 (:mod:`d2r.global_.salient_regions`) is described by
@@ -10,27 +10,26 @@ After Jeong et al., "regional deep feature aggregation": each candidate region
 
 (``order="both"`` concatenates the two, each l2-normalized), then PCA-whitened to D
 (:func:`~d2r.global_.whitening.learn_whitening` on region vectors of another data
-set).  Two images are as similar as their best pair of regions; query expansion
-adds, to every query region, its best-matching region in each of the top-k images.
+set).  Two images are as similar as their best pair of regions: the region vectors are
+searched, and queries expanded (every query region plus its best-matching region in each
+of the top-k images), by :class:`d2r.index.region_vectors.RegionVectorIndex`.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
 from d2r.global_.pooling import check_activations, l2_normalize
 from d2r.global_.salient_regions import crow_channel_weights
 from d2r.global_.whitening import Whitening
-from d2r.types import SearchResult
 
 __all__ = [
     "first_order_pooling",
     "log_euclidean_vector",
-    "second_order_pooling",
     "region_vectors",
-    "RegionDatabase",
+    "second_order_pooling",
 ]
 
 Order = Literal["first", "second", "both"]
@@ -119,67 +118,3 @@ def region_vectors(activations, masks, alpha, *, order: Order = "both", reductio
     v = l2_normalize(np.concatenate(parts, axis=1))
     return v if whitening is None else whitening.apply(v)
 
-
-class RegionDatabase:
-    """Region vectors of N images; image similarity = best region pair (inner product).
-
-    Args:
-        regions: N arrays (R_i, D), R_i >= 1, l2-normalized region vectors.
-        names: optional image names.
-    """
-
-    def __init__(self, regions: Sequence, names: Sequence[str] = ()) -> None:
-        arrays = [np.asarray(r, dtype=np.float32) for r in regions]
-        if not arrays:
-            raise ValueError("regions is empty")
-        dims = {a.shape[1] if a.ndim == 2 else -1 for a in arrays}
-        if len(dims) != 1 or -1 in dims:
-            raise ValueError("every entry of regions must be an (R_i, D) array with the same D")
-        counts = np.array([a.shape[0] for a in arrays])
-        if counts.min() < 1:
-            raise ValueError(f"image {int(np.argmin(counts))} has no regions")
-        self.dim = arrays[0].shape[1]
-        self.vectors = np.ascontiguousarray(np.concatenate(arrays))
-        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.owner = np.repeat(np.arange(len(arrays)), counts)
-        self.names = tuple(str(n) for n in names)
-        if self.names and len(self.names) != len(arrays):
-            raise ValueError(f"{len(self.names)} names for {len(arrays)} images")
-
-    def __len__(self) -> int:
-        return int(self.offsets.shape[0] - 1)
-
-    def _query(self, query) -> np.ndarray:
-        q = np.asarray(query, dtype=np.float32)
-        if q.ndim != 2 or q.shape[0] == 0 or q.shape[1] != self.dim:
-            raise ValueError(f"query regions must have shape (R, {self.dim}) with R >= 1, got {q.shape}")
-        return q
-
-    def similarity(self, queries: Sequence) -> np.ndarray:
-        """Best-region-pair similarity of each query (R_q, D) with every image: (Q, N) float32."""
-        rows = []
-        for query in queries:
-            best = (self._query(query) @ self.vectors.T).max(axis=0)
-            rows.append(np.maximum.reduceat(best, self.offsets[:-1]))
-        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, len(self)), np.float32)
-
-    def search(self, queries: Sequence, *, k: int | None = None) -> SearchResult:
-        """Top ``k`` images (default all) of each query by :meth:`similarity`."""
-        sims = self.similarity(queries)
-        k = len(self) if k is None else min(int(k), len(self))
-        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        return SearchResult(np.take_along_axis(sims, order, axis=1), order, self.names)
-
-    def expand(self, query, ids, *, top_k: int = 5) -> np.ndarray:
-        """Query expansion: each query region plus its best match in each of the first ``top_k``
-        images of ``ids`` (-1 skipped), l2: (R_q, D) -> (R_q, D) float32."""
-        q = self._query(query)
-        total = q.astype(np.float64).copy()
-        for i in np.asarray(ids, dtype=np.int64).reshape(-1)[: int(top_k)]:
-            if i < 0:
-                continue
-            if i >= len(self):
-                raise ValueError(f"image id {int(i)} outside [0, {len(self)})")
-            block = self.vectors[self.offsets[i] : self.offsets[i + 1]]
-            total += block[np.argmax(q @ block.T, axis=1)]
-        return l2_normalize(total)

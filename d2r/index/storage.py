@@ -2,7 +2,8 @@
 
 Layout of an index directory::
 
-    manifest.json   format name and version, kind ("inverted", "regional", "global"),
+    manifest.json   format name and version, kind ("inverted", "regional", "global",
+                    "global_local", "global_regions"),
                     kind-specific metadata (K, D, binary, counts, dtypes), the caller's
                     free-form ``config`` (resolved config, codebook hash, feature config),
                     and for every array its file, dtype, shape, byte size and sha256
