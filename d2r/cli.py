@@ -2,7 +2,10 @@
 
 Every command reads its configuration the same way (``--config PRESET``,
 ``--config-file FILE``, ``--set a.b=c``) and its images from one of
-``--images DIR``, ``--image-list FILE`` or ``--dataset-dir DIR``.
+``--images DIR``, ``--image-list FILE`` or ``--dataset-dir DIR`` (any benchmark
+of :mod:`d2r.datasets.benchmarks`, chosen by ``--benchmark``, with
+``--rotations FILE`` for Holidays and ``--distractors``/``--distractor-dir``
+for R1M).
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from d2r.config import Config, available_presets, load_config
+from d2r.datasets.benchmarks import BENCHMARKS, Benchmark, load_benchmark
 
 __all__ = [
     "ImageSource",
     "load_dataset",
+    "add_benchmark_args",
     "add_distractor_args",
     "add_config_args",
     "config_from_args",
@@ -31,13 +36,26 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ImageSource:
-    """Images to process: ``names[i]`` (the id used in stores and indexes) lives at ``paths[i]``."""
+    """Images to process: ``names[i]`` (the id used in stores and indexes) lives at ``paths[i]``.
+
+    ``rotations`` is empty (no image is turned) or holds, per image, the clockwise
+    degrees (a multiple of 90) that turn it upright before feature extraction.
+    """
 
     names: tuple[str, ...]
     paths: tuple[Path, ...]
+    rotations: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.rotations and len(self.rotations) != len(self.names):
+            raise ValueError(f"{len(self.rotations)} rotations for {len(self.names)} images")
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def rotation(self, i: int) -> int:
+        """Clockwise degrees that turn image ``i`` upright (0 without rotations)."""
+        return self.rotations[i] if self.rotations else 0
 
     @classmethod
     def from_directory(cls, directory: str | os.PathLike) -> "ImageSource":
@@ -70,40 +88,55 @@ class ImageSource:
         cls,
         dataset_dir: str | os.PathLike,
         *,
-        distractor_list: Optional[str | os.PathLike] = None,
-        distractor_root: Optional[str | os.PathLike] = None,
-    ) -> "ImageSource":
-        """The database of a revisitop-layout dataset, optionally followed by R1M distractors.
+        benchmark: str = "auto",
+        rotations: str | os.PathLike | None = None,
+        distractor_list: str | os.PathLike | None = None,
+        distractor_root: str | os.PathLike | None = None,
+    ) -> ImageSource:
+        """The database of a benchmark (:func:`load_dataset`), with its images' rotations.
 
-        Names are the dataset's ``db_names`` (base images, then the distractors in list
-        order, numbered as :func:`d2r.datasets.revisited.with_distractors` numbers them).
+        Names are the benchmark's ``db_names`` (for revisited with R1M: base images,
+        then the distractors in list order, as
+        :func:`d2r.datasets.revisited.with_distractors` numbers them).
         """
-        dataset = load_dataset(dataset_dir, distractor_list=distractor_list,
-                               distractor_root=distractor_root)
-        return cls(
-            tuple(dataset.db_names), tuple(dataset.db_path(i) for i in range(dataset.num_db))
-        )
+        dataset = load_dataset(dataset_dir, benchmark=benchmark, rotations=rotations,
+                               distractor_list=distractor_list, distractor_root=distractor_root)
+        turns = tuple(dataset.rotation(i) for i in range(dataset.num_db))
+        return cls(tuple(dataset.db_names),
+                   tuple(dataset.db_path(i) for i in range(dataset.num_db)),
+                   turns if any(turns) else ())
 
-    def shard(self, index: int, count: int) -> "ImageSource":
+    def shard(self, index: int, count: int) -> ImageSource:
         """Every ``count``-th image starting at ``index`` (``--shard index/count``)."""
-        return ImageSource(self.names[index::count], self.paths[index::count])
+        return ImageSource(self.names[index::count], self.paths[index::count],
+                           self.rotations[index::count])
 
 
 def load_dataset(
     dataset_dir: str | os.PathLike,
     *,
-    distractor_list: Optional[str | os.PathLike] = None,
-    distractor_root: Optional[str | os.PathLike] = None,
-):
-    """:func:`~d2r.datasets.revisited.load_revisited`, plus R1M distractors when both are given."""
-    from d2r.datasets.revisited import load_distractors, load_revisited, with_distractors
+    benchmark: str = "auto",
+    rotations: str | os.PathLike | None = None,
+    distractor_list: str | os.PathLike | None = None,
+    distractor_root: str | os.PathLike | None = None,
+) -> Benchmark:
+    """The :class:`~d2r.datasets.benchmarks.Benchmark` behind ``--dataset-dir`` and its options.
 
-    if (distractor_list is None) != (distractor_root is None):
-        raise ValueError("give both the distractor list and the distractor image folder, or neither")
-    dataset = load_revisited(dataset_dir)
-    if distractor_list is not None:
-        dataset = with_distractors(dataset, load_distractors(distractor_list), distractor_root)
-    return dataset
+    ``benchmark`` is a kind of :func:`~d2r.datasets.benchmarks.load_benchmark` or
+    ``"auto"``; ``rotations`` a Holidays rotation list; the distractor list and folder
+    (both or neither) append R1M to a revisited benchmark.
+    """
+    return load_benchmark(dataset_dir, kind=benchmark, rotations=rotations,
+                          distractor_list=distractor_list, distractor_root=distractor_root)
+
+
+def add_benchmark_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--benchmark", choices=("auto", *BENCHMARKS), default="auto",
+                        help="with --dataset-dir: the benchmark's layout (default: auto, "
+                             "detected from the directory's files)")
+    parser.add_argument("--rotations", metavar="FILE",
+                        help="Holidays: '<image> <degrees clockwise>' lines; those images are "
+                             "turned upright before feature extraction")
 
 
 def add_distractor_args(parser: argparse.ArgumentParser) -> None:
@@ -140,17 +173,22 @@ def add_source_args(parser: argparse.ArgumentParser, *, required: bool = True) -
     group.add_argument("--image-list", metavar="FILE", help="file with one image path per line")
     group.add_argument(
         "--dataset-dir", metavar="DIR",
-        help="dataset in the revisitop layout (DIR/jpg, DIR/gnd_*.pkl); its database is used",
+        help="benchmark directory (revisited ROxf/RPar, Oxford5k/Paris6k, Holidays, UKBench); "
+             "its database is used",
     )
+    add_benchmark_args(parser)
     add_distractor_args(parser)
 
 
 def source_from_args(args: argparse.Namespace) -> ImageSource:
+    if not args.dataset_dir and args.rotations:
+        raise ValueError("--rotations needs --dataset-dir (a Holidays benchmark)")
     if args.images:
         return ImageSource.from_directory(args.images)
     if args.image_list:
         return ImageSource.from_list(args.image_list)
-    return ImageSource.from_dataset(args.dataset_dir, distractor_list=args.distractors,
+    return ImageSource.from_dataset(args.dataset_dir, benchmark=args.benchmark,
+                                    rotations=args.rotations, distractor_list=args.distractors,
                                     distractor_root=args.distractor_dir)
 
 

@@ -1,8 +1,12 @@
-"""Evaluate rankings on Revisited Oxford/Paris: ``python -m d2r.evaluate``.
+"""Evaluate rankings on a benchmark: ``python -m d2r.evaluate``.
 
 Usage::
 
     python -m d2r.evaluate --dataset-dir data/datasets/roxford5k --ranks out/ranks.npy --out out/
+
+The benchmark is detected from the directory or named with ``--benchmark``
+(``revisited``, ``oxford-paris``, ``holidays``, ``ukbench``; layouts in
+:mod:`d2r.datasets.benchmarks`).
 
 ``--ranks`` accepts
 
@@ -13,10 +17,15 @@ Usage::
   or ``scores``;
 * a ``.json`` file: ``{"ranks": [[...], ...]}``.
 
-Prints mAP and mP@k of the Easy, Medium and Hard protocols and, with ``--out``,
-writes ``metrics.json`` = ``{"easy"|"medium"|"hard": {"mAP", "mP@1", ...}}`` in
-percent. Database indices beyond the base images (R1M distractors) are simply
-never positive.
+Prints the metrics and, with ``--out``, writes them to ``metrics.json``:
+
+* Revisited Oxford/Paris: ``{"easy"|"medium"|"hard": {"mAP", "mP@1", ...}}``
+  in percent. Database indices beyond the base images (R1M distractors) are
+  simply never positive.
+* Oxford5k/Paris6k (original protocol) and Holidays: ``{"mAP", "mP@1", ...}``
+  in percent.
+* UKBench: ``{"N-S": score}``, the mean number of group images in the top 4
+  (0..4).
 """
 
 from __future__ import annotations
@@ -26,13 +35,14 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from d2r.datasets.revisited import load_revisited
-from d2r.evaluation import PROTOCOLS, evaluate_protocols, scores_to_ranks
+from d2r.datasets.benchmarks import BENCHMARKS, load_benchmark
+from d2r.evaluation import scores_to_ranks
 
 __all__ = ["load_ranks", "write_metrics", "format_table", "main"]
 
@@ -98,8 +108,19 @@ def _int_ranks(arr: np.ndarray, path: Path) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def format_table(metrics: dict[str, dict[str, float]]) -> str:
-    """Plain-text table: one row per protocol, one column per metric."""
+def _per_protocol(metrics: Mapping[str, Any]) -> bool:
+    return all(isinstance(v, Mapping) for v in metrics.values())
+
+
+def format_table(metrics: Mapping[str, Any]) -> str:
+    """Plain-text table, one column per metric.
+
+    ``{protocol: {metric: value}}`` (Revisited) gives one row per protocol;
+    ``{metric: value}`` (the classic benchmarks) a single row.
+    """
+    if not _per_protocol(metrics):
+        return "\n".join(["".join(f"{c:>8}" for c in metrics),
+                          "".join(f"{v:8.2f}" for v in metrics.values())])
     columns = list(next(iter(metrics.values())).keys())
     lines = ["protocol " + "".join(f"{c:>8}" for c in columns)]
     for protocol, values in metrics.items():
@@ -107,14 +128,21 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_metrics(metrics: dict[str, dict[str, float]], out_dir: str | Path) -> Path:
-    """Write ``metrics.json`` into ``out_dir`` (created); NaN becomes null."""
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def write_metrics(metrics: Mapping[str, Any], out_dir: str | Path) -> Path:
+    """Write ``metrics.json`` into ``out_dir`` (created); NaN becomes null.
+
+    ``metrics`` has either shape :func:`format_table` accepts.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clean = {
-        p: {k: (None if math.isnan(v) else v) for k, v in m.items()}
-        for p, m in metrics.items()
-    }
+    if _per_protocol(metrics):
+        clean = {p: {k: _json_number(v) for k, v in m.items()} for p, m in metrics.items()}
+    else:
+        clean = {k: _json_number(v) for k, v in metrics.items()}
     target = out / "metrics.json"
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(clean, indent=2) + "\n")
@@ -125,14 +153,21 @@ def write_metrics(metrics: dict[str, dict[str, float]], out_dir: str | Path) -> 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m d2r.evaluate",
-        description="mAP and mP@k of rankings on Revisited Oxford/Paris (Easy/Medium/Hard).",
+        description="Metrics of rankings on a benchmark: Revisited Oxford/Paris (Easy/Medium/"
+                    "Hard mAP, mP@k), Oxford5k/Paris6k and Holidays (mAP, mP@k), UKBench (N-S).",
     )
     parser.add_argument("--dataset-dir", required=True, type=Path,
-                        help="directory with gnd_<name>.pkl (or .mat) and jpg/")
+                        help="benchmark directory (revisitop gnd_<name>.pkl + jpg/, gt_files/ + "
+                             "jpg/, Holidays or UKBench images)")
+    parser.add_argument("--benchmark", choices=("auto", *BENCHMARKS), default="auto",
+                        help="the benchmark's layout (default: auto, detected from the files)")
+    parser.add_argument("--rotations", type=Path, metavar="FILE",
+                        help="Holidays rotation list (checked against the images; metrics do "
+                             "not depend on it)")
     parser.add_argument("--ranks", required=True, type=Path,
                         help="ranks .npy/.npz/.json, or a directory with ranks.npy or scores.npy")
     parser.add_argument("--name", default=None,
-                        help="dataset name when the directory holds several gnd files")
+                        help="revisited: dataset name when the directory holds several gnd files")
     parser.add_argument("--out", type=Path, default=None, help="write metrics.json here")
     parser.add_argument("--kappas", type=int, nargs="+", default=list(DEFAULT_KAPPAS),
                         help="k of mean precision at k (default: 1 5 10)")
@@ -145,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        dataset = load_revisited(args.dataset_dir, args.name)
+        dataset = load_benchmark(args.dataset_dir, kind=args.benchmark,
+                                 rotations=args.rotations, name=args.name)
         ranks = load_ranks(args.ranks)
         if args.layout == "revisitop":
             ranks = ranks.T
@@ -154,13 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{args.ranks}: {ranks.shape[0]} ranking rows for {dataset.num_queries} "
                 f"queries of {dataset.name}"
             )
-        metrics = evaluate_protocols(ranks, dataset.gnd, args.kappas)
+        metrics = dataset.evaluate(ranks, args.kappas)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{dataset.name}: {dataset.num_queries} queries, {dataset.num_db} database images, "
           f"ranking depth {ranks.shape[1]}")
-    print(format_table({p: metrics[p] for p in PROTOCOLS}))
+    print(format_table(metrics))
     if args.out is not None:
         path = write_metrics(metrics, args.out)
         print(f"wrote {path}")

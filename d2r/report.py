@@ -1,17 +1,20 @@
-"""A static HTML report of a retrieval run on a Revisited-style dataset.
+"""A static HTML report of a retrieval run on a benchmark.
 
 :func:`write_report` writes, under ``out_dir``::
 
     index.html                 metrics, PR curves, one section per query
-    pr_<protocol>.png          precision/recall curves (Easy, Medium, Hard)
+    pr_<protocol>.png          precision/recall curves (Easy, Medium, Hard; "all"
+                               for the classic benchmarks)
     thumbs/q_<q>.jpg           query images with their box
     thumbs/db_<id>.jpg         database thumbnails with detected regions
     matches/q<q>_db<id>.html   inlier correspondences of a verified pair
     matches/q<q>_db<id>.jpg
 
 Each query shows its top-``top_k`` results framed green (positive), red
-(negative) or grey (junk) under one protocol (Medium by default: positives are
-easy + hard, junk is junk), with the query's AP.  All links are relative, so
+(negative) or grey (junk) under one protocol (for Revisited Oxford/Paris Medium
+by default: positives are easy + hard, junk is junk; the classic benchmarks have
+one), with the query's AP.  Images listed with a rotation (Holidays) are shown
+upright, as their features were extracted.  All links are relative, so
 the directory can be opened from ``file://`` or moved as a whole.  Matplotlib
 draws the curves with its Agg backend; Pillow draws everything else.
 """
@@ -26,8 +29,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from d2r.datasets.benchmarks import Benchmark
 from d2r.datasets.revisited import RevisitedDataset
-from d2r.evaluation import PROTOCOLS, compute_map, evaluate_protocols, protocol_gnd
+from d2r.evaluation import compute_map
 from d2r.io.images import load_image_with_info
 from d2r.types import Boxes, LocalFeatures
 
@@ -69,7 +73,18 @@ figure.result figcaption { overflow-wrap: anywhere; }
 )
 
 
-def _check_ranks(ranks: Any, dataset: RevisitedDataset) -> np.ndarray:
+def _as_benchmark(dataset: Any) -> Benchmark:
+    """A :class:`Benchmark` as is; a :class:`RevisitedDataset` wrapped in one."""
+    if isinstance(dataset, Benchmark):
+        return dataset
+    if isinstance(dataset, RevisitedDataset):
+        return Benchmark("revisited", dataset)
+    raise TypeError(
+        f"dataset must be a Benchmark or a RevisitedDataset, got {type(dataset).__name__}"
+    )
+
+
+def _check_ranks(ranks: Any, dataset: Benchmark) -> np.ndarray:
     arr = np.asarray(ranks)
     if arr.ndim != 2 or arr.shape[0] != dataset.num_queries:
         raise ValueError(
@@ -86,9 +101,9 @@ def _check_ranks(ranks: Any, dataset: RevisitedDataset) -> np.ndarray:
 
 
 def label_results(
-    ranks: np.ndarray, dataset: RevisitedDataset, *, protocol: str = "medium"
+    ranks: np.ndarray, dataset: Benchmark | RevisitedDataset, *, protocol: str | None = None
 ) -> np.ndarray:
-    """Labels of ranked ids under ``protocol``.
+    """Labels of ranked ids under ``protocol`` (default: the benchmark's default protocol).
 
     Args:
         ranks: (Q, K) int database ids, -1 padding.
@@ -96,9 +111,10 @@ def label_results(
     Returns:
         (Q, K) str ``"positive"``, ``"negative"``, ``"junk"`` or ``""`` for padding.
     """
-    ranks = _check_ranks(ranks, dataset)
+    bench = _as_benchmark(dataset)
+    ranks = _check_ranks(ranks, bench)
     out = np.full(ranks.shape, "negative", dtype=object)
-    for q, entry in enumerate(protocol_gnd(dataset.gnd, protocol)):
+    for q, entry in enumerate(bench.protocol_gnd(protocol or bench.default_protocol)):
         out[q, np.isin(ranks[q], entry["junk"])] = "junk"
         out[q, np.isin(ranks[q], entry["ok"])] = "positive"
     out[ranks < 0] = ""
@@ -156,9 +172,12 @@ def _plot_pr(path: Path, curves: np.ndarray, protocol: str, mean_ap: float) -> N
     fig.savefig(path, format="png")
 
 
-def _thumbnail(path: Path, max_side: int) -> tuple[Image.Image, np.ndarray]:
-    """Downscaled RGB image and its (2,) x, y factors relative to the original pixels."""
-    loaded = load_image_with_info(path, max_side=max_side)
+def _thumbnail(path: Path, max_side: int, rotation: int) -> tuple[Image.Image, np.ndarray]:
+    """Downscaled RGB image turned ``rotation`` degrees clockwise, and its (2,) x, y factors.
+
+    The factors are relative to the original pixels, turned the same way.
+    """
+    loaded = load_image_with_info(path, max_side=max_side).rotated(rotation)
     return Image.fromarray(loaded.pixels), np.asarray(loaded.scale_xy, np.float64)
 
 
@@ -219,7 +238,7 @@ def _fmt(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def _regions_of(regions: Any, dataset: RevisitedDataset):
+def _regions_of(regions: Any, dataset: Benchmark):
     if regions is None:
         return lambda i: None
     if isinstance(regions, Mapping):
@@ -278,14 +297,14 @@ def report_matches(
 def write_report(
     out_dir: str | Path,
     *,
-    dataset: RevisitedDataset,
+    dataset: Benchmark | RevisitedDataset,
     ranks: Any,
     aps: Any = None,
     top_k: int = 10,
     regions: Any = None,
     verification: Mapping[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
     metrics: Mapping[str, Any] | None = None,
-    protocol: str = "medium",
+    protocol: str | None = None,
     title: str | None = None,
     thumb_side: int = 192,
     query_side: int = 256,
@@ -295,7 +314,8 @@ def write_report(
 
     Args:
         out_dir: output directory (created; files of a previous report are replaced).
-        dataset: the evaluated dataset (images are read from its paths).
+        dataset: the evaluated benchmark, or a Revisited dataset (images are read
+            from its paths).
         ranks: (Q, N) int database ids per query, best first, -1 padding.
         aps: (Q,) AP fractions under ``protocol``; computed from ``ranks`` when None.
         top_k: results shown per query.
@@ -305,30 +325,31 @@ def write_report(
             locations in original pixels (see :func:`report_matches`); each pair
             among the shown results gets a match page.
         metrics: table shown at the top, ``{protocol: {name: value}}`` or
-            ``{name: value}``; :func:`d2r.evaluation.evaluate_protocols` of
-            ``ranks`` when None.
-        protocol: ``"easy"``, ``"medium"`` or ``"hard"``: frame colours and AP.
+            ``{name: value}``; :meth:`Benchmark.evaluate` of ``ranks`` when None.
+        protocol: frame colours and AP: ``"easy"``, ``"medium"`` (default) or
+            ``"hard"`` for Revisited Oxford/Paris, ``"all"`` (the only one)
+            for the classic benchmarks.
         title: page title (default: dataset name).
         thumb_side, query_side, match_side: longest side of result thumbnails,
             query thumbnails and the images in match views, in pixels.
     """
-    if not isinstance(dataset, RevisitedDataset):
-        raise TypeError(f"dataset must be a RevisitedDataset, got {type(dataset).__name__}")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    dataset = _as_benchmark(dataset)
+    protocol = protocol or dataset.default_protocol
+    if protocol not in dataset.protocols:
+        raise ValueError(f"protocol must be one of {dataset.protocols}, got {protocol!r}")
     for name, value in (("top_k", top_k), ("thumb_side", thumb_side),
                         ("query_side", query_side), ("match_side", match_side)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     ranks = _check_ranks(ranks, dataset)
-    gnd = {p: protocol_gnd(dataset.gnd, p) for p in PROTOCOLS}
+    gnd = {p: dataset.protocol_gnd(p) for p in dataset.protocols}
     if aps is None:
         aps = compute_map(ranks, gnd[protocol])[1]
     aps = np.asarray(aps, np.float64).reshape(-1)
     if aps.shape != (dataset.num_queries,):
         raise ValueError(f"aps must have shape ({dataset.num_queries},), got {aps.shape}")
     if metrics is None:
-        metrics = evaluate_protocols(ranks, dataset.gnd)
+        metrics = dataset.evaluate(ranks)
     region_of = _regions_of(regions, dataset)
     verification = {key: _check_pair(value, key) for key, value in (verification or {}).items()}
 
@@ -337,7 +358,7 @@ def write_report(
         (out / sub).mkdir(parents=True, exist_ok=True)
 
     curves = []
-    for p in PROTOCOLS:
+    for p in dataset.protocols:
         mean_ap = compute_map(ranks, gnd[p])[0]
         _plot_pr(out / f"pr_{p}.png", precision_recall(ranks, gnd[p]), p, mean_ap)
         curves.append(
@@ -346,20 +367,19 @@ def write_report(
 
     shown = ranks[:, :top_k]
     labels = label_results(shown, dataset, protocol=protocol)
-    detail = {q: {int(i): name for name in ("junk", "hard", "easy") for i in getattr(g, name)}
-              for q, g in enumerate(dataset.gnd)}
+    detail = [dataset.result_kinds(q) for q in range(dataset.num_queries)]
     written: dict[int, tuple[int, int]] = {}
     sections = []
     for q in range(dataset.num_queries):
-        q_image, q_scale = _thumbnail(dataset.query_path(q), query_side)
-        _draw_boxes(q_image, dataset.query_boxes[q], q_scale, _QUERY_BOX, 3)
+        q_image, _ = _query_thumbnail(dataset, q, query_side, 3)
         _save_jpeg(q_image, out / "thumbs" / f"q_{q:04d}.jpg")
         figures = []
         for pos, db_id in enumerate(shown[q].tolist()):
             if db_id < 0:
                 continue
             if db_id not in written:
-                image, scale = _thumbnail(dataset.db_path(db_id), thumb_side)
+                image, scale = _thumbnail(dataset.db_path(db_id), thumb_side,
+                                          dataset.rotation(db_id))
                 boxes = region_of(db_id)
                 if boxes is not None:
                     if not isinstance(boxes, Boxes):
@@ -412,15 +432,24 @@ def write_report(
     return index
 
 
+def _query_thumbnail(dataset: Benchmark, q: int, side: int,
+                     width: int) -> tuple[Image.Image, np.ndarray]:
+    """:func:`_thumbnail` of query ``q`` with its box drawn (if it has one)."""
+    image, scale = _thumbnail(dataset.query_path(q), side, dataset.query_rotation(q))
+    box = dataset.query_box(q)
+    if box is not None:
+        _draw_boxes(image, np.array(box), scale, _QUERY_BOX, width)
+    return image, scale
+
+
 def _write_match_page(
-    out: Path, dataset: RevisitedDataset, q: int, db_id: int,
+    out: Path, dataset: Benchmark, q: int, db_id: int,
     pair: tuple[np.ndarray, np.ndarray], side: int, label: str,
 ) -> str:
     """Write the match view of (q, db_id); return its path relative to ``out``."""
     q_xy, d_xy = pair
-    q_image, q_scale = _thumbnail(dataset.query_path(q), side)
-    _draw_boxes(q_image, dataset.query_boxes[q], q_scale, _QUERY_BOX, 2)
-    d_image, d_scale = _thumbnail(dataset.db_path(db_id), side)
+    q_image, q_scale = _query_thumbnail(dataset, q, side, 2)
+    d_image, d_scale = _thumbnail(dataset.db_path(db_id), side, dataset.rotation(db_id))
     stem = f"q{q:04d}_db{db_id:06d}"
     canvas = _match_image(q_image, q_scale, d_image, d_scale, q_xy, d_xy)
     _save_jpeg(canvas, out / "matches" / f"{stem}.jpg")

@@ -80,8 +80,9 @@ class _ExtractWorker:
         return {"config": store_config(self.config, self.extractor), "dim": self.extractor.dim,
                 "dtype": self.config.features.store_dtype}
 
-    def extract(self, names: Sequence[str], paths: Sequence[str]) -> dict[str, Any]:
-        source = cli.ImageSource(tuple(names), tuple(Path(p) for p in paths))
+    def extract(self, names: Sequence[str], paths: Sequence[str],
+                rotations: Sequence[int] = ()) -> dict[str, Any]:
+        source = cli.ImageSource(tuple(names), tuple(Path(p) for p in paths), tuple(rotations))
         summary = extract_to_store(self.config, source, self.store_path, boxes_dir=self.boxes_dir,
                                    extractor=self.extractor, show_progress=False)
         return {"extracted": summary.extracted, "already_done": summary.already_done,
@@ -173,7 +174,8 @@ def run_extract_ray(
             def submit(actor, i):
                 idx = chunks[i]
                 return actor.extract.remote([source.names[j] for j in idx],
-                                            [str(source.paths[j]) for j in idx])
+                                            [str(source.paths[j]) for j in idx],
+                                            [source.rotation(j) for j in idx])
 
             def on_result(i, value):
                 summary.extracted += value["extracted"]

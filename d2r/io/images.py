@@ -106,6 +106,24 @@ class LoadedImage:
         factors = np.asarray(self.scale_xy, dtype=np.float64)
         return ((pts + 0.5) / factors - 0.5).astype(np.float32)
 
+    def rotated(self, degrees: int) -> LoadedImage:
+        """This image turned ``degrees`` clockwise (a multiple of 90).
+
+        The turned image is the new original: ``original_size`` turns with the
+        pixels, so coordinates refer to the upright image. ``0`` returns ``self``.
+        """
+        if int(degrees) != degrees or int(degrees) % 90:
+            raise ValueError(f"rotation must be a multiple of 90 degrees, got {degrees!r}")
+        turns = int(degrees) // 90 % 4
+        if turns == 0:
+            return self
+        width, height = self.original_size
+        return LoadedImage(
+            pixels=np.ascontiguousarray(np.rot90(self.pixels, k=-turns, axes=(0, 1))),
+            original_size=(height, width) if turns % 2 else (width, height),
+            scale=self.scale,
+        )
+
 
 def load_image(
     path: str | os.PathLike, *, max_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
