@@ -43,15 +43,22 @@ from d2r.datasets.revisited import crop_query, load_revisited
 from d2r.evaluation import evaluate_protocols, result_to_ranks
 from d2r.global_.aml import aml_rerank
 from d2r.global_.backbones import Backbone, resize_image
-from d2r.global_.cam import cam_heatmap, cam_mask, min_manhattan_distance
+from d2r.global_.cam import cam_heatmap, cam_mask
 from d2r.global_.multires import multilayer_descriptor
 from d2r.global_.pfa import learn_pfa
-from d2r.global_.qe import average_query_expansion, expand_queries, rerank_top
-from d2r.global_.regional import RegionDatabase, region_vectors
+from d2r.global_.qe import (
+    average_query_expansion,
+    expand_queries,
+    rerank_top,
+    rescore_head,
+)
+from d2r.global_.regional import region_vectors
 from d2r.global_.rmac import mac_descriptor, rmac, rmac_training_vectors
 from d2r.global_.salient_regions import detect_salient_points, salient_regions
 from d2r.global_.whitening import learn_whitening
 from d2r.index.global_index import GlobalIndex
+from d2r.index.global_local import GlobalLocalIndex
+from d2r.index.region_vectors import RegionVectorIndex
 from d2r.io.images import load_image
 from d2r.types import SearchResult
 
@@ -113,18 +120,6 @@ def search_all(db: np.ndarray, queries: np.ndarray) -> tuple[SearchResult, float
     return result, (time.perf_counter() - t0) / queries.shape[0]
 
 
-def rerank_by_vectors(result: SearchResult, queries: np.ndarray, vectors: np.ndarray) -> SearchResult:
-    """Re-sort the head of ``result`` (len = vectors.shape[1]) by ``vectors @ query``."""
-    ids, scores = result.ids.copy(), result.scores.copy()
-    head = vectors.shape[1]
-    sims = np.einsum("qd,qkd->qk", queries, vectors)
-    order = np.argsort(-sims, axis=1, kind="stable")
-    ids[:, :head] = np.take_along_axis(ids[:, :head], order, axis=1)
-    scores[:, :head] = np.take_along_axis(sims, order, axis=1)
-    scores[:, head:] = np.minimum(scores[:, head:], scores[:, head - 1 : head])
-    return SearchResult(scores, ids, result.names)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="synthetic benchmark directory (revisitop layout)")
@@ -151,7 +146,7 @@ def main() -> None:
     q_imgs = [crop_query(load_image(ds.query_path(i)), ds.query_boxes[i]) for i in range(ds.num_queries)]
     tr_imgs = [load_image(train.db_path(i)) for i in range(train.num_db)]
     multires = not args.no_multires
-    kw = dict(max_side=args.max_side, resolutions=resolutions, multires=multires)
+    kw = {"max_side": args.max_side, "resolutions": resolutions, "multires": multires}
     logger.info("extracting %d train, %d database, %d query images (%s, %s weights)", len(tr_imgs), len(db_imgs),
                 len(q_imgs), args.backbone, "RANDOM" if args.weights is None else args.weights)
     tr, db, qs = extract(backbone, tr_imgs, **kw), extract(backbone, db_imgs, **kw), extract(backbone, q_imgs, **kw)
@@ -191,7 +186,7 @@ def main() -> None:
     report(f"R-MAC + AML (top {args.top_n})", w_rmac.dim, t_cnn + t_pool, t_q + t_aml, aml)
     t0 = time.perf_counter()
     expanded = expand_queries(rmac_q, region_vecs[:, :5])
-    aml_qe = rerank_by_vectors(aml, expanded, region_vecs)
+    aml_qe = rescore_head(aml, expanded, region_vecs)
     t_qe = (time.perf_counter() - t0) / len(qs.last)
     report("R-MAC + AML + QE", w_rmac.dim, t_cnn + t_pool, t_q + t_aml + t_qe, aml_qe)
     t0 = time.perf_counter()
@@ -217,10 +212,10 @@ def main() -> None:
 
             loc_db, t_loc = timed_map(local, db.multires)
             loc_q = np.stack([local(m) for m in qs.multires])
+            cam_index = GlobalLocalIndex(pfa.dim)
+            cam_index.add(np.stack([np.stack(pf_db), np.stack(loc_db)], axis=1))
             t0 = time.perf_counter()
-            dist = min_manhattan_distance(pf_q, loc_q, np.stack(pf_db), np.stack(loc_db))
-            order = np.argsort(dist, axis=1, kind="stable")
-            result = SearchResult(-np.take_along_axis(dist, order, axis=1), order)
+            result = cam_index.search(np.stack([pf_q, loc_q], axis=1), k=cam_index.num_images)
             report("  + PFA + CAM (min L1)", pfa.dim, t_multi + t_pool + t_loc,
                    (time.perf_counter() - t0) / len(qs.last), result)
 
@@ -236,14 +231,15 @@ def main() -> None:
                             dim=args.regional_dim)
     reg_db, t_pool = timed_map(lambda i: w_reg.apply(regions_of(db, i)), range(len(db.last)))
     reg_q = [w_reg.apply(regions_of(qs, i)) for i in range(len(qs.last))]
-    rdb = RegionDatabase(reg_db)
+    rdb = RegionVectorIndex(w_reg.dim)
+    rdb.add(reg_db)
     t0 = time.perf_counter()
-    result = rdb.search(reg_q)
+    result = rdb.search(reg_q, k=rdb.num_images)
     t_q = (time.perf_counter() - t0) / len(reg_q)
     report("regional 1st+2nd order", w_reg.dim, t_cnn + t_pts + t_pool, t_q, result)
     t0 = time.perf_counter()
     expanded = [rdb.expand(q, result.ids[i], top_k=5) for i, q in enumerate(reg_q)]
-    qe_result = rdb.search(expanded)
+    qe_result = rdb.search(expanded, k=rdb.num_images)
     report("regional + QE", w_reg.dim, t_cnn + t_pts + t_pool, t_q + (time.perf_counter() - t0) / len(reg_q),
            qe_result)
 

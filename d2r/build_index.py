@@ -3,6 +3,7 @@
 Stages, each writing into the index directory ``OUT``::
 
     OUT/features/     local features (+ region crops), resumable feature store
+    OUT/maps/         CNN activation maps for AML re-ranking (features.cnn.store_maps)
     OUT/boxes/        regions per image as .boxes files (when regions are used)
     OUT/codebooks/    the trained codebook, one folder per codebook config
     OUT/search/       the inverted / regional / global index (flat arrays, mmap)
@@ -34,13 +35,15 @@ from d2r.distributed.options import add_ray_args, ray_kwargs, ray_requested
 from d2r.encode import encode_database_image, sample_descriptors, validate
 from d2r.extract import extract_to_store, make_extractor, read_regions, region_features
 from d2r.index.global_index import GlobalIndex
+from d2r.index.global_local import GlobalLocalIndex
 from d2r.index.inverted import InvertedIndex
+from d2r.index.region_vectors import RegionVectorIndex
 from d2r.index.regional import RegionalIndex
 from d2r.io.atomic import atomic_write_json
 from d2r.io.feature_store import FeatureStore
 
 __all__ = [
-    "MANIFEST", "FORMAT", "VERSION", "build_index", "codebook_dir", "indexed_names",
+    "MANIFEST", "MAPS", "FORMAT", "VERSION", "build_index", "codebook_dir", "indexed_names",
     "load_or_train_codebook",
     "new_index", "index_record", "save_index", "finish_build", "main",
 ]
@@ -48,6 +51,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MANIFEST = "index.json"
+MAPS = "maps"
+"""Folder of the database activation maps (CNN descriptors with ``features.cnn.store_maps``)."""
 FORMAT = "d2r-index"
 VERSION = 1
 _BATCH = 512
@@ -158,12 +163,29 @@ def _aggregated_index(config: Config, codebook: Codebook, store: FeatureStore,
     return index
 
 
-def _global_descriptor_index(store: FeatureStore, names: Sequence[str]) -> GlobalIndex:
-    """The CNN global descriptors (one stored row per image) in a flat inner-product index."""
-    index = GlobalIndex(store.dim)
+def _global_descriptor_index(config: Config, store: FeatureStore, names: Sequence[str]):
+    """The stored CNN descriptors in the search structure their method needs.
+
+    One row per image: a flat inner-product :class:`GlobalIndex`; global + CAM-local
+    rows: :class:`GlobalLocalIndex` (smaller Manhattan distance); region rows
+    (``regional``): :class:`RegionVectorIndex` (best region pair).
+    """
+    cnn = config.features.cnn
+    if cnn.method == "regional":
+        index = RegionVectorIndex(store.dim)
+    elif cnn.cam:
+        index = GlobalLocalIndex(store.dim)
+    else:
+        index = GlobalIndex(store.dim)
     for lo in range(0, len(names), _BATCH):
         batch = names[lo:lo + _BATCH]
-        index.add(np.concatenate([f.descriptors for f in store.get_many(batch)]), names=batch)
+        rows = [f.descriptors for f in store.get_many(batch)]
+        if isinstance(index, RegionVectorIndex):
+            index.add(rows, names=batch)
+        elif isinstance(index, GlobalLocalIndex):
+            index.add(np.stack(rows), names=batch)
+        else:
+            index.add(np.concatenate(rows), names=batch)
     return index
 
 
@@ -174,20 +196,22 @@ def build_index(
     """Extract, train or load the codebook, aggregate and index ``source`` into ``out``.
 
     With ``features.backend: cnn`` the stored global descriptors go straight into a
-    flat inner-product index (no codebook).
+    global index (no codebook; see :func:`_global_descriptor_index`).
     """
     validate(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     extractor = make_extractor(config)
+    keep_maps = config.features.backend == "cnn" and config.features.cnn.store_maps
     summary = extract_to_store(config, source, out / "features", boxes_dir=out / "boxes",
-                               extractor=extractor, show_progress=show_progress)
+                               extractor=extractor, show_progress=show_progress,
+                               maps_path=out / MAPS if keep_maps else None)
     with FeatureStore.open(out / "features") as store:
         names = indexed_names(store, source)
         if config.features.backend == "cnn":
             codebook = None
-            index = _global_descriptor_index(store, names)
+            index = _global_descriptor_index(config, store, names)
         else:
             codebook = load_or_train_codebook(config, store, names, out)
             index = _aggregated_index(config, codebook, store, names, out / "boxes",

@@ -104,7 +104,8 @@ class CnnGlobalConfig:
     """Local Keras weights file of the backbone (None: random weights, for testing only)."""
     seed: int = 0
     """Seed of the random weights when ``weights_path`` is None."""
-    method: Literal["mac", "rmac", "gem", "multires"] = "rmac"
+    method: Literal["mac", "rmac", "gem", "multires", "regional"] = "rmac"
+    """``regional``: Jeong et al.'s region-wise pooling over clustered salient points."""
     layers: tuple[str, ...] = ("last",)
     """Conv layers used (``last``, ``penultimate``, ``previous_block`` or Keras names)."""
     levels: int = 3
@@ -116,6 +117,23 @@ class CnnGlobalConfig:
     """``multires``: input sizes (longer side) fused early."""
     pfa_path: Optional[str] = None
     """``multires``: Principal Feature Analysis selection."""
+    cam: bool = False
+    """``multires``: add a CAM-masked local descriptor; images compare by the smaller of the
+    two Manhattan distances (needs a ResNet weights file with the ImageNet classifier)."""
+    cam_threshold: float = 0.9
+    """CAM mask: cells with heat >= this x the mean heat."""
+    regional_order: Literal["first", "second", "both"] = "both"
+    """``regional``: first-order, second-order (log-Euclidean covariance) pooling, or both."""
+    regional_clusters: int = 3
+    """``regional``: clusters L of salient points (2^L - 1 hull regions + the whole image)."""
+    salient_max: int = 200
+    """``regional``: keep at most this many salient points (N_max) ..."""
+    salient_min: int = 20
+    """... and top up to this many with the most salient cells (N_min)."""
+    reduction_path: Optional[str] = None
+    """``regional``: PCA of local features (to K') before second-order pooling (learned)."""
+    store_maps: bool = False
+    """Keep every database image's activation map (``INDEX/maps``) for AML re-ranking."""
 
 
 @dataclass
@@ -184,6 +202,11 @@ class SearchConfig:
     top_k: int = 100
     query_expansion: int = 0
     """Global descriptors: average query expansion with the top this many (0: off)."""
+    aml_rerank: int = 0
+    """Global ``mac`` / ``rmac`` / ``gem``: localize the query (AML) in the top N and re-rank
+    them by the localized region's descriptor (0: off; needs ``features.cnn.store_maps``)."""
+    aml_levels: Optional[int] = None
+    """AML: quantize activations to this many levels (the integral-image lookup table)."""
 
 
 @dataclass

@@ -51,11 +51,13 @@ def validate(config: Config) -> None:
             raise ValueError("features.backend=cnn describes whole images; regions need "
                              "local features (regions.source=none)")
         if config.verification.rerank > 0:
-            raise ValueError("spatial verification needs local features, not features.backend=cnn")
+            raise ValueError("spatial verification needs local features, not features.backend=cnn; "
+                             "CNN descriptors re-rank by AML (search.aml_rerank)")
+        _validate_cnn(config)
         return
-    if config.search.query_expansion:
-        raise ValueError("search.query_expansion applies to CNN global descriptors "
-                         "(features.backend=cnn)")
+    if config.search.query_expansion or config.search.aml_rerank:
+        raise ValueError("search.query_expansion and search.aml_rerank apply to CNN global "
+                         "descriptors (features.backend=cnn)")
     if agg.regional_search and agg.method in REGIONAL_METHODS:
         raise ValueError(
             f"aggregation.regional_search indexes regions one by one; use a plain method "
@@ -76,6 +78,24 @@ def _assign(descriptors: Sequence[np.ndarray], codebook: Codebook, *, num_assign
     words, _ = quantize(np.concatenate(descriptors), codebook, num_assignments=num_assignments,
                         mode=mode)
     return np.split(words, np.cumsum(sizes)[:-1])
+
+
+def _validate_cnn(config: Config) -> None:
+    """Refuse CNN baseline options that do not go together."""
+    cnn, search = config.features.cnn, config.search
+    if cnn.cam and (cnn.method != "multires" or cnn.backbone == "vgg16"):
+        raise ValueError("features.cnn.cam masks multi-resolution R-MAC (method=multires) and "
+                         "needs a ResNet with its ImageNet classifier (backbone resnet50/resnet101)")
+    if search.aml_rerank < 0 or search.query_expansion < 0:
+        raise ValueError("search.aml_rerank and search.query_expansion must be >= 0")
+    if search.aml_rerank and cnn.method not in ("mac", "rmac", "gem"):
+        raise ValueError(f"search.aml_rerank localizes single-scale maps (method mac, rmac or gem), "
+                         f"not features.cnn.method={cnn.method!r}")
+    if search.aml_levels is not None and search.aml_levels < 2:
+        raise ValueError(f"search.aml_levels must be >= 2 or null, got {search.aml_levels}")
+    if not 0 < cnn.regional_clusters <= 8 or not 0 < cnn.salient_min <= cnn.salient_max:
+        raise ValueError("features.cnn.regional_clusters must be in 1..8 and "
+                         "0 < salient_min <= salient_max")
 
 
 def encode_regions(

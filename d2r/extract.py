@@ -1,8 +1,9 @@
 """Batch local-feature extraction into a feature store: ``python -m d2r.extract``.
 
-Images come from a directory, a list file or a revisitop dataset directory
-(its database).  Extraction resumes: images already in the store are skipped,
-so a killed run is simply started again.  ``--shard i/n`` takes every n-th
+Images come from a directory, a list file or a benchmark directory (its
+database; Holidays images listed by ``--rotations`` are turned upright first).
+Extraction resumes: images already in the store are skipped, so a killed run
+is simply started again.  ``--shard i/n`` takes every n-th
 image starting at i, so n processes (or machines) split a collection, each
 writing its own store.  Unreadable images are skipped, logged, and listed in
 ``skipped.tsv`` in the store (``images.on_error: raise`` stops instead).
@@ -18,6 +19,7 @@ is written last, so its presence marks the image as done.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from d2r.config import Config, to_dict
 from d2r.detection.regions import select_regions_for
 from d2r.distributed.options import add_ray_args, ray_kwargs, ray_requested
 from d2r.features.base import LocalFeatureExtractor
+from d2r.global_.activation_maps import map_to_features
 from d2r.io.delf_files import read_boxes, write_boxes
 from d2r.io.feature_store import FeatureStore
 from d2r.io.images import LoadedImage, iter_images, write_skipped
@@ -40,6 +43,7 @@ from d2r.types import Boxes, LocalFeatures
 __all__ = [
     "make_extractor",
     "image_features",
+    "image_features_and_map",
     "region_entry",
     "boxes_path",
     "read_regions",
@@ -92,12 +96,27 @@ def image_features(
     downscaled copy, and the returned locations and ``image_size`` refer to the
     original image either way.
     """
+    return _in_original_pixels(image, extractor.extract(image.pixels, box=_scaled_box(image, box)))
+
+
+def image_features_and_map(
+    extractor, image: LoadedImage, *, box: Optional[Sequence[float]] = None
+) -> tuple[LocalFeatures, np.ndarray]:
+    """:func:`image_features` of a CNN global extractor and the (H', W', C) activation map behind them."""
+    feats, amap = extractor.extract_with_map(image.pixels, box=_scaled_box(image, box))
+    return _in_original_pixels(image, feats), amap
+
+
+def _scaled_box(image: LoadedImage, box: Optional[Sequence[float]]):
+    """An original-pixel box (x1, y1, x2, y2) in the pixels of ``image.pixels``."""
+    if box is None:
+        return None
     sx, sy = image.scale_xy
-    scaled_box = None
-    if box is not None:
-        x1, y1, x2, y2 = (float(v) for v in box)
-        scaled_box = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
-    feats = extractor.extract(image.pixels, box=scaled_box)
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+
+
+def _in_original_pixels(image: LoadedImage, feats: LocalFeatures) -> LocalFeatures:
     return LocalFeatures(
         locations=image.to_original(feats.locations) if len(feats) else feats.locations,
         descriptors=feats.descriptors,
@@ -197,14 +216,17 @@ def extract_to_store(
     *,
     boxes_dir: Optional[str | Path] = None,
     extractor: Optional[LocalFeatureExtractor] = None,
+    maps_path: Optional[str | Path] = None,
     show_progress: Optional[bool] = None,
 ) -> ExtractionSummary:
     """Extract features of every image of ``source`` missing from the store at ``store_path``.
 
     The store records the extractor, image and region config and refuses to be
     continued with another.  ``boxes_dir`` receives the regions when
-    ``config.regions.source`` is not ``none``.  ``show_progress=None`` shows a
-    bar only on a terminal.
+    ``config.regions.source`` is not ``none``.  With ``maps_path`` (CNN global
+    extractors only) each image's activation map goes to a second store there
+    (float16, :func:`~d2r.global_.extractor.map_to_features`), from the same
+    forward pass.  ``show_progress=None`` shows a bar only on a terminal.
     """
     extractor = extractor or make_extractor(config)
     find_regions = RegionFinder(config)
@@ -217,13 +239,15 @@ def extract_to_store(
     with FeatureStore.open(
         store_path, mode="a", config=store_config(config, extractor), dim=extractor.dim,
         dtype=config.features.store_dtype,
-    ) as store:
-        todo = [i for i, name in enumerate(source.names) if name not in store]
+    ) as store, _open_maps(maps_path, config, extractor) as maps:
+        todo = [i for i, name in enumerate(source.names)
+                if name not in store or (maps is not None and name not in maps)]
         summary.already_done = len(source) - len(todo)
         if summary.already_done:
             logger.info("%s: %d of %d images already extracted", store_path,
                         summary.already_done, len(source))
         path_to_name = {source.paths[i]: source.names[i] for i in todo}
+        path_to_rotation = {source.paths[i]: source.rotation(i) for i in todo}
         images = iter_images(
             [source.paths[i] for i in todo], max_side=config.images.max_side,
             max_pixels=config.images.max_pixels, on_error=config.images.on_error,
@@ -232,7 +256,13 @@ def extract_to_store(
                                  desc="extract", unit="img"):
             t0 = time.perf_counter()
             name = path_to_name[path]
-            feats = image_features(extractor, loaded)
+            loaded = loaded.rotated(path_to_rotation[path])
+            if maps is None:
+                feats = image_features(extractor, loaded)
+            else:
+                feats, amap = image_features_and_map(extractor, loaded)
+                if name not in maps:
+                    maps.put(name, map_to_features(amap))
             if find_regions.enabled:
                 regions = find_regions(loaded)
                 out = boxes_path(boxes_dir, name)
@@ -242,12 +272,24 @@ def extract_to_store(
                     if region_entry(name, i) not in store:
                         store.put(region_entry(name, i),
                                   image_features(extractor, loaded, box=regions.xyxy[i]))
-            store.put(name, feats)
+            if name not in store:
+                store.put(name, feats)
             summary.extracted += 1
             logger.debug("%s: %d features in %.3f s", name, len(feats),
                          time.perf_counter() - t0)
         summary.skipped = [(path_to_name[Path(p)], reason) for p, reason in images.skipped]
     return finish_summary(summary, store_path, start)
+
+
+def _open_maps(maps_path: Optional[str | Path], config: Config, extractor):
+    """The activation-map store at ``maps_path`` opened for appending (a null context if None)."""
+    if maps_path is None:
+        return contextlib.nullcontext()
+    if not hasattr(extractor, "extract_with_map"):
+        raise ValueError("activation maps are kept for CNN global descriptors only "
+                         "(features.backend=cnn)")
+    return FeatureStore.open(maps_path, mode="a", dtype="float16",
+                             config={**store_config(config, extractor), "content": "activation maps"})
 
 
 def finish_summary(summary: ExtractionSummary, store_path: Path, start: float,

@@ -6,13 +6,18 @@ One image::
 
 prints the ranked database images (and writes them as JSON with ``--json``).
 
-A whole benchmark in the revisitop layout (every query cropped to its ``bbx``)::
+A whole benchmark (every query cropped to its box, if it has one)::
 
     python -m d2r.query --index INDEX --dataset-dir DIR --out RESULTS [--rerank 100]
+        [--benchmark auto|revisited|oxford-paris|holidays|ukbench] [--rotations FILE]
 
 writes ``RESULTS/ranks.npy`` ((Q, N) database indices of the dataset, best
-first), ``RESULTS/scores.npy``, ``RESULTS/metrics.json`` (Easy / Medium / Hard
-mAP and mP@1/5/10 in percent), ``RESULTS/timing.json`` and prints the table.
+first), ``RESULTS/scores.npy``, ``RESULTS/metrics.json``, ``RESULTS/timing.json``
+and prints the metrics: for ROxf/RPar (revisitop layout) Easy / Medium / Hard
+mAP and mP@1/5/10 in percent; for Oxford5k/Paris6k and Holidays mAP and
+mP@1/5/10 in percent; for UKBench the N-S score (0..4). The benchmark is
+detected from the directory (:mod:`d2r.datasets.benchmarks`); ``--rotations``
+turns the listed Holidays queries upright (build the index with the same list).
 Query-time settings can change with ``--set`` (``search.*``,
 ``verification.*``, ``aggregation.alpha|tau|num_assignments_query|pooling``).
 """
@@ -32,10 +37,9 @@ from tqdm import tqdm
 
 from d2r import cli
 from d2r.evaluate import format_table, write_metrics
-from d2r.evaluation import evaluate_protocols
 from d2r.extract import read_regions
 from d2r.report import report_matches, write_report
-from d2r.searcher import Searcher
+from d2r.searcher import Query, Searcher
 from d2r.types import SearchResult
 from d2r.verification import stack_results
 
@@ -54,17 +58,22 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def _rerank(searcher: Searcher, queries, initial: SearchResult) -> tuple[SearchResult, list | None]:
-    """The initial result with its top ``verification.rerank`` re-ranked (and the details).
+def _rerank(searcher: Searcher, queries: Sequence[Query],
+            initial: SearchResult) -> tuple[SearchResult, list | None]:
+    """The initial result with its head re-ranked (and the spatial-verification details).
 
-    Only the verified head is handed to re-ranking; the tail is appended unchanged,
-    so a full ranking of a million images costs no per-entry bookkeeping.
+    CNN descriptors re-rank by AML localization (``search.aml_rerank``), local
+    features by spatial verification of the top ``verification.rerank``.  Only the
+    verified head is handed to verification; the tail is appended unchanged, so a
+    full ranking of a million images costs no per-entry bookkeeping.
     """
+    if searcher.config.features.backend == "cnn":
+        return searcher.localize_rerank(queries, initial), None
     top_n = searcher.config.verification.rerank
     if top_n <= 0:
         return initial, None
     head = SearchResult(initial.scores[:, :top_n], initial.ids[:, :top_n], initial.names)
-    reranked = searcher.rerank(queries, head, workers=os.cpu_count() or 1)
+    reranked = searcher.rerank([q.features for q in queries], head, workers=os.cpu_count() or 1)
     top = stack_results(reranked, searcher.names)
     return SearchResult(np.concatenate([top.scores, initial.scores[:, top_n:]], axis=1),
                         np.concatenate([top.ids, initial.ids[:, top_n:]], axis=1),
@@ -74,8 +83,8 @@ def _rerank(searcher: Searcher, queries, initial: SearchResult) -> tuple[SearchR
 def run_image(searcher: Searcher, image: str | os.PathLike,
               box: Optional[Sequence[float]] = None) -> list[dict]:
     """Ranked database images for one query image: ``[{"rank", "name", "score", "inliers"}]``."""
-    features = searcher.image_features(image, box=box)
-    result, reranked = _rerank(searcher, [features], searcher.search([features]))
+    query = searcher.query(image, box=box)
+    result, reranked = _rerank(searcher, [query], searcher.search([query.features]))
     rows = []
     for rank, (image_id, score) in enumerate(zip(result.ids[0], result.scores[0]), 1):
         if image_id < 0:
@@ -88,16 +97,23 @@ def run_image(searcher: Searcher, image: str | os.PathLike,
 
 
 def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | os.PathLike,
-                *, report: bool = False, distractor_list: Optional[str | os.PathLike] = None,
-                distractor_root: Optional[str | os.PathLike] = None,
-                show_progress: Optional[bool] = None) -> dict:
-    """Run every query of a revisitop-layout dataset; write rankings and metrics to ``out``.
+                *, benchmark: str = "auto", rotations: str | os.PathLike | None = None,
+                report: bool = False, distractor_list: str | os.PathLike | None = None,
+                distractor_root: str | os.PathLike | None = None,
+                show_progress: bool | None = None) -> dict:
+    """Run every query of a benchmark; write rankings and metrics to ``out``.
 
-    With ``report`` also write the visual report to ``out/report/index.html``; with
-    the distractor list and folder the database is the dataset + R1M.
+    ``benchmark`` and ``rotations`` select and read it as
+    :func:`d2r.datasets.benchmarks.load_benchmark` does (``"auto"``: from the
+    directory's files); queries are turned upright and cropped to their box.
+    With ``report`` also write the visual report to ``out/report/index.html``;
+    with the distractor list and folder the database is the dataset + R1M.
+
+    Returns:
+        The metrics of :meth:`~d2r.datasets.benchmarks.Benchmark.evaluate`.
     """
-    dataset = cli.load_dataset(dataset_dir, distractor_list=distractor_list,
-                               distractor_root=distractor_root)
+    dataset = cli.load_dataset(dataset_dir, benchmark=benchmark, rotations=rotations,
+                               distractor_list=distractor_list, distractor_root=distractor_root)
     position = {name: i for i, name in enumerate(dataset.db_names)}
     missing = [n for n in searcher.names if n not in position]
     if missing:
@@ -105,16 +121,17 @@ def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | o
                          f"database of {dataset_dir} (e.g. {missing[0]!r})")
     to_dataset = np.array([position[n] for n in searcher.names] + [-1], np.int64)
     t0 = time.perf_counter()
-    queries = [searcher.image_features(dataset.query_path(i), box=dataset.query_boxes[i])
+    queries = [searcher.query(dataset.query_path(i), box=dataset.query_box(i),
+                              rotation=dataset.query_rotation(i))
                for i in tqdm(range(dataset.num_queries), desc="query features", unit="img",
                              disable=None if show_progress is None else not show_progress)]
     t1 = time.perf_counter()
-    initial = searcher.search(queries, k=len(searcher.names))
+    initial = searcher.search([q.features for q in queries], k=len(searcher.names))
     t2 = time.perf_counter()
     result, reranked = _rerank(searcher, queries, initial)
     t3 = time.perf_counter()
     ranks = to_dataset[result.ids]
-    metrics = evaluate_protocols(ranks, dataset.gnd_dicts())
+    metrics = dataset.evaluate(ranks)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "ranks.npy", ranks)
@@ -128,7 +145,7 @@ def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | o
     }
     (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     if report:
-        _write_report(searcher, dataset, ranks, metrics, queries, reranked, to_dataset, out)
+        _write_report(searcher, dataset, ranks, metrics, [q.features for q in queries], reranked, to_dataset, out)
     return metrics
 
 
@@ -154,7 +171,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--index", required=True, metavar="INDEX", help="index directory")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--image", metavar="FILE", help="one query image")
-    mode.add_argument("--dataset-dir", metavar="DIR", help="run every query of this dataset")
+    mode.add_argument("--dataset-dir", metavar="DIR", help="run every query of this benchmark")
+    cli.add_benchmark_args(parser)
     cli.add_distractor_args(parser)
     parser.add_argument("--box", type=_parse_box, help="query box x1,y1,x2,y2 (pixels)")
     parser.add_argument("--out", metavar="DIR", help="results directory (dataset mode)")
@@ -168,6 +186,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         metavar="KEY=VALUE", help="query-time override, e.g. aggregation.tau=0.2")
     cli.add_common_args(parser)
     args = cli.parse(parser, argv)
+    if args.rotations and not args.dataset_dir:
+        parser.error("--rotations needs --dataset-dir (a Holidays benchmark)")
     overrides = list(args.overrides)
     if args.rerank is not None:
         overrides.append(f"verification.rerank={args.rerank}")
@@ -177,8 +197,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.dataset_dir:
             if not args.out:
                 parser.error("--dataset-dir needs --out")
-            metrics = run_dataset(searcher, args.dataset_dir, args.out, report=args.report,
-                                  distractor_list=args.distractors,
+            metrics = run_dataset(searcher, args.dataset_dir, args.out,
+                                  benchmark=args.benchmark, rotations=args.rotations,
+                                  report=args.report, distractor_list=args.distractors,
                                   distractor_root=args.distractor_dir)
             print(format_table(metrics))
             return 0

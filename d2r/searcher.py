@@ -3,8 +3,9 @@
 A :class:`Searcher` reads ``index.json``, refuses an index whose codebook or
 format does not match its record, extracts query features with the
 extractor the index was built with (refusing a different one), searches, and
-re-ranks the top of a ranking by spatial verification with the database
-features held in memory after their first use.
+re-ranks the top of a ranking: local features by spatial verification with the
+database features held in memory after their first use; CNN global descriptors
+by AML localization in the stored database activation maps.
 """
 
 from __future__ import annotations
@@ -12,31 +13,44 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from d2r.build_index import FORMAT, MANIFEST, VERSION
+from d2r.build_index import FORMAT, MANIFEST, MAPS, VERSION
 from d2r.codebook import load_codebook, load_tf_checkpoint
-from d2r.config import (Config, ConfigError, diff_configs, from_dict, merge_values,
-                        parse_override, to_dict)
+from d2r.config import (
+    Config,
+    ConfigError,
+    diff_configs,
+    from_dict,
+    merge_values,
+    parse_override,
+    to_dict,
+)
 from d2r.encode import encode_query, validate
-from d2r.global_.qe import average_query_expansion
-from d2r.extract import image_features, make_extractor
+from d2r.extract import image_features, image_features_and_map, make_extractor
+from d2r.global_.activation_maps import features_to_map
+from d2r.global_.aml import aml_rerank
+from d2r.global_.qe import average_query_expansion, expand_queries, rescore_head
 from d2r.index.global_index import GlobalIndex
+from d2r.index.global_local import GlobalLocalIndex
 from d2r.index.inverted import InvertedIndex
+from d2r.index.region_vectors import RegionVectorIndex
 from d2r.index.regional import RegionalIndex
 from d2r.io.feature_store import FeatureStore
 from d2r.io.images import load_image_with_info
 from d2r.types import LocalFeatures, SearchResult
 from d2r.verification import RerankResult, rerank_batch, rerank_options
 
-__all__ = ["IndexMismatchError", "QUERY_TIME_KEYS", "Searcher"]
+__all__ = ["IndexMismatchError", "QUERY_TIME_KEYS", "Query", "Searcher"]
 
 logger = logging.getLogger(__name__)
 
-_INDEX_CLASSES = {"inverted": InvertedIndex, "regional": RegionalIndex, "global": GlobalIndex}
+_INDEX_CLASSES = {cls.kind: cls for cls in (InvertedIndex, RegionalIndex, GlobalIndex,
+                                            GlobalLocalIndex, RegionVectorIndex)}
 
 QUERY_TIME_KEYS = (
     "search.", "verification.", "aggregation.alpha", "aggregation.tau",
@@ -48,6 +62,32 @@ QUERY_TIME_KEYS = (
 
 class IndexMismatchError(ValueError):
     """An index directory whose parts do not fit together, or a config it was not built with."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query: its features and, for AML re-ranking, the activation map they came from.
+
+    Attributes:
+        features: what :meth:`Searcher.search` takes (local features, or CNN descriptor rows).
+        activation_map: (H', W', C) float32 map of the query (crop); None unless AML is on.
+    """
+
+    features: LocalFeatures
+    activation_map: Optional[np.ndarray] = None
+
+
+class _StoredMaps:
+    """Database activation maps by image id, read from the maps store on access."""
+
+    def __init__(self, store: FeatureStore, names: Sequence[str]) -> None:
+        self.store, self.names = store, names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, image_id: int) -> np.ndarray:
+        return features_to_map(self.store.get(self.names[image_id]))
 
 
 class Searcher:
@@ -90,7 +130,16 @@ class Searcher:
         self.names: tuple[str, ...] = tuple(self.index.names)
         self._extractor = None
         self._store: Optional[FeatureStore] = None
+        self._maps: Optional[FeatureStore] = None
         self._db_features: dict[int, LocalFeatures] = {}
+        if self.uses_aml and not (self.path / MAPS).is_dir():
+            raise ConfigError(f"search.aml_rerank needs the database activation maps, but index "
+                              f"{self.path} was built without them (features.cnn.store_maps=false)")
+
+    @property
+    def uses_aml(self) -> bool:
+        """Whether rankings are re-ranked by AML localization (CNN descriptors, search.aml_rerank > 0)."""
+        return self.config.features.backend == "cnn" and self.config.search.aml_rerank > 0
 
     def _load_codebook(self, record: Optional[dict]):
         """The index's codebook, checked against its recorded hash (None for global descriptors)."""
@@ -119,12 +168,22 @@ class Searcher:
         return self._extractor
 
     def image_features(self, image_path: str | os.PathLike,
-                       box: Optional[Sequence[float]] = None) -> LocalFeatures:
-        """Features of an image file (cropped to ``box`` x1, y1, x2, y2 pixels first)."""
+                       box: Optional[Sequence[float]] = None, *,
+                       rotation: int = 0) -> LocalFeatures:
+        """Features of an image file, turned ``rotation`` degrees clockwise (a multiple of
+        90), then cropped to ``box`` (x1, y1, x2, y2 pixels of the turned image)."""
+        return self.query(image_path, box, rotation=rotation).features
+
+    def query(self, image_path: str | os.PathLike, box: Optional[Sequence[float]] = None, *,
+              rotation: int = 0) -> Query:
+        """A :class:`Query` of an image file (turned and cropped as in :meth:`image_features`),
+        with the activation map when AML re-ranking is on."""
         images = self.config.images
         loaded = load_image_with_info(image_path, max_side=images.max_side,
-                                      max_pixels=images.max_pixels)
-        return image_features(self.extractor, loaded, box=box)
+                                      max_pixels=images.max_pixels).rotated(rotation)
+        if not self.uses_aml:
+            return Query(image_features(self.extractor, loaded, box=box))
+        return Query(*image_features_and_map(self.extractor, loaded, box=box))
 
     def search(self, queries: Sequence[LocalFeatures], *, k: Optional[int] = None) -> SearchResult:
         """Top-``k`` (default ``search.top_k``) database images per query, best first."""
@@ -142,15 +201,68 @@ class Searcher:
         return self.index.search(encoded, k=k, **options)
 
     def _search_global(self, queries: Sequence[LocalFeatures], k: int) -> SearchResult:
-        """CNN global descriptors: inner product, then optional average query expansion."""
-        vectors = np.concatenate([q.descriptors for q in queries]) if queries else \
-            np.zeros((0, self.index.dim), np.float32)
-        result = self.index.search(vectors, k=k)
-        top = self.config.search.query_expansion
+        """CNN descriptors: search the global index, then optional query expansion.
+
+        With AML on, query expansion uses the localized regions instead
+        (:meth:`localize_rerank`).
+        """
+        top = 0 if self.uses_aml else self.config.search.query_expansion
+        index = self.index
+        if isinstance(index, RegionVectorIndex):
+            rows = [q.descriptors for q in queries]
+            result = index.search(rows, k=k)
+            if top > 0:
+                expanded = [index.expand(r, ids, top_k=top) for r, ids in zip(rows, result.ids)]
+                result = index.search(expanded, k=k)
+            return result
+        slots = 2 if isinstance(index, GlobalLocalIndex) else 1
+        for i, q in enumerate(queries):
+            if len(q) != slots:
+                raise ValueError(f"query {i} has {len(q)} descriptor rows; index {self.path} "
+                                 f"holds {slots} per image")
+        vectors = np.stack([q.descriptors for q in queries]) if queries else \
+            np.zeros((0, slots, index.dim), np.float32)
+        if slots == 1:
+            vectors = vectors[:, 0]
+        result = index.search(vectors, k=k)
         if top > 0:
-            expanded = average_query_expansion(vectors, self.index.vectors, result, top_k=top)
-            result = self.index.search(expanded, k=k)
+            if slots == 1:
+                expanded = average_query_expansion(vectors, index.vectors, result, top_k=top)
+            else:
+                ids = result.ids[:, :top]
+                neighbours = index.vectors[np.maximum(ids, 0)]
+                expanded = np.stack([expand_queries(vectors[:, s], neighbours[:, :, s], ids >= 0)
+                                     for s in range(slots)], axis=1)
+            result = index.search(expanded, k=k)
         return result
+
+    def localize_rerank(self, queries: Sequence[Query], result: SearchResult) -> SearchResult:
+        """AML: localize each query in the maps of its top ``search.aml_rerank`` and re-rank them.
+
+        Each localized window is described like a whole image (MAC / R-MAC / GeM of that
+        part of the map); with ``search.query_expansion = k`` the query is then averaged
+        with the k best localized regions and re-scores them.  The rest keeps its order.
+        """
+        search = self.config.search
+        if not self.uses_aml:
+            return result
+        if any(q.activation_map is None for q in queries):
+            raise ValueError("AML re-ranking needs the queries' activation maps (Searcher.query)")
+        if self._maps is None:
+            self._maps = FeatureStore.open(self.path / MAPS)
+        describer = self.extractor.describer
+        maps = [q.activation_map for q in queries]
+        vectors = np.stack([q.features.descriptors[0] for q in queries])
+        reranked, windows, regions = aml_rerank(
+            result, np.stack([m.max(axis=(0, 1)) for m in maps]), _StoredMaps(self._maps, self.names),
+            query_vectors=vectors, query_aspect_ratios=[m.shape[1] / m.shape[0] for m in maps],
+            describe_region=lambda crop: describer.describe_maps({"map": [crop]}),
+            top_n=search.aml_rerank, levels=search.aml_levels)
+        if search.query_expansion > 0:
+            top = search.query_expansion
+            expanded = expand_queries(vectors, regions[:, :top], windows[:, :top, 0] >= 0)
+            reranked = rescore_head(reranked, expanded, regions, windows[:, :, 0] >= 0)
+        return reranked
 
     def database_features(self, image_id: int) -> LocalFeatures:
         """Whole-image features of database image ``image_id``, cached in memory."""
@@ -171,9 +283,10 @@ class Searcher:
                             **options)
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        for store in (self._store, self._maps):
+            if store is not None:
+                store.close()
+        self._store = self._maps = None
 
     def __enter__(self) -> "Searcher":
         return self

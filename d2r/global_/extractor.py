@@ -2,9 +2,17 @@
 
 :class:`GlobalDescriptorExtractor` makes a :class:`~d2r.global_.describe.GlobalDescriber`
 look like a local-feature backend, so extraction, the resumable feature store,
-bad-image handling and sharding serve the global baselines unchanged: an
-image's descriptor is stored as a single "feature" (1, D) located at the
-centre of the image (or of the query box).
+bad-image handling and sharding serve the global baselines unchanged.  An image's
+entry holds the describer's rows (:meth:`~d2r.global_.describe.GlobalDescriber.describe_rows`):
+
+* one row, the global descriptor (MAC, R-MAC, GeM, multi-resolution R-MAC), located at
+  the centre of the image (or of the query box);
+* two rows with a CAM classifier: the global and the CAM-masked local descriptor;
+* ``regional``: one row per candidate region, the whole image first, each located at
+  the centroid of its region.
+
+For AML re-ranking :meth:`GlobalDescriptorExtractor.extract_with_map` also returns
+the activation map, which the index keeps (:mod:`d2r.global_.activation_maps`).
 """
 
 from __future__ import annotations
@@ -16,16 +24,29 @@ import numpy as np
 
 from d2r.config import CnnGlobalConfig, to_dict
 from d2r.features.base import check_image, crop_box
-from d2r.global_.describe import GlobalDescriber
+from d2r.global_.describe import CamClassifier, GlobalDescriber
 from d2r.types import LocalFeatures
 
 __all__ = ["GlobalDescriptorExtractor", "make_global_extractor"]
 
 logger = logging.getLogger(__name__)
 
+_NOT_DESCRIPTORS = ("store_maps",)
+"""Config keys that change what is kept, not the descriptors (left out of the recorded config)."""
+
+
+def _region_centres(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(R, H', W') masks -> (R, 2) centroids in pixels of an image of ``size`` (W, H)."""
+    h, w = masks.shape[1:]
+    rows, cols = np.mgrid[0:h, 0:w]
+    count = masks.sum(axis=(1, 2)).astype(np.float64)
+    cx = (masks * cols).sum(axis=(1, 2)) / count
+    cy = (masks * rows).sum(axis=(1, 2)) / count
+    return np.stack([(cx + 0.5) * size[0] / w - 0.5, (cy + 0.5) * size[1] / h - 0.5], axis=1)
+
 
 class GlobalDescriptorExtractor:
-    """``extract(image, box=None) -> LocalFeatures`` with one row: the global descriptor."""
+    """``extract(image, box=None) -> LocalFeatures`` whose rows are the image's global descriptor(s)."""
 
     def __init__(self, describer: GlobalDescriber, *, description: dict[str, Any]) -> None:
         self.describer = describer
@@ -41,15 +62,27 @@ class GlobalDescriptorExtractor:
         return {"type": "cnn_global", "dim": self._dim, **self._description}
 
     def extract(self, image: np.ndarray, *, box: Sequence[float] | None = None) -> LocalFeatures:
-        """The (1, D) descriptor of ``image`` (H, W, 3) uint8, or of its ``box`` crop."""
+        """The (R, D) rows of ``image`` (H, W, 3) uint8, or of its ``box`` crop."""
+        return self.extract_with_map(image, box=box)[0]
+
+    def extract_with_map(self, image: np.ndarray, *,
+                         box: Sequence[float] | None = None) -> tuple[LocalFeatures, np.ndarray]:
+        """:meth:`extract` and the (H', W', C) map of the first layer (first resolution) it came from."""
         image = check_image(image)
         height, width = image.shape[:2]
         x0, y0 = 0, 0
         if box is not None:
             image, (x0, y0) = crop_box(image, box)
-        vector = np.asarray(self.describer.describe(image), np.float32).reshape(1, -1)
-        centre = [[x0 + image.shape[1] / 2.0, y0 + image.shape[0] / 2.0]]
-        return LocalFeatures(centre, vector, [1.0], [1.0], (width, height))
+        maps = self.describer.maps(image)
+        rows, masks = self.describer.rows_from_maps(image, maps)
+        crop_size = (image.shape[1], image.shape[0])
+        if masks is None:
+            centres = np.tile([[crop_size[0] / 2.0, crop_size[1] / 2.0]], (rows.shape[0], 1))
+        else:
+            centres = _region_centres(masks, crop_size)
+        ones = np.ones(rows.shape[0], np.float32)
+        feats = LocalFeatures(centres + [x0, y0], rows, ones, ones, (width, height))
+        return feats, next(iter(maps.values()))[0]
 
 
 def make_global_extractor(config: CnnGlobalConfig) -> GlobalDescriptorExtractor:
@@ -61,12 +94,23 @@ def make_global_extractor(config: CnnGlobalConfig) -> GlobalDescriptorExtractor:
     if config.weights_path is None:
         logger.warning("features.cnn.weights_path is not set: random %s weights (seed %d); "
                        "descriptors are meaningless beyond testing", config.backbone, config.seed)
+    if config.cam and config.layers[0] != "last":
+        raise ValueError(f"features.cnn.cam needs the last conv layer first in features.cnn.layers "
+                         f"(the classifier follows it), got {list(config.layers)}")
     backbone = Backbone(config.backbone, weights_path=config.weights_path,
-                        layers=config.layers, seed=config.seed)
+                        layers=config.layers, seed=config.seed, classifier=config.cam)
+    cam = None
+    if config.cam:
+        cam = CamClassifier(backbone.classifier_kernel, backbone.classifier_bias,
+                            threshold=config.cam_threshold)
     describer = GlobalDescriber(
         backbone, method=config.method, levels=config.levels, p=config.gem_p,
         whitening=load_whitening(config.whitening_path) if config.whitening_path else None,
         resolutions=config.resolutions,
         pfa=load_pfa(config.pfa_path) if config.pfa_path else None,
+        cam=cam, order=config.regional_order, clusters=config.regional_clusters,
+        n_max=config.salient_max, n_min=config.salient_min,
+        reduction=load_whitening(config.reduction_path) if config.reduction_path else None,
     )
-    return GlobalDescriptorExtractor(describer, description=to_dict(config))
+    description = {k: v for k, v in to_dict(config).items() if k not in _NOT_DESCRIPTORS}
+    return GlobalDescriptorExtractor(describer, description=description)

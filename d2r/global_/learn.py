@@ -6,6 +6,12 @@ Paris for Oxford and vice versa), or with ``--pfa DIM`` the Principal Feature
 Analysis selection of multi-resolution descriptors, from the database images
 of ``OTHER``.  Use the result with ``--set features.cnn.whitening_path=W`` (or
 ``features.cnn.pfa_path=W/pfa.json``).
+
+For ``method: regional`` it learns, in two passes over the images, the PCA of
+local features to K' (``--reduction-dim``, 128; from at most 256 random map cells
+per image) into ``W/reduction`` and then the whitening of the region vectors
+pooled with it into ``W``: use both, ``features.cnn.reduction_path=W/reduction``
+and ``features.cnn.whitening_path=W``.
 """
 
 from __future__ import annotations
@@ -32,19 +38,25 @@ __all__ = ["learn", "main"]
 logger = logging.getLogger(__name__)
 
 
+_CELLS_PER_IMAGE = 256
+
+
 def learn(config: Config, source: cli.ImageSource, out: str | Path, *,
-          dim: Optional[int] = None, pfa_dim: Optional[int] = None) -> Path:
-    """Learn whitening (``mac`` / ``rmac``) or PFA (``multires``, ``pfa_dim``) into ``out``."""
+          dim: Optional[int] = None, pfa_dim: Optional[int] = None,
+          reduction_dim: int = 128) -> Path:
+    """Learn whitening (``mac`` / ``rmac``), PFA (``multires``, ``pfa_dim``) or the local
+    reduction + region whitening (``regional``) into ``out``."""
     cnn = config.features.cnn
-    if cnn.method not in ("mac", "rmac", "multires"):
+    if cnn.method not in ("mac", "rmac", "multires", "regional"):
         raise ValueError(f"features.cnn.method={cnn.method!r} has nothing to learn")
     if cnn.method == "multires" and pfa_dim is None:
         raise ValueError("multires descriptors learn a PFA selection: give pfa_dim")
-    describer = make_global_extractor(replace(cnn, whitening_path=None, pfa_path=None)).describer
-    images = iter_images(source.paths, max_side=config.images.max_side,
-                         max_pixels=config.images.max_pixels, on_error="skip")
+    plain = replace(cnn, whitening_path=None, pfa_path=None, reduction_path=None, cam=False)
+    if cnn.method == "regional":
+        return _learn_regional(config, source, Path(out), plain, dim=dim, reduction_dim=reduction_dim)
+    describer = make_global_extractor(plain).describer
     rows = []
-    for _, loaded in tqdm(images, total=len(source), desc="learn", unit="img", disable=None):
+    for loaded in _images(config, source):
         if cnn.method == "multires":
             rows.append(describer.describe(loaded.pixels)[None])
             continue
@@ -64,6 +76,41 @@ def learn(config: Config, source: cli.ImageSource, out: str | Path, *,
     return target
 
 
+def _images(config: Config, source: cli.ImageSource):
+    """The decoded images of ``source`` turned upright (unreadable ones skipped), with a progress bar."""
+    rotation = {path: source.rotation(i) for i, path in enumerate(source.paths)}
+    images = iter_images(source.paths, max_side=config.images.max_side,
+                         max_pixels=config.images.max_pixels, on_error="skip")
+    for path, loaded in tqdm(images, total=len(source), desc="learn", unit="img", disable=None):
+        yield loaded.rotated(rotation[path])
+
+
+def _learn_regional(config: Config, source: cli.ImageSource, out: Path, plain, *,
+                    dim: Optional[int], reduction_dim: int) -> Path:
+    """Pass 1: PCA of sampled local features -> ``out/reduction``; pass 2: region whitening -> ``out``."""
+    extractor = make_global_extractor(plain)
+    describer = extractor.describer
+    rng = np.random.default_rng(config.features.cnn.seed)
+    cells = []
+    for loaded in _images(config, source):
+        amap = next(iter(describer.maps(loaded.pixels).values()))[0]
+        flat = amap.reshape(-1, amap.shape[2])
+        cells.append(flat[rng.permutation(flat.shape[0])[:_CELLS_PER_IMAGE]])
+    if not cells:
+        raise ValueError(f"none of the {len(source)} images could be read")
+    local = np.concatenate(cells)
+    reduction = learn_whitening(local, dim=min(reduction_dim, local.shape[1]), whiten=False)
+    reduction.save(out / "reduction")
+    logger.info("local PCA to %d from %d cells of %d images -> %s", reduction.dim, len(local),
+                len(cells), out / "reduction")
+    describer.reduction = reduction
+    regions = np.concatenate([describer.describe_rows(loaded.pixels)
+                              for loaded in _images(config, source)])
+    learn_whitening(regions, dim=dim).save(out)
+    logger.info("region whitening from %d regions -> %s", len(regions), out)
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m d2r.global_.learn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,11 +118,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True, metavar="DIR")
     parser.add_argument("--dim", type=int, help="whitening output dimension (default: all)")
     parser.add_argument("--pfa", type=int, metavar="DIM", help="multires: PFA target dimension")
+    parser.add_argument("--reduction-dim", type=int, default=128, metavar="K",
+                        help="regional: PCA dimension K' of local features (default 128)")
     cli.add_config_args(parser, default_preset="rmac-vgg16")
     cli.add_common_args(parser)
     args = cli.parse(parser, argv)
     target = learn(cli.config_from_args(args), cli.source_from_args(args), args.out,
-                   dim=args.dim, pfa_dim=args.pfa)
+                   dim=args.dim, pfa_dim=args.pfa, reduction_dim=args.reduction_dim)
     print(f"learned -> {target}")
     return 0
 

@@ -13,7 +13,7 @@ from d2r.global_._ranking import cap_tail, ranking_ids
 from d2r.global_.pooling import l2_normalize
 from d2r.types import SearchResult
 
-__all__ = ["expand_queries", "average_query_expansion", "rerank_top"]
+__all__ = ["expand_queries", "average_query_expansion", "rescore_head", "rerank_top"]
 
 
 def _matrix(x, name: str, dim: int | None = None) -> np.ndarray:
@@ -51,6 +51,36 @@ def average_query_expansion(queries, database, ranking: SearchResult, *, top_k: 
     return expand_queries(q, db[np.maximum(top, 0)], top >= 0)
 
 
+def rescore_head(ranking: SearchResult, queries, head_vectors, valid=None) -> SearchResult:
+    """Re-sort the first n entries of each row by inner product with their own vectors.
+
+    Args:
+        ranking: Q rows, at least n columns.
+        queries: (Q, D) query vectors.
+        head_vectors: (Q, n, D) one vector per head entry (e.g. its localized region).
+        valid: (Q, n) bool; invalid entries (padding) sink to the end of the head.
+
+    The tail keeps its order, its scores capped at the lowest re-scored value so rows
+    stay descending.
+    """
+    q = _matrix(queries, "queries")
+    vectors = np.asarray(head_vectors, dtype=np.float32)
+    if vectors.ndim != 3 or vectors.shape[0] != q.shape[0] or vectors.shape[2] != q.shape[1]:
+        raise ValueError(f"head_vectors must have shape ({q.shape[0]}, n, {q.shape[1]}), got {vectors.shape}")
+    head = vectors.shape[1]
+    ids = np.array(ranking.ids, dtype=np.int64)
+    if ids.shape[0] != q.shape[0] or ids.shape[1] < head:
+        raise ValueError(f"ranking of shape {ids.shape} has no {head}-column head for {q.shape[0]} queries")
+    valid = ids[:, :head] >= 0 if valid is None else np.asarray(valid, dtype=bool) & (ids[:, :head] >= 0)
+    sims = np.where(valid, np.einsum("qd,qkd->qk", q, vectors), -np.inf)
+    order = np.argsort(-sims, axis=1, kind="stable")
+    scores = np.array(ranking.scores, dtype=np.float32)
+    ids[:, :head] = np.take_along_axis(ids[:, :head], order, axis=1)
+    scores[:, :head] = np.take_along_axis(sims, order, axis=1)
+    cap_tail(scores, head)
+    return SearchResult(scores, ids, ranking.names)
+
+
 def rerank_top(queries, database, ranking: SearchResult, *, top_n: int = 1000) -> SearchResult:
     """Re-score the top ``top_n`` of ``ranking`` by inner product with ``queries``; the rest keeps its order.
 
@@ -61,15 +91,5 @@ def rerank_top(queries, database, ranking: SearchResult, *, top_n: int = 1000) -
     ids = ranking_ids(ranking, q.shape[0], db.shape[0])
     if isinstance(top_n, bool) or int(top_n) != top_n or top_n < 1:
         raise ValueError(f"top_n must be a positive integer, got {top_n!r}")
-    head = min(int(top_n), ids.shape[1])
-    new_scores = np.array(ranking.scores, dtype=np.float32)
-    new_ids = ids.copy()
-    head_ids = ids[:, :head]
-    valid = head_ids >= 0
-    sims = np.einsum("qd,qkd->qk", q, db[np.maximum(head_ids, 0)])
-    sims = np.where(valid, sims, -np.inf)
-    order = np.argsort(-sims, axis=1, kind="stable")
-    new_ids[:, :head] = np.take_along_axis(head_ids, order, axis=1)
-    new_scores[:, :head] = np.take_along_axis(sims, order, axis=1)
-    cap_tail(new_scores, head)
-    return SearchResult(new_scores, new_ids, ranking.names)
+    head_ids = ids[:, : min(int(top_n), ids.shape[1])]
+    return rescore_head(ranking, q, db[np.maximum(head_ids, 0)])
