@@ -20,6 +20,11 @@ detected from the directory (:mod:`d2r.datasets.benchmarks`); ``--rotations``
 turns the listed Holidays queries upright (build the index with the same list).
 Query-time settings can change with ``--set`` (``search.*``,
 ``verification.*``, ``aggregation.alpha|tau|num_assignments_query|pooling``).
+
+An index built with ``--ray-shards N`` (or split by ``python -m
+d2r.distributed.shards``) is searched shard by shard on Ray actors and merged
+exactly; ``--shards DIR`` picks another sharded directory, ``--ray-address``
+the cluster.  Re-ranking reads the database features from ``INDEX/features``.
 """
 
 from __future__ import annotations
@@ -184,6 +189,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="spatially verify the top N (sets verification.rerank)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="query-time override, e.g. aggregation.tau=0.2")
+    sharded = parser.add_argument_group("sharded index (Ray; pip install 'd2r[ray]')")
+    sharded.add_argument("--shards", metavar="DIR",
+                         help="search this sharded directory (default: INDEX/shards when the "
+                              "index was built with --ray-shards)")
+    sharded.add_argument("--ray-address", metavar="ADDR",
+                         help="Ray cluster serving the shards ('auto', ray://HOST:10001; "
+                              "default: a local instance)")
+    sharded.add_argument("--ray-cpus-per-shard", type=float, default=1.0, metavar="C",
+                         help="CPUs reserved by each shard actor (default 1; every shard needs "
+                              "its actor running, so shards x C must fit the cluster)")
     cli.add_common_args(parser)
     args = cli.parse(parser, argv)
     if args.rotations and not args.dataset_dir:
@@ -193,7 +208,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides.append(f"verification.rerank={args.rerank}")
     if args.top is not None:
         overrides.append(f"search.top_k={args.top}")
-    with Searcher(args.index, overrides=overrides) as searcher:
+    with Searcher(args.index, overrides=overrides, shards=args.shards,
+                  shard_options={"address": args.ray_address,
+                                 "num_cpus_per_shard": args.ray_cpus_per_shard}) as searcher:
         if args.dataset_dir:
             if not args.out:
                 parser.error("--dataset-dir needs --out")

@@ -98,10 +98,16 @@ class Searcher:
         overrides: ``"a.b=c"`` strings changing query-time settings
             (:data:`QUERY_TIME_KEYS`); other keys are refused.
         mmap: memory-map the index arrays.
+        shards: search this sharded directory (``shards.json``, one Ray actor per shard)
+            instead of ``INDEX/search``; by default an index built with shards and no
+            ``search/`` is searched through its ``INDEX/shards``.
+        shard_options: keyword arguments of :class:`d2r.distributed.ShardedIndex`
+            (``address``, ``num_cpus_per_shard``, ...).
     """
 
     def __init__(self, path: str | os.PathLike, *, overrides: Sequence[str] = (),
-                 mmap: bool = True) -> None:
+                 mmap: bool = True, shards: Optional[str | os.PathLike] = None,
+                 shard_options: Optional[dict] = None) -> None:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
         try:
@@ -125,8 +131,7 @@ class Searcher:
                               f"change at query time: {'; '.join(fixed)}")
         validate(self.config)
         self.codebook = self._load_codebook(self.manifest["codebook"])
-        kind = self.manifest["kind"]
-        self.index = _INDEX_CLASSES[kind].load(self.path / "search", mmap=mmap)
+        self.index = self._open_index(shards, mmap, shard_options or {})
         self.names: tuple[str, ...] = tuple(self.index.names)
         self._extractor = None
         self._store: Optional[FeatureStore] = None
@@ -140,6 +145,26 @@ class Searcher:
     def uses_aml(self) -> bool:
         """Whether rankings are re-ranked by AML localization (CNN descriptors, search.aml_rerank > 0)."""
         return self.config.features.backend == "cnn" and self.config.search.aml_rerank > 0
+
+    def _open_index(self, shards: Optional[str | os.PathLike], mmap: bool, shard_options: dict):
+        """``INDEX/search``, or the sharded index (Ray actors) at ``shards`` / ``INDEX/shards``."""
+        kind = self.manifest["kind"]
+        record = self.manifest.get("shards")
+        if shards is None and record and not (self.path / "search").is_dir():
+            shards = self.path / record["path"]
+        if shards is None:
+            return _INDEX_CLASSES[kind].load(self.path / "search", mmap=mmap)
+        if self.codebook is None:
+            raise IndexMismatchError(f"sharded search serves codebook indexes (local features); "
+                                     f"index {self.path} holds CNN descriptors")
+        from d2r.distributed.shards import ShardedIndex
+
+        index = ShardedIndex(shards, mmap=mmap, **shard_options)
+        if index.kind != kind:
+            index.close()
+            raise IndexMismatchError(f"{shards} holds a {index.kind} index, {self.path} was "
+                                     f"built as {kind}")
+        return index
 
     def _load_codebook(self, record: Optional[dict]):
         """The index's codebook, checked against its recorded hash (None for global descriptors)."""
@@ -191,12 +216,12 @@ class Searcher:
         if self.codebook is None:
             return self._search_global(queries, k)
         encoded = [encode_query(q, self.codebook, self.config) for q in queries]
-        if isinstance(self.index, GlobalIndex):
+        if self.index.kind == GlobalIndex.kind:
             return self.index.search(encoded, k=k)
         agg = self.config.aggregation
         options = dict(alpha=agg.alpha, tau=agg.tau,
                        normalize="both" if agg.database_normalization else "query")
-        if isinstance(self.index, RegionalIndex):
+        if self.index.kind == RegionalIndex.kind:
             options["pooling"] = agg.pooling
         return self.index.search(encoded, k=k, **options)
 
@@ -287,6 +312,8 @@ class Searcher:
             if store is not None:
                 store.close()
         self._store = self._maps = None
+        if hasattr(self.index, "close"):
+            self.index.close()
 
     def __enter__(self) -> "Searcher":
         return self

@@ -78,7 +78,7 @@ def test_ray_flags():
 ray = pytest.importorskip("ray")
 
 from d2r.build_index import build_index  # noqa: E402
-from d2r.distributed import (ShardedIndex, ShardedSearcher, build_index_ray,  # noqa: E402
+from d2r.distributed import (ShardedIndex, build_index_ray,  # noqa: E402
                              merge_feature_stores, run_extract_ray, split_index)
 from d2r.extract import extract_to_store, make_extractor  # noqa: E402
 from d2r.index.global_index import GlobalIndex  # noqa: E402
@@ -306,11 +306,22 @@ def test_sharded_build_and_search_on_tiny_dataset(ray_session, tmp_path, config,
         queries = [single.image_features(dataset.query_path(i), box=dataset.query_boxes[i])
                    for i in range(dataset.num_queries)]
         want = single.search(queries, k=len(source))
-    with ShardedSearcher(out, num_cpus_per_shard=0.5) as sharded:
+    with Searcher(out, shard_options={"num_cpus_per_shard": 0.5}) as sharded:
+        assert isinstance(sharded.index, ShardedIndex)
         got = sharded.search(queries, k=len(source))
     np.testing.assert_array_equal(got.ids, want.ids)
     np.testing.assert_array_equal(got.scores, want.scores)
     assert got.names == want.names
+    results = {}
+    for name, index, extra in (("single", single_build, []),
+                               ("sharded", out, ["--ray-address", ray_session.get_runtime_context().gcs_address,
+                                                 "--ray-cpus-per-shard", "0.5"])):
+        proc = subprocess.run([sys.executable, "-m", "d2r.query", "--index", str(index),
+                               "--dataset-dir", str(tiny_dataset), "--out", str(tmp_path / name),
+                               "--rerank", "5", *extra], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        results[name] = np.load(tmp_path / name / "ranks.npy")
+    np.testing.assert_array_equal(results["sharded"], results["single"])
 
 
 def test_dataset_source_with_distractors(tmp_path, tiny_dataset):

@@ -6,9 +6,10 @@
 * :func:`build_index_ray` - ``build_index`` with extraction and quantization +
   aggregation on Ray; the same index arrays, names and order; ``num_shards``
   writes shard indexes instead;
-* :func:`split_index`, :class:`ShardedIndex`, :class:`ShardedSearcher`,
-  :func:`merge_topk` - a database split into N shard indexes, each served by a
-  Ray actor (memory-mapped), queries scattered and the top-k merged exactly;
+* :func:`split_index`, :class:`ShardedIndex`, :func:`merge_topk` - a database
+  split into N shard indexes, each served by a Ray actor (memory-mapped), queries
+  scattered and the top-k merged exactly (``d2r.searcher.Searcher`` and
+  ``python -m d2r.query`` search them);
 * :mod:`d2r.distributed.options` - the ``--ray`` / ``--ray-address`` flags.
 
 Importing this package does not import Ray; calling a function that needs it
@@ -31,7 +32,6 @@ __all__ = [
     "merge_topk",
     "read_shards_manifest",
     "ShardedIndex",
-    "ShardedSearcher",
     "add_ray_args",
     "ray_requested",
     "ray_kwargs",
@@ -48,7 +48,6 @@ _HOME = {
     "merge_topk": "shards",
     "read_shards_manifest": "shards",
     "ShardedIndex": "shards",
-    "ShardedSearcher": "shards",
     "add_ray_args": "options",
     "ray_requested": "options",
     "ray_kwargs": "options",

@@ -137,7 +137,7 @@ def build_index_ray(
         num_encoders: quantize + aggregate actors (default: one per cluster CPU).
         batch_size: images per encode task.
         num_shards: write ``OUT/shards`` (``num_shards`` shard indexes for
-            :class:`d2r.distributed.ShardedSearcher`) instead of ``OUT/search``.
+            sharded search through :class:`d2r.searcher.Searcher`) instead of ``OUT/search``.
         show_progress: progress bars (``None``: only on a terminal).
 
     Returns:

@@ -37,7 +37,7 @@ import numpy as np
 from d2r.distributed._ray import init_ray, kill_actors
 from d2r.index.inverted import check_k, top_k
 from d2r.index.storage import IndexFormatError, IndexWriter, read_index
-from d2r.types import AggregatedImage, LocalFeatures, SearchResult
+from d2r.types import AggregatedImage, SearchResult
 
 __all__ = [
     "SHARDS_MANIFEST",
@@ -47,7 +47,6 @@ __all__ = [
     "write_shards_manifest",
     "merge_topk",
     "ShardedIndex",
-    "ShardedSearcher",
     "main",
 ]
 
@@ -452,65 +451,6 @@ class ShardedIndex:
         self._actors = []
 
     def __enter__(self) -> "ShardedIndex":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class ShardedSearcher:
-    """Query a built index whose search structure is sharded (``INDEX/shards``).
-
-    Reads ``index.json`` and the codebook like :class:`d2r.searcher.Searcher`,
-    encodes query features on the driver and searches a :class:`ShardedIndex`.
-    Keyword arguments other than ``shards`` go to :class:`ShardedIndex`.
-    """
-
-    def __init__(self, path: str | os.PathLike, *, shards: Optional[str | os.PathLike] = None,
-                 **index_options: Any) -> None:
-        from d2r.build_index import FORMAT as INDEX_FORMAT, MANIFEST, VERSION as INDEX_VERSION
-        from d2r.codebook import load_codebook, load_tf_checkpoint
-        from d2r.config import from_dict
-
-        self.path = Path(path)
-        try:
-            self.manifest = json.loads((self.path / MANIFEST).read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{self.path} is not a d2r index (no {MANIFEST})") from None
-        if self.manifest.get("format") != INDEX_FORMAT or self.manifest.get("version") != INDEX_VERSION:
-            raise IndexFormatError(f"{self.path / MANIFEST}: not a {INDEX_FORMAT} v{INDEX_VERSION} manifest")
-        self.config = from_dict(self.manifest["config"])
-        record = self.manifest["codebook"]
-        location = self.path / record["path"]
-        self.codebook = load_codebook(location) if (location / "codebook.json").exists() \
-            else load_tf_checkpoint(location)
-        if self.codebook.sha256 != record["sha256"]:
-            raise IndexFormatError(f"codebook {location} is not the one {self.path} was built with")
-        shard_dir = Path(shards) if shards is not None else self.path / self.manifest.get(
-            "shards", {}).get("path", "shards")
-        self.index = ShardedIndex(shard_dir, **index_options)
-        if self.index.kind != self.manifest["kind"]:
-            raise IndexFormatError(f"{shard_dir} holds a {self.index.kind} index, "
-                                   f"{self.path} was built as {self.manifest['kind']}")
-        self.names = self.index.names
-
-    def search(self, queries: Sequence[LocalFeatures], *, k: Optional[int] = None) -> SearchResult:
-        """Top-``k`` (default ``search.top_k``) database images per query, as ``Searcher.search``."""
-        from d2r.encode import encode_query
-
-        k = self.config.search.top_k if k is None else k
-        encoded = [encode_query(q, self.codebook, self.config) for q in queries]
-        agg = self.config.aggregation
-        if self.index.kind == "global":
-            return self.index.search(encoded, k=k)
-        return self.index.search(encoded, k=k, alpha=agg.alpha, tau=agg.tau,
-                                 normalize="both" if agg.database_normalization else "query",
-                                 pooling=agg.pooling)
-
-    def close(self) -> None:
-        self.index.close()
-
-    def __enter__(self) -> "ShardedSearcher":
         return self
 
     def __exit__(self, *exc) -> None:
