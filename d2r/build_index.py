@@ -44,6 +44,7 @@ from d2r.io.feature_store import FeatureStore
 
 __all__ = [
     "MANIFEST", "MAPS", "FORMAT", "VERSION", "build_index", "codebook_dir", "indexed_names",
+    "global_descriptor_index",
     "load_or_train_codebook",
     "new_index", "index_record", "save_index", "finish_build", "main",
 ]
@@ -163,7 +164,7 @@ def _aggregated_index(config: Config, codebook: Codebook, store: FeatureStore,
     return index
 
 
-def _global_descriptor_index(config: Config, store: FeatureStore, names: Sequence[str]):
+def global_descriptor_index(config: Config, store: FeatureStore, names: Sequence[str]):
     """The stored CNN descriptors in the search structure their method needs.
 
     One row per image: a flat inner-product :class:`GlobalIndex`; global + CAM-local
@@ -211,7 +212,7 @@ def build_index(
         names = indexed_names(store, source)
         if config.features.backend == "cnn":
             codebook = None
-            index = _global_descriptor_index(config, store, names)
+            index = global_descriptor_index(config, store, names)
         else:
             codebook = load_or_train_codebook(config, store, names, out)
             index = _aggregated_index(config, codebook, store, names, out / "boxes",

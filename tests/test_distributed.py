@@ -353,3 +353,16 @@ def test_build_index_ray_regional_search_with_crops(ray_session, tmp_path, sourc
     assert sorted(p.name for p in (single / "boxes").iterdir()) == \
         sorted(p.name for p in (out / "boxes").iterdir())
     assert json.loads((out / "index.json").read_text())["kind"] == "regional"
+
+
+def test_cnn_descriptors_build_on_ray_like_the_single_process(ray_session, tmp_path, source):
+    config = load_config("rmac-vgg16", overrides=["images.max_side=64"])
+    single = build_index(config, source, tmp_path / "single", show_progress=False)
+    on_ray = build_index_ray(config, source, tmp_path / "ray", num_workers=2, chunk_size=8,
+                             num_cpus_per_worker=0.5, show_progress=False)
+    want = GlobalIndex.load(single / "search")
+    got = GlobalIndex.load(on_ray / "search")
+    assert got.names == want.names
+    np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5)
+    with pytest.raises(ValueError, match="activation maps"):
+        build_index_ray(load_config("rmac-vgg16-aml"), source, tmp_path / "maps")

@@ -13,7 +13,9 @@ Stages (the outputs are those of :func:`d2r.build_index.build_index`)::
     OUT/index.json  the same manifest (plus ``"shards"`` for a sharded build)
 
 Every shard equals the corresponding shard of :func:`d2r.distributed.split_index`
-applied to the unsharded build.
+applied to the unsharded build.  CNN global descriptors (``features.backend: cnn``)
+are extracted on Ray and stacked into their global index on the driver (no codebook,
+no shards, no activation maps).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from d2r import cli
-from d2r.build_index import (finish_build, index_record, indexed_names, load_or_train_codebook,
-                             new_index, save_index)
+from d2r.build_index import (finish_build, global_descriptor_index, index_record, indexed_names,
+                             load_or_train_codebook, new_index, save_index)
 from d2r.codebook import Codebook
 from d2r.config import Config
 from d2r.distributed._ray import init_ray, kill_actors, run_on_actors
@@ -144,9 +146,11 @@ def build_index_ray(
         ``out``.
     """
     validate(config)
-    if config.features.backend == "cnn":
-        raise ValueError("build_index_ray aggregates local features; for features.backend=cnn "
-                         "run the single-process build (extraction alone: run_extract_ray)")
+    cnn = config.features.backend == "cnn"
+    if cnn and (num_shards or config.features.cnn.store_maps):
+        raise ValueError("CNN descriptors build one unsharded global index on Ray, without "
+                         "activation maps (num_shards / features.cnn.store_maps: use the "
+                         "single-process build)")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out)
@@ -160,6 +164,12 @@ def build_index_ray(
         extractor_factory=extractor_factory, show_progress=show_progress)
     with FeatureStore.open(out / "features") as store:
         names = indexed_names(store, source)
+        if cnn:
+            index = global_descriptor_index(config, store, names)
+            record = index_record(config, None, out, kind=index.kind, features=store.config,
+                                  num_images=len(names), num_skipped=len(summary.skipped))
+            save_index(index, out, record)
+            return finish_build(out, record, start, where=" on Ray")
         codebook = load_or_train_codebook(config, store, names, out)
         feature_config = store.config
     record = index_record(config, codebook, out, kind=new_index(config, codebook).kind,
