@@ -16,9 +16,8 @@ from typing import Any, Mapping, Sequence
 import faiss
 import numpy as np
 
+from d2r.index.dense import DenseRows
 from d2r.index.inverted import check_k
-from d2r.index.names import EntryNames
-from d2r.index.storage import IndexFormatError, IndexWriter, read_index
 from d2r.types import AggregatedImage, SearchResult
 
 __all__ = ["GlobalIndex"]
@@ -38,9 +37,7 @@ class GlobalIndex:
             raise ValueError(f"dim must be >= 1, got {dim}")
         self.dim = int(dim)
         self.config: dict[str, Any] = {}
-        self._vectors = np.zeros((0, self.dim), np.float32)
-        self._parts: list[np.ndarray] = []
-        self._names = EntryNames("vectors")
+        self._rows = DenseRows((self.dim,))
 
     def __len__(self) -> int:
         return self.num_images
@@ -48,20 +45,16 @@ class GlobalIndex:
     @property
     def vectors(self) -> np.ndarray:
         """(N, D) float32 database matrix (read-only)."""
-        if self._parts:
-            self._vectors = np.concatenate([self._vectors, *self._parts])
-            self._vectors.flags.writeable = False
-            self._parts = []
-        return self._vectors
+        return self._rows.array
 
     @property
     def num_images(self) -> int:
-        return int(self._vectors.shape[0]) + sum(int(p.shape[0]) for p in self._parts)
+        return len(self._rows)
 
     @property
     def names(self) -> tuple[str, ...]:
         """Image names by id (empty when vectors were added without names)."""
-        return self._names.names
+        return self._rows.names
 
     @property
     def nbytes(self) -> int:
@@ -90,14 +83,7 @@ class GlobalIndex:
     def add(self, vectors: np.ndarray | Sequence[AggregatedImage],
             names: Sequence[str] | None = None) -> np.ndarray:
         """Append (n, D) float32 descriptors (or VLAD AggregatedImages); returns ids (n,) int64."""
-        arr = self._as_matrix(vectors, "vectors")
-        names = self._names.check(names, arr.shape[0])
-        first = self.num_images
-        ids = np.arange(first, first + arr.shape[0], dtype=np.int64)
-        if arr.shape[0]:
-            self._parts.append(arr)
-        self._names.append(names, arr.shape[0])
-        return ids
+        return self._rows.append(self._as_matrix(vectors, "vectors"), names)
 
     def search(self, queries: np.ndarray | Sequence[AggregatedImage], *, k: int = 100) -> SearchResult:
         """Top-``k`` database vectors by inner product for (Q, D) float32 ``queries``."""
@@ -122,33 +108,14 @@ class GlobalIndex:
     def save(self, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
              overwrite: bool = False) -> Path:
         """Write ``vectors.npy``, names and manifest to directory ``path`` atomically."""
-        config = dict(self.config if config is None else config)
-        with IndexWriter(path, kind=self.kind, overwrite=overwrite) as writer:
-            writer.put("vectors", self.vectors)
-            meta = {"dim": self.dim, "num_images": self.num_images, "dtype": "float32",
-                    "metric": "inner_product"}
-            return writer.commit(meta=meta, names=self.names, config=config)
+        return self._rows.save(path, kind=self.kind, meta={"metric": "inner_product"},
+                               config=self.config if config is None else config,
+                               overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> "GlobalIndex":
         """Open a directory written by :meth:`save` (vectors memory-mapped by default)."""
-        stored = read_index(path, kind=cls.kind, mmap=mmap, verify=verify)
-        try:
-            dim, num_images = int(stored.meta["dim"]), int(stored.meta["num_images"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{stored.path}/manifest.json has invalid global-index "
-                                   f"metadata: {exc}") from exc
-        vectors = stored.arrays.get("vectors")
-        if vectors is None:
-            raise IndexFormatError(f"{stored.path} lacks array vectors.npy")
-        if vectors.shape != (num_images, dim) or vectors.dtype != np.float32:
-            raise IndexFormatError(f"{stored.path}/vectors.npy holds {vectors.dtype} {vectors.shape}, "
-                                   f"expected float32 ({num_images}, {dim})")
-        if len(stored.names) not in (0, num_images):
-            raise IndexFormatError(f"{stored.path}/names.json has {len(stored.names)} names for "
-                                   f"{num_images} images")
-        index = cls(dim)
-        index.config = dict(stored.config)
-        index._vectors = vectors
-        index._names.restore(stored.names, num_images)
+        rows, config = DenseRows.load(path, kind=cls.kind, slots=(), mmap=mmap, verify=verify)
+        index = cls(rows.row_shape[-1])
+        index.config, index._rows = config, rows
         return index

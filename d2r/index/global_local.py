@@ -27,9 +27,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from d2r.index.dense import DenseRows
 from d2r.index.inverted import check_k
-from d2r.index.names import EntryNames
-from d2r.index.storage import IndexFormatError, IndexWriter, read_index
 from d2r.types import SearchResult
 
 __all__ = ["GlobalLocalIndex"]
@@ -106,9 +105,7 @@ class GlobalLocalIndex:
             raise ValueError(f"dim must be >= 1, got {dim}")
         self.dim = int(dim)
         self.config: dict[str, Any] = {}
-        self._vectors = np.zeros((0, 2, self.dim), np.float32)
-        self._parts: list[np.ndarray] = []
-        self._names = EntryNames("images")
+        self._rows = DenseRows((2, self.dim))
 
     def __len__(self) -> int:
         return self.num_images
@@ -116,20 +113,16 @@ class GlobalLocalIndex:
     @property
     def vectors(self) -> np.ndarray:
         """(N, 2, D) float32 database pairs, ``[:, 0]`` global and ``[:, 1]`` local (read-only)."""
-        if self._parts:
-            self._vectors = np.concatenate([self._vectors, *self._parts])
-            self._vectors.flags.writeable = False
-            self._parts = []
-        return self._vectors
+        return self._rows.array
 
     @property
     def num_images(self) -> int:
-        return int(self._vectors.shape[0]) + sum(int(p.shape[0]) for p in self._parts)
+        return len(self._rows)
 
     @property
     def names(self) -> tuple[str, ...]:
         """Image names by id (empty when images were added without names)."""
-        return self._names.names
+        return self._rows.names
 
     @property
     def nbytes(self) -> int:
@@ -157,14 +150,7 @@ class GlobalLocalIndex:
         Returns:
             (n,) int64 image ids.
         """
-        arr = self._pairs(vectors, "vectors")
-        names = self._names.check(names, arr.shape[0])
-        first = self.num_images
-        ids = np.arange(first, first + arr.shape[0], dtype=np.int64)
-        if arr.shape[0]:
-            self._parts.append(arr)
-        self._names.append(names, arr.shape[0])
-        return ids
+        return self._rows.append(self._pairs(vectors, "vectors"), names)
 
     def search(self, queries: np.ndarray, *, k: int = 100) -> SearchResult:
         """Top-``k`` images of every query by ``min(|g_q - g_x|_1, |l_q - l_x|_1)`` (exact).
@@ -205,40 +191,18 @@ class GlobalLocalIndex:
     def save(self, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
              overwrite: bool = False) -> Path:
         """Write ``vectors.npy`` (N, 2, D), names and manifest to directory ``path`` atomically."""
-        config = dict(self.config if config is None else config)
-        with IndexWriter(path, kind=self.kind, overwrite=overwrite) as writer:
-            writer.put("vectors", self.vectors)
-            meta = {"dim": self.dim, "num_images": self.num_images, "dtype": "float32",
-                    "metric": "min_global_local_l1"}
-            return writer.commit(meta=meta, names=self.names, config=config)
+        return self._rows.save(path, kind=self.kind, meta={"metric": "min_global_local_l1"},
+                               config=self.config if config is None else config,
+                               overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> GlobalLocalIndex:
         """Open a directory written by :meth:`save` (vectors memory-mapped by default).
 
         Raises:
-            IndexFormatError: as :func:`~d2r.index.storage.read_index`, or when ``vectors.npy``
-                is not float32 (num_images, 2, dim) or the names do not match.
+            IndexFormatError: as :meth:`DenseRows.load`.
         """
-        stored = read_index(path, kind=cls.kind, mmap=mmap, verify=verify)
-        try:
-            dim, num_images = int(stored.meta["dim"]), int(stored.meta["num_images"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{stored.path}/manifest.json has invalid global-local index "
-                                   f"metadata: {exc}") from exc
-        if dim < 1:
-            raise IndexFormatError(f"{stored.path}/manifest.json has dim {dim}, expected >= 1")
-        vectors = stored.arrays.get("vectors")
-        if vectors is None:
-            raise IndexFormatError(f"{stored.path} lacks array vectors.npy")
-        if vectors.shape != (num_images, 2, dim) or vectors.dtype != np.float32:
-            raise IndexFormatError(f"{stored.path}/vectors.npy holds {vectors.dtype} {vectors.shape}, "
-                                   f"expected float32 ({num_images}, 2, {dim})")
-        if len(stored.names) not in (0, num_images):
-            raise IndexFormatError(f"{stored.path}/names.json has {len(stored.names)} names for "
-                                   f"{num_images} images")
-        index = cls(dim)
-        index.config = dict(stored.config)
-        index._vectors = vectors
-        index._names.restore(stored.names, num_images)
+        rows, config = DenseRows.load(path, kind=cls.kind, slots=(2,), mmap=mmap, verify=verify)
+        index = cls(rows.row_shape[-1])
+        index.config, index._rows = config, rows
         return index

@@ -22,8 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from d2r.index.names import EntryNames
 from d2r.index.inverted import InvertedIndex, check_k, top_k
+from d2r.index.names import EntryNames
 from d2r.index.storage import IndexFormatError, IndexWriter, read_index
 from d2r.types import AggregatedImage, SearchResult
 
