@@ -1,7 +1,8 @@
-"""Append-only dense float32 rows with their names: the storage behind the flat global indexes.
+"""Dense float32 rows with their names: the storage and base class of the flat global indexes.
 
-:class:`GlobalIndex` keeps (N, D) rows, :class:`~d2r.index.global_local.GlobalLocalIndex`
-(N, 2, D); both append batches, expose the consolidated read-only array, and save it as
+:class:`~d2r.index.global_index.GlobalIndex` keeps (N, D) rows,
+:class:`~d2r.index.global_local.GlobalLocalIndex` (N, 2, D); both are a :class:`DenseIndex`:
+batches are appended, the consolidated array is read-only, and it is saved as
 ``vectors.npy`` (memory-mapped when loaded) with the names and a manifest.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 from d2r.index.names import EntryNames
 from d2r.index.storage import IndexFormatError, IndexWriter, read_index
 
-__all__ = ["DenseRows"]
+__all__ = ["DenseRows", "DenseIndex"]
 
 
 class DenseRows:
@@ -97,3 +98,64 @@ class DenseRows:
         rows._array = vectors
         rows._names.restore(stored.names, num_images)
         return rows, dict(stored.config)
+
+
+class DenseIndex:
+    """Base of the exhaustive indexes over dense rows of shape ``(*slots, dim)`` per image.
+
+    Subclasses set ``kind``, ``slots`` and ``metric`` and implement ``add`` / ``search``.
+
+    Args:
+        dim: descriptor dimension D.
+    """
+
+    kind = ""
+    slots: tuple[int, ...] = ()
+    metric = ""
+
+    def __init__(self, dim: int) -> None:
+        if int(dim) < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dim = int(dim)
+        self.config: dict[str, Any] = {}
+        self._rows = DenseRows((*self.slots, self.dim))
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(N, *slots, D) float32 database rows (read-only)."""
+        return self._rows.array
+
+    @property
+    def num_images(self) -> int:
+        return len(self._rows)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Image names by id (empty when rows were added without names)."""
+        return self._rows.names
+
+    @property
+    def nbytes(self) -> int:
+        return self.num_images * int(np.prod(self.slots, dtype=np.int64)) * self.dim * 4
+
+    def save(self, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
+             overwrite: bool = False) -> Path:
+        """Write ``vectors.npy``, names and manifest to directory ``path`` atomically."""
+        return self._rows.save(path, kind=self.kind, meta={"metric": self.metric},
+                               config=self.config if config is None else config,
+                               overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False):
+        """Open a directory written by :meth:`save` (vectors memory-mapped by default).
+
+        Raises:
+            IndexFormatError: as :meth:`DenseRows.load`.
+        """
+        rows, config = DenseRows.load(path, kind=cls.kind, slots=cls.slots, mmap=mmap, verify=verify)
+        index = cls(rows.row_shape[-1])
+        index.config, index._rows = config, rows
+        return index

@@ -9,21 +9,19 @@ without copying it into a faiss index.  :meth:`GlobalIndex.to_faiss` builds the 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import faiss
 import numpy as np
 
-from d2r.index.dense import DenseRows
+from d2r.index.dense import DenseIndex
 from d2r.index.inverted import check_k
 from d2r.types import AggregatedImage, SearchResult
 
 __all__ = ["GlobalIndex"]
 
 
-class GlobalIndex:
+class GlobalIndex(DenseIndex):
     """Global descriptors searched by inner product.
 
     Args:
@@ -31,34 +29,7 @@ class GlobalIndex:
     """
 
     kind = "global"
-
-    def __init__(self, dim: int) -> None:
-        if int(dim) < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        self.dim = int(dim)
-        self.config: dict[str, Any] = {}
-        self._rows = DenseRows((self.dim,))
-
-    def __len__(self) -> int:
-        return self.num_images
-
-    @property
-    def vectors(self) -> np.ndarray:
-        """(N, D) float32 database matrix (read-only)."""
-        return self._rows.array
-
-    @property
-    def num_images(self) -> int:
-        return len(self._rows)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Image names by id (empty when vectors were added without names)."""
-        return self._rows.names
-
-    @property
-    def nbytes(self) -> int:
-        return self.num_images * self.dim * 4
+    metric = "inner_product"
 
     def _as_matrix(self, x: np.ndarray | Sequence[AggregatedImage], what: str) -> np.ndarray:
         """(n, D) float32 C-contiguous from an array or a sequence of (VLAD) AggregatedImage."""
@@ -103,19 +74,4 @@ class GlobalIndex:
         index = faiss.IndexFlatIP(self.dim)
         if self.num_images:
             index.add(np.ascontiguousarray(self.vectors))
-        return index
-
-    def save(self, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
-             overwrite: bool = False) -> Path:
-        """Write ``vectors.npy``, names and manifest to directory ``path`` atomically."""
-        return self._rows.save(path, kind=self.kind, meta={"metric": "inner_product"},
-                               config=self.config if config is None else config,
-                               overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> "GlobalIndex":
-        """Open a directory written by :meth:`save` (vectors memory-mapped by default)."""
-        rows, config = DenseRows.load(path, kind=cls.kind, slots=(), mmap=mmap, verify=verify)
-        index = cls(rows.row_shape[-1])
-        index.config, index._rows = config, rows
         return index

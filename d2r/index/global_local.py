@@ -19,15 +19,12 @@ whose distances are then recomputed exactly on both slots and merged into the ru
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import faiss
 import numpy as np
 
-from d2r.index.dense import DenseRows
+from d2r.index.dense import DenseIndex
 from d2r.index.inverted import check_k
 from d2r.types import SearchResult
 
@@ -91,7 +88,7 @@ def _chunk_candidates(queries: np.ndarray, chunk: np.ndarray, k: int) -> np.ndar
     return np.sort(np.concatenate(lists, axis=1), axis=1)
 
 
-class GlobalLocalIndex:
+class GlobalLocalIndex(DenseIndex):
     """(global, CAM-local) descriptor pairs searched by ``min`` of the two L1 distances.
 
     Args:
@@ -99,34 +96,8 @@ class GlobalLocalIndex:
     """
 
     kind = "global_local"
-
-    def __init__(self, dim: int) -> None:
-        if int(dim) < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        self.dim = int(dim)
-        self.config: dict[str, Any] = {}
-        self._rows = DenseRows((2, self.dim))
-
-    def __len__(self) -> int:
-        return self.num_images
-
-    @property
-    def vectors(self) -> np.ndarray:
-        """(N, 2, D) float32 database pairs, ``[:, 0]`` global and ``[:, 1]`` local (read-only)."""
-        return self._rows.array
-
-    @property
-    def num_images(self) -> int:
-        return len(self._rows)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Image names by id (empty when images were added without names)."""
-        return self._rows.names
-
-    @property
-    def nbytes(self) -> int:
-        return self.num_images * 2 * self.dim * 4
+    slots = (2,)
+    metric = "min_global_local_l1"
 
     def _pairs(self, x: np.ndarray, what: str) -> np.ndarray:
         """(n, 2, D) float32 C-contiguous, finite."""
@@ -187,22 +158,3 @@ class GlobalLocalIndex:
         padding = best_ids == _NO_ID
         scores = np.where(padding, -np.inf, -best_dist).astype(np.float32)
         return SearchResult(scores, np.where(padding, -1, best_ids), self.names)
-
-    def save(self, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
-             overwrite: bool = False) -> Path:
-        """Write ``vectors.npy`` (N, 2, D), names and manifest to directory ``path`` atomically."""
-        return self._rows.save(path, kind=self.kind, meta={"metric": "min_global_local_l1"},
-                               config=self.config if config is None else config,
-                               overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> GlobalLocalIndex:
-        """Open a directory written by :meth:`save` (vectors memory-mapped by default).
-
-        Raises:
-            IndexFormatError: as :meth:`DenseRows.load`.
-        """
-        rows, config = DenseRows.load(path, kind=cls.kind, slots=(2,), mmap=mmap, verify=verify)
-        index = cls(rows.row_shape[-1])
-        index.config, index._rows = config, rows
-        return index
