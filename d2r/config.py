@@ -9,6 +9,7 @@ artifact records, and back (``from_dict``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -38,6 +39,8 @@ __all__ = [
     "to_dict",
     "parse_override",
     "diff_configs",
+    "LEGACY_VALUES",
+    "upgrade_record",
     "merge_values",
     "build_dataclass",
     "read_yaml",
@@ -162,6 +165,16 @@ class RegionsConfig:
     features: Literal["crop", "select"] = "crop"
     """Region features: extracted from each region's crop (the paper), or the
     whole-image features whose keypoints fall inside the region (cheaper)."""
+    selective_search_mode: Literal["single", "fast", "quality"] = "fast"
+    """Selective search (``source == "selective_search"``, Uijlings et al., IJCV
+    2013): ``single`` = one strategy (RGB, one segmentation scale, one
+    similarity); ``fast`` = the paper's 8 strategies (HSV, Lab x k 50, 100 x two
+    similarity combinations); ``quality`` = its 80 strategies (HSV, Lab, rgI, H,
+    I x k 50, 100, 150, 300 x four combinations), slower and more proposals.
+    See :func:`d2r.detection.regions.selective_search`."""
+    selective_search_max_side: int = 256
+    """Selective search runs on the image downscaled to this longer side
+    (pixels); boxes are mapped back to the full image."""
 
 
 @dataclass
@@ -398,6 +411,43 @@ def load_config(
     for text in overrides:
         values = merge_values(values, parse_override(text))
     return from_dict(values)
+
+
+LEGACY_VALUES: dict[str, Any] = {
+    "features.cnn.cam": False,
+    "features.cnn.cam_threshold": 0.9,
+    "features.cnn.regional_order": "both",
+    "features.cnn.regional_clusters": 3,
+    "features.cnn.salient_max": 200,
+    "features.cnn.salient_min": 20,
+    "features.cnn.reduction_path": None,
+    "features.cnn.store_maps": False,
+    "search.aml_rerank": 0,
+    "search.aml_levels": None,
+    "regions.selective_search_mode": "single",
+    "regions.selective_search_max_side": 256,
+}
+"""Keys added after d2r 0.1.0 and the value that reproduces what a record without them did."""
+
+
+def upgrade_record(record: Mapping, prefix: str = "") -> dict:
+    """A recorded config (or its section at dotted ``prefix``, e.g. ``"features.cnn"``) with
+    every key of :data:`LEGACY_VALUES` it lacks added, so records written by an older d2r
+    compare equal to the same settings today.  Sections the record lacks stay absent."""
+    out = copy.deepcopy(dict(record))
+    start = f"{prefix}." if prefix else ""
+    for dotted, value in LEGACY_VALUES.items():
+        if not dotted.startswith(start):
+            continue
+        *parents, leaf = dotted[len(start):].split(".")
+        node = out
+        for part in parents:
+            node = node.get(part)
+            if not isinstance(node, dict):
+                break
+        else:
+            node.setdefault(leaf, value)
+    return out
 
 
 def diff_configs(expected: Mapping, actual: Mapping, prefix: str = "") -> list[str]:
