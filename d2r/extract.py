@@ -24,13 +24,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from d2r import cli
-from d2r.config import Config, to_dict
+from d2r.config import Config, to_dict, upgrade_record
 from d2r.detection.regions import select_regions_for
 from d2r.distributed.options import add_ray_args, ray_kwargs, ray_requested
 from d2r.features.base import LocalFeatureExtractor
@@ -50,6 +50,7 @@ __all__ = [
     "region_features",
     "RegionFinder",
     "store_config",
+    "comparable_store_config",
     "ExtractionSummary",
     "extract_to_store",
     "finish_summary",
@@ -199,6 +200,20 @@ def store_config(config: Config, extractor: LocalFeatureExtractor) -> dict:
     }
 
 
+def comparable_store_config(recorded: Mapping) -> dict:
+    """A :func:`store_config` record as stores are compared: keys added since an older d2r
+    filled in (:func:`d2r.config.upgrade_record`) and selective-search settings dropped
+    when regions come from another source (they had no effect)."""
+    out = upgrade_record(recorded)
+    regions = out.get("regions")
+    if isinstance(regions, dict) and regions.get("source") != "selective_search":
+        out["regions"] = {k: v for k, v in regions.items() if not k.startswith("selective_search_")}
+    extractor = out.get("extractor")
+    if isinstance(extractor, dict) and extractor.get("type") == "cnn_global":
+        out["extractor"] = upgrade_record(extractor, "features.cnn")
+    return out
+
+
 @dataclass
 class ExtractionSummary:
     """Outcome of one :func:`extract_to_store` run."""
@@ -238,7 +253,7 @@ def extract_to_store(
     start = time.perf_counter()
     with FeatureStore.open(
         store_path, mode="a", config=store_config(config, extractor), dim=extractor.dim,
-        dtype=config.features.store_dtype,
+        dtype=config.features.store_dtype, upgrade=comparable_store_config,
     ) as store, _open_maps(maps_path, config, extractor) as maps:
         todo = [i for i, name in enumerate(source.names)
                 if name not in store or (maps is not None and name not in maps)]
@@ -288,7 +303,7 @@ def _open_maps(maps_path: Optional[str | Path], config: Config, extractor):
     if not hasattr(extractor, "extract_with_map"):
         raise ValueError("activation maps are kept for CNN global descriptors only "
                          "(features.backend=cnn)")
-    return FeatureStore.open(maps_path, mode="a", dtype="float16",
+    return FeatureStore.open(maps_path, mode="a", dtype="float16", upgrade=comparable_store_config,
                              config={**store_config(config, extractor), "content": "activation maps"})
 
 

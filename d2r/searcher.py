@@ -29,9 +29,15 @@ from d2r.config import (
     merge_values,
     parse_override,
     to_dict,
+    upgrade_record,
 )
 from d2r.encode import encode_query, validate
-from d2r.extract import image_features, image_features_and_map, make_extractor
+from d2r.extract import (
+    comparable_store_config,
+    image_features,
+    image_features_and_map,
+    make_extractor,
+)
 from d2r.global_.activation_maps import features_to_map
 from d2r.global_.aml import aml_rerank
 from d2r.global_.qe import average_query_expansion, expand_queries, rescore_head
@@ -119,7 +125,7 @@ class Searcher:
             raise IndexMismatchError(f"{manifest_path}: not valid JSON ({exc})") from exc
         if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
             raise IndexMismatchError(f"{manifest_path}: not a {FORMAT} v{VERSION} manifest")
-        built = self.manifest["config"]
+        built = upgrade_record(self.manifest["config"])
         values = built
         for text in overrides:
             values = merge_values(values, parse_override(text))
@@ -184,8 +190,8 @@ class Searcher:
         """The feature extractor of the index (refuses one configured differently)."""
         if self._extractor is None:
             extractor = make_extractor(self.config)
-            built = self.manifest["features"]["extractor"]
-            mismatch = diff_configs(built, extractor.config())
+            built = comparable_store_config(self.manifest["features"])["extractor"]
+            mismatch = diff_configs(built, comparable_store_config({"extractor": extractor.config()})["extractor"])
             if mismatch:
                 raise IndexMismatchError(f"the configured extractor differs from the one that "
                                          f"built {self.path}: {'; '.join(mismatch)}")

@@ -36,8 +36,14 @@ import h5py
 from d2r import cli
 from d2r.config import Config
 from d2r.distributed._ray import init_ray, kill_actors, run_on_actors
-from d2r.extract import (ExtractionSummary, extract_to_store, finish_summary, make_extractor,
-                         store_config)
+from d2r.extract import (
+    ExtractionSummary,
+    comparable_store_config,
+    extract_to_store,
+    finish_summary,
+    make_extractor,
+    store_config,
+)
 from d2r.features.base import LocalFeatureExtractor
 from d2r.io.feature_store import FeatureStore, StoreConfigError
 
@@ -225,7 +231,7 @@ def _check_store(store_path: Path, described: dict[str, Any]) -> None:
     """Fail before extracting when the existing store was made with another config."""
     if (store_path / "manifest.json").exists():
         FeatureStore.open(store_path, config=described["config"], dim=described["dim"],
-                          dtype=described["dtype"]).close()
+                          dtype=described["dtype"], upgrade=comparable_store_config).close()
 
 
 def _committed_shard_files(store: Path) -> list[Path]:

@@ -32,7 +32,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Mapping
+from typing import Callable, Iterable, Literal, Mapping
 
 import h5py
 import numpy as np
@@ -126,6 +126,7 @@ class FeatureStore:
         dtype: Literal["float32", "float16"] | None = None,
         shard_entries: int = 1024,
         shard_bytes: int = 64 << 20,
+        upgrade: Callable[[Mapping], Mapping] | None = None,
     ) -> "FeatureStore":
         """Open the store directory ``path`` for reading (``"r"``) or appending (``"a"``).
 
@@ -139,6 +140,9 @@ class FeatureStore:
                 ``None`` means the recorded one, or float32 for a new store.
             shard_entries, shard_bytes: a writer commits its buffer as a shard
                 once it holds this many entries or bytes of arrays.
+            upgrade: applied to the recorded and the given config before they are
+                compared (fills keys an older writer did not record); the recorded
+                config itself is not rewritten.
 
         Raises:
             FileNotFoundError: ``mode="r"`` and no store at ``path``.
@@ -160,11 +164,11 @@ class FeatureStore:
             manifest = _read_manifest(path)
             if manifest is None:
                 raise FileNotFoundError(f"no feature store at {str(path)!r} (missing {_MANIFEST})")
-            _check_manifest(path, manifest, canonical, dim, dtype)
+            _check_manifest(path, manifest, canonical, dim, dtype, upgrade)
             store = cls(path, mode, manifest, shard_entries=shard_entries, shard_bytes=shard_bytes)
             store._load_index()
             return store
-        lock_fd, manifest = _prepare_for_writing(path, canonical, dim, dtype)
+        lock_fd, manifest = _prepare_for_writing(path, canonical, dim, dtype, upgrade)
         try:
             store = cls(path, mode, manifest, shard_entries=shard_entries, shard_bytes=shard_bytes)
             store._lock_fd = lock_fd
@@ -551,14 +555,18 @@ def _first_difference(stored, given, prefix: str = "") -> tuple[str, object, obj
     return None
 
 
-def _check_manifest(path: Path, manifest: dict, config: dict | None, dim: int | None, dtype: str | None) -> None:
+def _check_manifest(path: Path, manifest: dict, config: dict | None, dim: int | None, dtype: str | None,
+                    upgrade: Callable[[Mapping], Mapping] | None = None) -> None:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise ValueError(
             f"{str(path / _MANIFEST)!r} is not a {FORMAT} version {VERSION} manifest "
             f"(format {manifest.get('format')!r}, version {manifest.get('version')!r})"
         )
     if config is not None:
-        diff = _first_difference(manifest["config"], config)
+        stored = manifest["config"]
+        if upgrade is not None:
+            stored, config = _canonical_config(upgrade(stored)), _canonical_config(upgrade(config))
+        diff = _first_difference(stored, config)
         if diff is not None:
             key, stored, given = diff
             raise StoreConfigError(
@@ -597,7 +605,8 @@ def _committed_shards(path: Path) -> list[str]:
     return sorted((f for f in os.listdir(shards) if _SHARD_RE.match(f)), key=lambda f: int(f[:-3]))
 
 
-def _prepare_for_writing(path: Path, config: dict | None, dim: int | None, dtype: str | None) -> tuple[int, dict]:
+def _prepare_for_writing(path: Path, config: dict | None, dim: int | None, dtype: str | None,
+                         upgrade: Callable[[Mapping], Mapping] | None) -> tuple[int, dict]:
     """Lock ``path`` for writing, create or check its manifest, remove uncommitted files."""
     if path.is_dir() and not (path / _MANIFEST).exists():
         foreign = sorted(set(os.listdir(path)) - _OWN_FILES)
@@ -624,7 +633,7 @@ def _prepare_for_writing(path: Path, config: dict | None, dim: int | None, dtype
             atomic_write_json(path / _MANIFEST, manifest, durable=True, sort_keys=True)
             logger.info("created feature store %s", path)
         else:
-            _check_manifest(path, manifest, config, dim, dtype)
+            _check_manifest(path, manifest, config, dim, dtype, upgrade)
             if manifest["dim"] is None and dim is not None:
                 manifest["dim"] = int(dim)
                 atomic_write_json(path / _MANIFEST, manifest, durable=True, sort_keys=True)
