@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from d2r.aggregation import similarity, similarity_matrix
+from d2r.aggregation import selectivity, shared_words, similarity, similarity_matrix, word_similarities
 from d2r.index import inverted as inverted_module
-from d2r.index.inverted import InvertedIndex, InvertedIndexWriter, top_k
+from d2r.index.inverted import (InvertedIndex, InvertedIndexWriter, code_kernel, code_weights, top_k,
+                                vector_selectivity)
 from d2r.index.storage import IndexFormatError, read_index
 from d2r.types import AggregatedImage
 
@@ -157,6 +158,162 @@ def test_float16_storage_is_close():
     index = build(db, 32, False, vector_dtype="float16")
     assert index.posting_list(int(q.words[0]))[1].dtype == np.float16
     np.testing.assert_allclose(index.score_all(q), similarity_matrix([q], db)[0], atol=2e-3)
+
+
+# ---------------------------------------------------------------------- search kernels
+
+
+def random_codes(rng, n, dim, *, padding=False):
+    """(n, ceil(D/8)) uint8 packed sign codes; ``padding``: random bytes (pad bits set too)."""
+    width = (dim + 7) // 8
+    if padding:
+        return rng.integers(0, 256, (n, width), dtype=np.uint8)
+    return np.packbits(rng.random((n, dim)) > 0.5, axis=1)
+
+
+ALPHA_TAU = [(3.0, 0.0), (1.0, -1.0), (2.5, 0.2), (4.0, -0.3), (0.5, 0.5), (3.0, 0.99)]
+
+
+@pytest.mark.parametrize("dim", [1, 5, 8, 13, 16, 20, 32, 40, 63, 64, 65, 100, 120, 121, 127, 128,
+                                 129, 200, 256, 300])
+@pytest.mark.parametrize("alpha,tau", ALPHA_TAU)
+def test_code_weights_equal_selectivity_of_hamming(dim, alpha, tau):
+    rng = np.random.default_rng(dim)
+    kernel = code_kernel(dim, alpha=alpha, tau=tau)
+    assert kernel.paired == (121 <= dim <= 128)
+    for padding in (False, True):
+        a = random_codes(rng, 300, dim, padding=padding)
+        b = random_codes(rng, 300, dim, padding=padding)
+        b[:3] = a[:3]  # h = 0
+        b[3:6] = ~a[3:6] & (np.packbits(np.ones((1, dim), bool), axis=1) if not padding else 255)  # h = D
+        b[6] = 0
+        a[6] = 0 if not padding else 255  # h = 0, or every bit incl. padding set
+        expected = selectivity(word_similarities(a, b, dim=dim, binary=True), alpha=alpha, tau=tau)
+        got = code_weights(a.view(kernel.view) ^ b.view(kernel.view), kernel)
+        assert got.dtype == np.float64 and got.shape == (300,)
+        np.testing.assert_array_equal(got, expected)
+    empty = np.zeros((0, (dim + 7) // 8), np.uint8).view(kernel.view)
+    assert code_weights(empty, kernel).shape == (0,)
+    with pytest.raises(ValueError, match="dim"):
+        code_kernel(0)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 16.0, 2.5, 0.5, 17.0, 0.0, -1.0])
+@pytest.mark.parametrize("tau", [-2.0, -1.0, -0.3, 0.0, 0.2, 0.9, 2.0])
+def test_vector_selectivity_matches_selectivity(alpha, tau):
+    rng = np.random.default_rng(int(alpha * 10 + tau * 100) % 1000)
+    u = (rng.random(2000) * 2.4 - 1.2).astype(np.float32)
+    u[:8] = [0.0, -0.0, tau, -tau, 1.0, -1.0, np.nextafter(np.float32(tau), 2), 1.2]
+    with np.errstate(divide="ignore", invalid="ignore"):  # alpha <= 0: 0 ** alpha
+        expected = selectivity(u, alpha=alpha, tau=tau)
+        got = vector_selectivity(u, alpha=alpha, tau=tau)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got != 0, expected != 0)
+    np.testing.assert_allclose(got, expected, rtol=1e-14, atol=0)
+
+
+def sequential_scores(query, db, *, alpha, tau, normalize):
+    """Brute force in the index's arithmetic: per item the float64 sum, in word order from 0.0,
+    of selectivity(word_similarities) over the shared words, times the index's factors."""
+    raw = np.zeros(len(db))
+    for i, item in enumerate(db):
+        ia, ib = shared_words(query, item)
+        u = word_similarities(query.vectors[ia], item.vectors[ib], dim=query.dim, binary=query.binary)
+        total = 0.0
+        for term in selectivity(u, alpha=alpha, tau=tau).tolist():
+            total += term
+        raw[i] = total
+    nq = len(query)
+    if not nq or normalize is False:
+        return raw
+    if normalize == "query":
+        return raw / np.sqrt(nq)
+    lengths = np.array([len(d) for d in db], np.float64)
+    inv = np.zeros_like(lengths)
+    np.divide(1.0, np.sqrt(lengths), out=inv, where=lengths > 0)
+    return raw * (inv / np.sqrt(nq))
+
+
+def items_with_absent_words(rng, n, dim, binary, *, num_words, present):
+    """Database items on words [0, present), queries on all words (some absent from the index)."""
+    def item(k, count):
+        return random_item(rng, dim, binary, min(count, k), k=k)
+    db = [item(present, 0 if i % 6 == 5 else int(rng.integers(1, 20))) for i in range(n)]
+    queries = [item(num_words, int(rng.integers(1, 30))) for _ in range(4)]
+    absent = np.arange(present, num_words, dtype=np.int32)[:5]
+    queries.append(AggregatedImage(absent, random_codes(rng, absent.size, dim) if binary else
+                                   rng.standard_normal((absent.size, dim)).astype(np.float32),
+                                   dim, binary))
+    queries.append(AggregatedImage.empty(dim, binary=binary))
+    return db, queries
+
+
+@pytest.mark.parametrize("num_words,dim", [(1, 128), (7, 8), (50, 128), (300, 20), (50, 64),
+                                           (120, 256), (30, 13)])
+@pytest.mark.parametrize("alpha,tau", ALPHA_TAU)
+@pytest.mark.parametrize("normalize", [True, "query", False])
+def test_binary_scores_exactly_equal_brute_force(num_words, dim, alpha, tau, normalize):
+    rng = np.random.default_rng(num_words * 1000 + dim)
+    present = max(1, (2 * num_words) // 3)
+    db, queries = items_with_absent_words(rng, 40, dim, True, num_words=num_words, present=present)
+    index = InvertedIndex(num_words=num_words, dim=dim, binary=True)
+    index.add(db[:15])
+    index.add(db[15:])
+    for q in queries:
+        got = index.score_all(q, alpha=alpha, tau=tau, normalize=normalize)
+        np.testing.assert_array_equal(got, sequential_scores(q, db, alpha=alpha, tau=tau,
+                                                             normalize=normalize))
+        pairwise = [similarity(q, d, method="asmk_star", alpha=alpha, tau=tau, normalize=normalize)
+                    for d in db]
+        np.testing.assert_allclose(got, pairwise, rtol=1e-12, atol=1e-12)
+    result = index.search(queries, k=12, alpha=alpha, tau=tau, normalize=normalize)
+    for qi, q in enumerate(queries):
+        scores = index.score_all(q, alpha=alpha, tau=tau, normalize=normalize)
+        order = np.lexsort((np.arange(len(db)), -scores))[:12]
+        np.testing.assert_array_equal(result.ids[qi], order)
+        np.testing.assert_array_equal(result.scores[qi], scores[order].astype(np.float32))
+
+
+@pytest.mark.parametrize("num_words,dim", [(50, 32), (300, 20), (7, 8)])
+@pytest.mark.parametrize("alpha,tau", ALPHA_TAU)
+def test_float_scores_within_1e6_of_brute_force(num_words, dim, alpha, tau):
+    rng = np.random.default_rng(num_words + dim)
+    db, queries = items_with_absent_words(rng, 40, dim, False, num_words=num_words,
+                                          present=max(1, num_words // 2))
+    index = InvertedIndex(num_words=num_words, dim=dim, binary=False)
+    index.add(db)
+    for q in queries:
+        got = index.score_all(q, alpha=alpha, tau=tau)
+        expected = [similarity(q, d, method="asmk", alpha=alpha, tau=tau) for d in db]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_binary_scores_do_not_depend_on_gather_chunks(monkeypatch):
+    rng = np.random.default_rng(12)
+    db = random_items(rng, 60, 128, True, max_words=K)
+    queries = random_items(rng, 5, 128, True, max_words=K, empty_every=4)
+    index = build(db, 128, True)
+    whole = [index.score_all(q) for q in queries]
+    for budget in (1, 64, 4096):
+        monkeypatch.setattr(inverted_module, "_GATHER_BYTES", budget)
+        for q, expected in zip(queries, whole):
+            np.testing.assert_array_equal(index.score_all(q), expected)
+            np.testing.assert_array_equal(index.score_all(q), sequential_scores(
+                q, db, alpha=3.0, tau=0.0, normalize=True))
+
+
+def test_top_k_equals_lexsort_reference():
+    rng = np.random.default_rng(13)
+    for trial in range(300):
+        n, k = int(rng.integers(0, 60)), int(rng.integers(1, 40))
+        scores = rng.integers(0, 4, n).astype(np.float64) if trial % 2 else rng.random(n)
+        s, i = top_k(scores, k)
+        kk = min(n, k)
+        order = np.lexsort((np.arange(n), -scores))[:kk]
+        np.testing.assert_array_equal(i[:kk], order)
+        np.testing.assert_array_equal(s[:kk], scores[order].astype(np.float32))
+        assert np.all(i[kk:] == -1) and np.all(np.isneginf(s[kk:]))
+        assert s.dtype == np.float32 and i.dtype == np.int64 and s.shape == i.shape == (k,)
 
 
 @pytest.mark.parametrize("bad,match", [
