@@ -73,7 +73,7 @@ def _rerank(searcher: Searcher, queries: Sequence[Query],
     full ranking of a million images costs no per-entry bookkeeping.
     """
     if searcher.config.features.backend == "cnn":
-        return searcher.localize_rerank(queries, initial), None
+        return searcher.localize_rerank(queries, initial, workers=os.cpu_count() or 1), None
     top_n = searcher.config.verification.rerank
     if top_n <= 0:
         return initial, None

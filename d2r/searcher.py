@@ -267,12 +267,15 @@ class Searcher:
             result = index.search(expanded, k=k)
         return result
 
-    def localize_rerank(self, queries: Sequence[Query], result: SearchResult) -> SearchResult:
+    def localize_rerank(self, queries: Sequence[Query], result: SearchResult, *,
+                        workers: int = 1) -> SearchResult:
         """AML: localize each query in the maps of its top ``search.aml_rerank`` and re-rank them.
 
         Each localized window is described like a whole image (MAC / R-MAC / GeM of that
         part of the map); with ``search.query_expansion = k`` the query is then averaged
         with the k best localized regions and re-scores them.  The rest keeps its order.
+        Each database map is read once for all ``queries``; ``workers`` threads localize
+        that many database images at once (the result does not depend on it).
         """
         search = self.config.search
         if not self.uses_aml:
@@ -288,7 +291,7 @@ class Searcher:
             result, np.stack([m.max(axis=(0, 1)) for m in maps]), _StoredMaps(self._maps, self.names),
             query_vectors=vectors, query_aspect_ratios=[m.shape[1] / m.shape[0] for m in maps],
             describe_region=lambda crop: describer.describe_maps({"map": [crop]}),
-            top_n=search.aml_rerank, levels=search.aml_levels)
+            top_n=search.aml_rerank, levels=search.aml_levels, workers=workers)
         if search.query_expansion > 0:
             top = search.query_expansion
             expanded = expand_queries(vectors, regions[:, :top], windows[:, :top, 0] >= 0)

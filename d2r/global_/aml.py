@@ -13,29 +13,41 @@ Re-ranking describes the localized window of each of the top N images (MAC or
 R-MAC of that part of the map) and sorts them by similarity to the query.
 
 Windows are int64 ``x1, y1, x2, y2`` boxes in map cells, end-exclusive.
+
+Speed: grid windows are cached per map size and aspect ratio; the grid search
+screens windows in float32 and scores exactly only those near the best
+(:meth:`IntegralMaxPool.best_windows`); refinement remembers the windows it has
+scored; one :class:`IntegralMaxPool` is built per database image and shared by
+every query whose top N holds it (queries of the same aspect ratio also share the
+windows' approximate MACs); ``aml_rerank(..., workers=k)`` localizes k database
+images at once in threads.  None of this changes a window; scores differ from the
+former implementation by ~1e-16 (``benchmarks/aml_speed.py`` compares the two).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
 from d2r.global_._ranking import cap_tail, ranking_ids
 from d2r.global_.integral import IntegralMaxPool
-from d2r.global_.pooling import check_activations, l2_normalize
+from d2r.global_.pooling import l2_normalize
 from d2r.types import SearchResult
 
 __all__ = [
     "Localization",
-    "candidate_windows",
     "all_windows",
+    "aml_rerank",
+    "candidate_windows",
     "localize",
     "localize_exhaustive",
     "window_iou",
-    "aml_rerank",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,23 +100,40 @@ def candidate_windows(height: int, width: int, *, step: int = 3, aspect_ratio: f
     ratio differs from it by at most the factor ``aspect_ratio_factor``; when none does,
     those closest to it are kept.
     """
+    return _grid_windows(height, width, step, aspect_ratio, aspect_ratio_factor).copy()
+
+
+def _grid_windows(height, width, step, aspect_ratio, aspect_ratio_factor) -> np.ndarray:
+    """:func:`candidate_windows`, validated, then cached (read-only: do not modify)."""
     step = _check_positive_int(step, "step")
-    windows = _product(_pairs(_check_positive_int(width, "width"), step),
-                       _pairs(_check_positive_int(height, "height"), step))
+    width = _check_positive_int(width, "width")
+    height = _check_positive_int(height, "height")
     if aspect_ratio is None:
-        return windows
+        return _cached_windows(height, width, step, None, None)
     if not np.isfinite(aspect_ratio) or aspect_ratio <= 0:
         raise ValueError(f"aspect_ratio must be a positive number, got {aspect_ratio!r}")
     if not aspect_ratio_factor >= 1.0:
         raise ValueError(f"aspect_ratio_factor must be >= 1, got {aspect_ratio_factor!r}")
-    ratios = (windows[:, 2] - windows[:, 0]) / (windows[:, 3] - windows[:, 1])
-    deviation = np.abs(np.log(ratios / aspect_ratio))
-    keep = deviation <= np.log(aspect_ratio_factor) + 1e-12
-    if not keep.any():
-        logger.debug("no window within aspect factor %.2f of %.3f; keeping the closest",
-                     aspect_ratio_factor, aspect_ratio)
-        keep = deviation <= deviation.min() + 1e-12
-    return windows[keep]
+    try:
+        return _cached_windows(height, width, step, aspect_ratio, aspect_ratio_factor)
+    except TypeError:  # unhashable (e.g. a 0-d array): no caching
+        return _cached_windows.__wrapped__(height, width, step, aspect_ratio, aspect_ratio_factor)
+
+
+@functools.lru_cache(maxsize=256, typed=True)
+def _cached_windows(height: int, width: int, step: int, aspect_ratio, aspect_ratio_factor) -> np.ndarray:
+    windows = _product(_pairs(width, step), _pairs(height, step))
+    if aspect_ratio is not None:
+        ratios = (windows[:, 2] - windows[:, 0]) / (windows[:, 3] - windows[:, 1])
+        deviation = np.abs(np.log(ratios / aspect_ratio))
+        keep = deviation <= np.log(aspect_ratio_factor) + 1e-12
+        if not keep.any():
+            logger.debug("no window within aspect factor %.2f of %.3f; keeping the closest",
+                         aspect_ratio_factor, aspect_ratio)
+            keep = deviation <= deviation.min() + 1e-12
+        windows = windows[keep]
+    windows.setflags(write=False)
+    return windows
 
 
 def _as_pool(activations, alpha: float, levels: int | None) -> IntegralMaxPool:
@@ -113,29 +142,56 @@ def _as_pool(activations, alpha: float, levels: int | None) -> IntegralMaxPool:
     return IntegralMaxPool(activations, alpha=alpha, levels=levels)
 
 
-def _refine(pool: IntegralMaxPool, query: np.ndarray, window: np.ndarray, score: float,
+def _refine(pool: IntegralMaxPool, unit_query: np.ndarray, window, score: float,
             refine_step: int, refine_rounds: int) -> tuple[np.ndarray, float, int]:
-    offsets = np.concatenate([np.arange(-refine_step, 0), np.arange(1, refine_step + 1)])
-    limits = np.array([pool.width, pool.height, pool.width, pool.height])
+    """Coordinate descent from ``window``; ``unit_query`` is :meth:`IntegralMaxPool.unit_query`.
+
+    Scores are remembered: later rounds mostly revisit windows (a score depends on its
+    window alone, so the result is the same); ``evaluated`` counts every candidate.
+    """
+    offsets = [*range(-refine_step, 0), *range(1, refine_step + 1)]
+    width, height = pool.width, pool.height
+    best_window = [int(v) for v in window]
+    known = {tuple(best_window): score}
     evaluated = 0
     for _ in range(refine_rounds):
         improved = False
         for coord in range(4):
-            cands = np.repeat(window[None], offsets.size, axis=0)
-            cands[:, coord] += offsets
-            ok = ((cands[:, 0] >= 0) & (cands[:, 1] >= 0) & (cands[:, 2] <= limits[2])
-                  & (cands[:, 3] <= limits[3]) & (cands[:, 2] > cands[:, 0]) & (cands[:, 3] > cands[:, 1]))
-            cands = cands[ok]
-            if not cands.shape[0]:
+            cands = []
+            for offset in offsets:
+                cand = best_window.copy()
+                cand[coord] += offset
+                x1, y1, x2, y2 = cand
+                if x1 >= 0 and y1 >= 0 and x2 <= width and y2 <= height and x2 > x1 and y2 > y1:
+                    cands.append(cand)
+            if not cands:
                 continue
-            scores = pool.cosine(cands, query)
-            evaluated += cands.shape[0]
+            keys = [tuple(c) for c in cands]
+            todo = [c for c, k in zip(cands, keys) if k not in known]
+            if todo:
+                known.update(zip(map(tuple, todo), pool.cosines_few(todo, unit_query).tolist()))
+            scores = np.array([known[k] for k in keys])
+            evaluated += len(cands)
             best = int(np.argmax(scores))
             if scores[best] > score + 1e-12:
-                window, score, improved = cands[best].copy(), float(scores[best]), True
+                best_window, score, improved = cands[best], float(scores[best]), True
         if not improved:
             break
-    return window, score, evaluated
+    return np.array(best_window, np.int64), score, evaluated
+
+
+def _localize_many(pool: IntegralMaxPool, query_macs: Sequence, query_aspect_ratio, *, step,
+                   aspect_ratio_factor, refine_step, refine_rounds) -> list[Localization]:
+    """:func:`localize` of several queries of the same aspect ratio in one map."""
+    _check_positive_int(refine_rounds, "refine_rounds")
+    refine_step = _check_positive_int(refine_step, "refine_step")
+    windows = _grid_windows(pool.height, pool.width, step, query_aspect_ratio, aspect_ratio_factor)
+    units = [pool.unit_query(q) for q in query_macs]
+    out = []
+    for unit, (best, score) in zip(units, pool.best_windows(windows, units)):
+        window, score, refined = _refine(pool, unit, windows[best], score, refine_step, int(refine_rounds))
+        out.append(Localization(window=window, score=score, num_evaluated=int(windows.shape[0]) + refined))
+    return out
 
 
 def localize(query_mac, activations, *, query_aspect_ratio: float | None = None, step: int = 3,
@@ -153,15 +209,9 @@ def localize(query_mac, activations, *, query_aspect_ratio: float | None = None,
             :class:`IntegralMaxPool`), used when ``activations`` is a map.
     """
     pool = _as_pool(activations, alpha, levels)
-    _check_positive_int(refine_rounds, "refine_rounds")
-    refine_step = _check_positive_int(refine_step, "refine_step")
-    windows = candidate_windows(pool.height, pool.width, step=step, aspect_ratio=query_aspect_ratio,
-                                aspect_ratio_factor=aspect_ratio_factor)
-    scores = pool.cosine(windows, query_mac)
-    best = int(np.argmax(scores))
-    window, score, refined = _refine(pool, np.asarray(query_mac, np.float64), windows[best].copy(),
-                                     float(scores[best]), refine_step, int(refine_rounds))
-    return Localization(window=window, score=score, num_evaluated=int(windows.shape[0]) + refined)
+    return _localize_many(pool, [query_mac], query_aspect_ratio, step=step,
+                          aspect_ratio_factor=aspect_ratio_factor, refine_step=refine_step,
+                          refine_rounds=refine_rounds)[0]
 
 
 def localize_exhaustive(query_mac, activations, *, alpha: float = 10.0, levels: int | None = None) -> Localization:
@@ -199,6 +249,7 @@ def aml_rerank(
     refine_rounds: int = 5,
     alpha: float = 10.0,
     levels: int | None = None,
+    workers: int = 1,
 ) -> tuple[SearchResult, np.ndarray, np.ndarray]:
     """Re-rank the top ``top_n`` of each query by the similarity of its localized region.
 
@@ -206,12 +257,16 @@ def aml_rerank(
         ranking: initial :class:`SearchResult` (Q rows).
         query_macs: (Q, C) query MACs, used for localization.
         database_maps: indexable by database id, each an (H, W, C) map (a lazy
-            sequence works: only the top ``top_n`` of each query are read).
+            sequence works: each database image in the top ``top_n`` of any query
+            is read once, under a lock, so it need not be thread-safe).
         query_vectors: (Q, D) query descriptors compared with ``describe_region`` of the
             localized region (default: the l2-normalized MACs, with region MAC).
         query_aspect_ratios: (Q,) width / height of each query (None: no filter).
-        describe_region: (h, w, C) map crop -> (D,) descriptor (default: l2(MAC)).
+        describe_region: (h, w, C) map crop -> (D,) descriptor (default: l2(MAC));
+            with ``workers > 1`` it is called from several threads.
         top_n: how many of each ranking to localize and re-rank.
+        workers: database images localized at once, in threads (numpy releases
+            the GIL); the result does not depend on it.
 
     Returns:
         ``(result, windows, region_vectors)``: the re-ranked :class:`SearchResult`
@@ -232,27 +287,56 @@ def aml_rerank(
     if len(ratios) != macs.shape[0]:
         raise ValueError(f"query_aspect_ratios has {len(ratios)} entries for {macs.shape[0]} queries")
     top_n = _check_positive_int(top_n, "top_n")
+    workers = _check_positive_int(workers, "workers")
     head = min(top_n, ids.shape[1])
     windows = np.full((macs.shape[0], head, 4), -1, np.int64)
     vectors = np.zeros((macs.shape[0], head, qvec.shape[1]), np.float32)
+    sims = np.full((macs.shape[0], head), -np.inf, np.float32)
+    # (query, rank) pairs by database image, images in order of first appearance
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for q in range(macs.shape[0]):
+        for j in np.flatnonzero(ids[q, :head] >= 0):
+            groups.setdefault(int(ids[q, j]), []).append((q, int(j)))
+    read_lock = threading.Lock()
+
+    def localize_image(db: int, pairs: list[tuple[int, int]]) -> None:
+        with read_lock:
+            raw = database_maps[db]
+        pool = IntegralMaxPool(raw, alpha=alpha, levels=levels, name=f"database_maps[{db}]")
+        amap = pool.activations
+        by_ratio: dict[object, list[tuple[int, int]]] = {}
+        for q, j in pairs:
+            by_ratio.setdefault(ratios[q], []).append((q, j))
+        for ratio, members in by_ratio.items():
+            locs = _localize_many(pool, [macs[q] for q, _ in members], ratio, step=step,
+                                  aspect_ratio_factor=aspect_ratio_factor, refine_step=refine_step,
+                                  refine_rounds=refine_rounds)
+            for (q, j), loc in zip(members, locs):
+                x1, y1, x2, y2 = loc.window
+                vec = np.asarray(describe(amap[y1:y2, x1:x2]), dtype=np.float32)
+                if vec.shape != (qvec.shape[1],):
+                    raise ValueError(f"describe_region returned shape {vec.shape}, expected ({qvec.shape[1]},)")
+                windows[q, j], vectors[q, j] = loc.window, vec
+                sims[q, j] = float(vec @ qvec[q])
+
+    if workers == 1 or len(groups) < 2:
+        for db, pairs in groups.items():
+            localize_image(db, pairs)
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, len(groups))) as pool_executor:
+            futures = [pool_executor.submit(localize_image, db, pairs) for db, pairs in groups.items()]
+            try:
+                for future in futures:
+                    future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
     scores = np.array(ranking.scores, dtype=np.float32)
     new_ids = ids.copy()
     for q in range(macs.shape[0]):
-        sims = np.full(head, -np.inf, np.float32)
-        for j in np.flatnonzero(ids[q, :head] >= 0):
-            amap = check_activations(database_maps[int(ids[q, j])], f"database_maps[{int(ids[q, j])}]")
-            loc = localize(macs[q], amap, query_aspect_ratio=ratios[q], step=step,
-                           aspect_ratio_factor=aspect_ratio_factor, refine_step=refine_step,
-                           refine_rounds=refine_rounds, alpha=alpha, levels=levels)
-            x1, y1, x2, y2 = loc.window
-            vec = np.asarray(describe(amap[y1:y2, x1:x2]), dtype=np.float32)
-            if vec.shape != (qvec.shape[1],):
-                raise ValueError(f"describe_region returned shape {vec.shape}, expected ({qvec.shape[1]},)")
-            windows[q, j], vectors[q, j] = loc.window, vec
-            sims[j] = float(vec @ qvec[q])
-        order = np.argsort(-sims, kind="stable")
+        order = np.argsort(-sims[q], kind="stable")
         new_ids[q, :head] = ids[q, :head][order]
-        scores[q, :head] = sims[order]
+        scores[q, :head] = sims[q][order]
         windows[q], vectors[q] = windows[q][order], vectors[q][order]
     cap_tail(scores, head)
     return SearchResult(scores, new_ids, ranking.names), windows, vectors
