@@ -273,3 +273,12 @@ def test_get_many_dense_sparse_and_buffered(tmp_path):
         for order in (["n7", "n0"], ["n1", "n2", "n3", "n4"], list(feats)[::-1], []):
             for name, feat in zip(order, fs.get_many(order), strict=True):
                 _assert_same(feat, feats[name])
+
+
+def test_half_to_float32_is_exact_for_every_float16():
+    from d2r.io.feature_store import half_to_float32
+
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    got = half_to_float32(every)
+    assert got.dtype == np.float32 and got.shape == (256, 256)
+    np.testing.assert_array_equal(got, every.astype(np.float32))

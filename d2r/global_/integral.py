@@ -40,6 +40,7 @@ import threading
 import numpy as np
 
 from d2r.global_.pooling import check_activations, check_regions
+from d2r.io.feature_store import half_to_float32
 
 __all__ = ["IntegralMaxPool"]
 
@@ -50,7 +51,6 @@ _SCREEN_MARGIN = 1e-3  # float32 screening keeps windows this (+ 4 C 2^-24) clos
 _SCREEN_TINY_NORM = 1e-15  # float32 norms below this are not trusted (scored exactly)
 
 _local = threading.local()
-_half_table: np.ndarray | None = None
 
 
 def _buffer(name: str, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
@@ -66,19 +66,11 @@ def _buffer(name: str, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
     return buf[:size].reshape(shape)
 
 
-def _half_to_single(arr: np.ndarray) -> np.ndarray:
-    """float16 -> float32 by table look-up (exact, several times faster than numpy's cast)."""
-    global _half_table
-    if _half_table is None:
-        _half_table = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-    return np.take(_half_table, arr.view(np.uint16))
-
-
 def as_float32_map(activations, name: str = "activations") -> np.ndarray:
     """:func:`~d2r.global_.pooling.check_activations`, with a fast float16 path."""
     arr = np.asarray(activations)
     if arr.dtype == np.float16 and arr.ndim == 3 and min(arr.shape) > 0:
-        arr = _half_to_single(arr)
+        arr = half_to_float32(arr)
     return check_activations(arr, name)
 
 
