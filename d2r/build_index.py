@@ -258,8 +258,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         out = build_index(config, source, args.out)
     manifest = json.loads((out / MANIFEST).read_text())
-    print(f"indexed {manifest['num_images']} images ({manifest['kind']}, "
-          f"{manifest['config']['aggregation']['method']}) -> {out}")
+    recorded = manifest["config"]
+    method = recorded["features"]["cnn"]["method"] if recorded["features"]["backend"] == "cnn" \
+        else recorded["aggregation"]["method"]
+    print(f"indexed {manifest['num_images']} images ({manifest['kind']}, {method}) -> {out}")
     return 0
 
 
