@@ -173,20 +173,14 @@ def global_descriptor_index(config: Config, store: FeatureStore, names: Sequence
     """
     cnn = config.features.cnn
     if cnn.method == "regional":
-        index = RegionVectorIndex(store.dim)
+        index, combine = RegionVectorIndex(store.dim), list
     elif cnn.cam:
-        index = GlobalLocalIndex(store.dim)
+        index, combine = GlobalLocalIndex(store.dim), np.stack
     else:
-        index = GlobalIndex(store.dim)
+        index, combine = GlobalIndex(store.dim), np.concatenate
     for lo in range(0, len(names), _BATCH):
         batch = names[lo:lo + _BATCH]
-        rows = [f.descriptors for f in store.get_many(batch)]
-        if isinstance(index, RegionVectorIndex):
-            index.add(rows, names=batch)
-        elif isinstance(index, GlobalLocalIndex):
-            index.add(np.stack(rows), names=batch)
-        else:
-            index.add(np.concatenate(rows), names=batch)
+        index.add(combine([f.descriptors for f in store.get_many(batch)]), names=batch)
     return index
 
 
@@ -197,7 +191,7 @@ def build_index(
     """Extract, train or load the codebook, aggregate and index ``source`` into ``out``.
 
     With ``features.backend: cnn`` the stored global descriptors go straight into a
-    global index (no codebook; see :func:`_global_descriptor_index`).
+    global index (no codebook; see :func:`global_descriptor_index`).
     """
     validate(config)
     out = Path(out)

@@ -51,6 +51,7 @@ __all__ = [
     "RegionFinder",
     "store_config",
     "comparable_store_config",
+    "comparable_extractor_config",
     "ExtractionSummary",
     "extract_to_store",
     "finish_summary",
@@ -208,10 +209,17 @@ def comparable_store_config(recorded: Mapping) -> dict:
     regions = out.get("regions")
     if isinstance(regions, dict) and regions.get("source") != "selective_search":
         out["regions"] = {k: v for k, v in regions.items() if not k.startswith("selective_search_")}
-    extractor = out.get("extractor")
-    if isinstance(extractor, dict) and extractor.get("type") == "cnn_global":
-        out["extractor"] = upgrade_record(extractor, "features.cnn")
+    if isinstance(out.get("extractor"), dict):
+        out["extractor"] = comparable_extractor_config(out["extractor"])
     return out
+
+
+def comparable_extractor_config(description: Mapping) -> dict:
+    """An extractor's ``config()`` as stores and indexes compare it: a CNN extractor's
+    keys added since an older d2r filled in (:func:`d2r.config.upgrade_record`)."""
+    if description.get("type") == "cnn_global":
+        return upgrade_record(description, "features.cnn")
+    return dict(description)
 
 
 @dataclass
@@ -240,7 +248,7 @@ def extract_to_store(
     continued with another.  ``boxes_dir`` receives the regions when
     ``config.regions.source`` is not ``none``.  With ``maps_path`` (CNN global
     extractors only) each image's activation map goes to a second store there
-    (float16, :func:`~d2r.global_.extractor.map_to_features`), from the same
+    (float16, :func:`~d2r.global_.activation_maps.map_to_features`), from the same
     forward pass.  ``show_progress=None`` shows a bar only on a terminal.
     """
     extractor = extractor or make_extractor(config)

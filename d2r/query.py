@@ -131,7 +131,8 @@ def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | o
                for i in tqdm(range(dataset.num_queries), desc="query features", unit="img",
                              disable=None if show_progress is None else not show_progress)]
     t1 = time.perf_counter()
-    initial = searcher.search([q.features for q in queries], k=len(searcher.names))
+    features = [q.features for q in queries]
+    initial = searcher.search(features, k=len(searcher.names))
     t2 = time.perf_counter()
     result, reranked = _rerank(searcher, queries, initial)
     t3 = time.perf_counter()
@@ -150,7 +151,7 @@ def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | o
     }
     (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     if report:
-        _write_report(searcher, dataset, ranks, metrics, [q.features for q in queries], reranked, to_dataset, out)
+        _write_report(searcher, dataset, ranks, metrics, features, reranked, to_dataset, out)
     return metrics
 
 

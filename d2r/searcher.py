@@ -33,14 +33,14 @@ from d2r.config import (
 )
 from d2r.encode import encode_query, validate
 from d2r.extract import (
-    comparable_store_config,
+    comparable_extractor_config,
     image_features,
     image_features_and_map,
     make_extractor,
 )
 from d2r.global_.activation_maps import features_to_map
 from d2r.global_.aml import aml_rerank
-from d2r.global_.qe import average_query_expansion, expand_queries, rescore_head
+from d2r.global_.qe import expand_queries, rescore_head
 from d2r.index.global_index import GlobalIndex
 from d2r.index.global_local import GlobalLocalIndex
 from d2r.index.inverted import InvertedIndex
@@ -190,8 +190,8 @@ class Searcher:
         """The feature extractor of the index (refuses one configured differently)."""
         if self._extractor is None:
             extractor = make_extractor(self.config)
-            built = comparable_store_config(self.manifest["features"])["extractor"]
-            mismatch = diff_configs(built, comparable_store_config({"extractor": extractor.config()})["extractor"])
+            mismatch = diff_configs(comparable_extractor_config(self.manifest["features"]["extractor"]),
+                                    comparable_extractor_config(extractor.config()))
             if mismatch:
                 raise IndexMismatchError(f"the configured extractor differs from the one that "
                                          f"built {self.path}: {'; '.join(mismatch)}")
@@ -251,20 +251,16 @@ class Searcher:
             if len(q) != slots:
                 raise ValueError(f"query {i} has {len(q)} descriptor rows; index {self.path} "
                                  f"holds {slots} per image")
-        vectors = np.stack([q.descriptors for q in queries]) if queries else \
+        rows = np.stack([q.descriptors for q in queries]) if queries else \
             np.zeros((0, slots, index.dim), np.float32)
-        if slots == 1:
-            vectors = vectors[:, 0]
-        result = index.search(vectors, k=k)
+        row_shape = index.vectors.shape[1:]
+        result = index.search(rows.reshape(-1, *row_shape), k=k)
         if top > 0:
-            if slots == 1:
-                expanded = average_query_expansion(vectors, index.vectors, result, top_k=top)
-            else:
-                ids = result.ids[:, :top]
-                neighbours = index.vectors[np.maximum(ids, 0)]
-                expanded = np.stack([expand_queries(vectors[:, s], neighbours[:, :, s], ids >= 0)
-                                     for s in range(slots)], axis=1)
-            result = index.search(expanded, k=k)
+            ids = result.ids[:, :top]
+            neighbours = index.vectors[np.maximum(ids, 0)].reshape(*ids.shape, slots, index.dim)
+            expanded = np.stack([expand_queries(rows[:, s], neighbours[:, :, s], ids >= 0)
+                                 for s in range(slots)], axis=1)
+            result = index.search(expanded.reshape(-1, *row_shape), k=k)
         return result
 
     def localize_rerank(self, queries: Sequence[Query], result: SearchResult, *,
