@@ -35,6 +35,7 @@ from d2r.evaluation import compute_map
 __all__ = [
     "ClassicDataset",
     "load_oxford_paris",
+    "classic_map",
     "oxford_paris_map",
     "load_holidays",
     "read_rotations",
@@ -220,18 +221,28 @@ def load_oxford_paris(
     )
 
 
-def oxford_paris_map(ranks, dataset: ClassicDataset) -> tuple[float, np.ndarray]:
-    """mAP of the original Oxford5k / Paris6k protocol.
+def classic_map(ranks, dataset: ClassicDataset) -> tuple[float, np.ndarray]:
+    """mAP of Oxford5k / Paris6k (original protocol) or Holidays.
+
+    The benchmark's protocol lives in ``dataset.gnd``: Oxford / Paris junk is ignored;
+    a Holidays query is junk in its own ranking, so it is skipped.
 
     Args:
         ranks: (Q, N) int database indices best first, one row per query.
-        dataset: from :func:`load_oxford_paris`.
+        dataset: from :func:`load_oxford_paris` or :func:`load_holidays`.
 
     Returns:
         ``(mAP, aps)``: mAP as a fraction and (Q,) per-query APs.
     """
     mean_ap, aps, _, _ = compute_map(ranks, dataset.gnd, kappas=())
     return mean_ap, aps
+
+
+oxford_paris_map = classic_map
+"""mAP of the original Oxford5k / Paris6k protocol (:func:`classic_map`)."""
+
+holidays_map = classic_map
+"""Holidays mAP, the query skipped in its ranking (:func:`classic_map`)."""
 
 
 def _full_image_boxes(n: int) -> np.ndarray:
@@ -336,20 +347,6 @@ def load_holidays(
         gnd=tuple(gnd),
         rotations=rot,
     )
-
-
-def holidays_map(ranks, dataset: ClassicDataset) -> tuple[float, np.ndarray]:
-    """Holidays mAP: the query itself is skipped in its ranking.
-
-    Args:
-        ranks: (Q, N) int database indices best first, rows in query order.
-        dataset: from :func:`load_holidays`.
-
-    Returns:
-        ``(mAP, aps)``: mAP as a fraction and (Q,) per-query APs.
-    """
-    mean_ap, aps, _, _ = compute_map(ranks, dataset.gnd, kappas=())
-    return mean_ap, aps
 
 
 def load_ukbench(image_dir: str | Path) -> ClassicDataset:
