@@ -29,7 +29,13 @@ import numpy as np
 from tqdm import tqdm
 
 from d2r import __version__, cli
-from d2r.codebook import Codebook, load_codebook, load_tf_checkpoint, save_codebook, train_codebook
+from d2r.codebook import (
+    Codebook,
+    load_codebook,
+    load_tf_checkpoint,
+    save_codebook,
+    train_codebook,
+)
 from d2r.config import Config, to_dict
 from d2r.distributed.options import add_ray_args, ray_kwargs, ray_requested
 from d2r.encode import encode_database_image, sample_descriptors, validate

@@ -30,14 +30,25 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from d2r import cli
-from d2r.build_index import (finish_build, global_descriptor_index, index_record, indexed_names,
-                             load_or_train_codebook, new_index, save_index)
+from d2r.build_index import (
+    finish_build,
+    global_descriptor_index,
+    index_record,
+    indexed_names,
+    load_or_train_codebook,
+    new_index,
+    save_index,
+)
 from d2r.codebook import Codebook
 from d2r.config import Config
 from d2r.distributed._ray import init_ray, kill_actors, run_on_actors
 from d2r.distributed.extract import run_extract_ray
-from d2r.distributed.shards import (remove_extra_shards, shard_bounds, shard_name,
-                                    write_shards_manifest)
+from d2r.distributed.shards import (
+    remove_extra_shards,
+    shard_bounds,
+    shard_name,
+    write_shards_manifest,
+)
 from d2r.encode import encode_database_image, validate
 from d2r.extract import read_regions, region_features
 from d2r.features.base import LocalFeatureExtractor

@@ -26,14 +26,15 @@ import argparse
 import json
 import logging
 import os
-import resource
 import re
+import resource
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from d2r.checks import check_positive_int
 from d2r.distributed._ray import init_ray, kill_actors
 from d2r.index.inverted import check_k, top_k
 from d2r.index.storage import IndexFormatError, IndexWriter, read_index
@@ -61,8 +62,7 @@ _BLOCK_BYTES = 1 << 28  # postings processed at once while splitting
 
 def shard_bounds(num_images: int, num_shards: int) -> np.ndarray:
     """(num_shards + 1,) int64 boundaries of ``num_shards`` near-equal contiguous id ranges."""
-    if isinstance(num_shards, bool) or int(num_shards) != num_shards or int(num_shards) < 1:
-        raise ValueError(f"num_shards must be a positive integer, got {num_shards!r}")
+    check_positive_int("num_shards", num_shards)
     if int(num_shards) > max(1, int(num_images)):
         raise ValueError(f"cannot split {num_images} images into {num_shards} non-empty shards")
     s = np.arange(int(num_shards) + 1, dtype=np.int64)

@@ -25,7 +25,6 @@ __all__ = [
     "LocalFeatureExtractor",
     "BaseExtractor",
     "check_image",
-    "check_positive_int",
     "crop_box",
     "resize_max_side",
     "to_original_pixels",
@@ -103,13 +102,6 @@ def to_original_pixels(xy: np.ndarray, factors: tuple[float, float]) -> np.ndarr
         return np.asarray(xy, dtype=np.float32)
     f = np.asarray(factors, dtype=np.float64)
     return ((np.asarray(xy, dtype=np.float64) + 0.5) / f - 0.5).astype(np.float32)
-
-
-def check_positive_int(name: str, value) -> int:
-    """``value`` as an int if it is a positive whole number, else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _check_max_side(max_image_side: int | None) -> int | None:

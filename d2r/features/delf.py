@@ -57,7 +57,8 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from d2r.features.base import BaseExtractor, check_positive_int
+from d2r.checks import check_positive_int
+from d2r.features.base import BaseExtractor
 from d2r.features.pca import PCA, postprocess_descriptors
 from d2r.features.receptive_field import ReceptiveField, centers_from_yxyx
 from d2r.types import LocalFeatures

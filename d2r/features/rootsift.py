@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from d2r.features.base import BaseExtractor, check_positive_int
+from d2r.checks import check_positive_int
+from d2r.features.base import BaseExtractor
 from d2r.features.pca import PCA, postprocess_descriptors
 from d2r.types import LocalFeatures
 

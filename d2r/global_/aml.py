@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from d2r.checks import check_positive_int
 from d2r.global_._ranking import cap_tail, ranking_ids
 from d2r.global_.integral import IntegralMaxPool
 from d2r.global_.pooling import l2_normalize
@@ -81,12 +82,6 @@ def _product(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return np.stack([xs[ix, 0], ys[iy, 0], xs[ix, 1], ys[iy, 1]], axis=1).astype(np.int64)
 
 
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def all_windows(height: int, width: int) -> np.ndarray:
     """Every window of an H x W map: (H(H+1)/2 * W(W+1)/2, 4) int64."""
     return _product(_pairs(int(width), 1), _pairs(int(height), 1))
@@ -105,9 +100,9 @@ def candidate_windows(height: int, width: int, *, step: int = 3, aspect_ratio: f
 
 def _grid_windows(height, width, step, aspect_ratio, aspect_ratio_factor) -> np.ndarray:
     """:func:`candidate_windows`, validated, then cached (read-only: do not modify)."""
-    step = _check_positive_int(step, "step")
-    width = _check_positive_int(width, "width")
-    height = _check_positive_int(height, "height")
+    step = check_positive_int("step", step)
+    width = check_positive_int("width", width)
+    height = check_positive_int("height", height)
     if aspect_ratio is None:
         return _cached_windows(height, width, step, None, None)
     if not np.isfinite(aspect_ratio) or aspect_ratio <= 0:
@@ -183,8 +178,8 @@ def _refine(pool: IntegralMaxPool, unit_query: np.ndarray, window, score: float,
 def _localize_many(pool: IntegralMaxPool, query_macs: Sequence, query_aspect_ratio, *, step,
                    aspect_ratio_factor, refine_step, refine_rounds) -> list[Localization]:
     """:func:`localize` of several queries of the same aspect ratio in one map."""
-    _check_positive_int(refine_rounds, "refine_rounds")
-    refine_step = _check_positive_int(refine_step, "refine_step")
+    check_positive_int("refine_rounds", refine_rounds)
+    refine_step = check_positive_int("refine_step", refine_step)
     windows = _grid_windows(pool.height, pool.width, step, query_aspect_ratio, aspect_ratio_factor)
     units = [pool.unit_query(q) for q in query_macs]
     out = []
@@ -286,8 +281,8 @@ def aml_rerank(
     ratios = [None] * macs.shape[0] if query_aspect_ratios is None else list(np.asarray(query_aspect_ratios, float))
     if len(ratios) != macs.shape[0]:
         raise ValueError(f"query_aspect_ratios has {len(ratios)} entries for {macs.shape[0]} queries")
-    top_n = _check_positive_int(top_n, "top_n")
-    workers = _check_positive_int(workers, "workers")
+    top_n = check_positive_int("top_n", top_n)
+    workers = check_positive_int("workers", workers)
     head = min(top_n, ids.shape[1])
     windows = np.full((macs.shape[0], head, 4), -1, np.int64)
     vectors = np.zeros((macs.shape[0], head, qvec.shape[1]), np.float32)

@@ -31,6 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
+from d2r.checks import check_positive_int
 from d2r.global_.pooling import l2_normalize
 
 __all__ = ["Backbone", "ARCHITECTURES", "LAYER_ALIASES", "preprocess", "resize_image"]
@@ -65,8 +66,7 @@ def resize_image(image, max_side: int) -> np.ndarray:
     import cv2
 
     img = _check_image(image).astype(np.float32)
-    if isinstance(max_side, bool) or int(max_side) != max_side or max_side < 1:
-        raise ValueError(f"max_side must be a positive integer, got {max_side!r}")
+    check_positive_int("max_side", max_side)
     h, w = img.shape[:2]
     scale = max_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from d2r.checks import check_positive_int
 from d2r.global_._ranking import cap_tail, ranking_ids
 from d2r.global_.pooling import l2_normalize
 from d2r.types import SearchResult
@@ -89,7 +90,5 @@ def rerank_top(queries, database, ranking: SearchResult, *, top_n: int = 1000) -
     q = _matrix(queries, "queries")
     db = _matrix(database, "database", q.shape[1])
     ids = ranking_ids(ranking, q.shape[0], db.shape[0])
-    if isinstance(top_n, bool) or int(top_n) != top_n or top_n < 1:
-        raise ValueError(f"top_n must be a positive integer, got {top_n!r}")
-    head_ids = ids[:, : min(int(top_n), ids.shape[1])]
+    head_ids = ids[:, : min(check_positive_int("top_n", top_n), ids.shape[1])]
     return rescore_head(ranking, q, db[np.maximum(head_ids, 0)])

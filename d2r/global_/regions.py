@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from d2r.checks import check_positive_int
+
 __all__ = ["rmac_regions", "sliding_regions", "RMAC_LONG_SIDE_STEPS"]
 
 RMAC_LONG_SIDE_STEPS = (2, 3, 4, 5, 6, 7)
@@ -27,12 +29,6 @@ def _check_size(height: int, width: int) -> tuple[int, int]:
     if h != height or w != width or h < 1 or w < 1:
         raise ValueError(f"map size must be positive integers, got height={height!r}, width={width!r}")
     return h, w
-
-
-def _check_levels(levels: int) -> int:
-    if isinstance(levels, bool) or int(levels) != levels or levels < 1:
-        raise ValueError(f"levels must be a positive integer, got {levels!r}")
-    return int(levels)
 
 
 def _extra_regions(height: int, width: int, overlap: float) -> int:
@@ -75,7 +71,7 @@ def rmac_regions(height: int, width: int, *, levels: int = 3, overlap: float = 0
         the long side gets extra regions, chosen from the aspect ratio.
     """
     h, w = _check_size(height, width)
-    levels = _check_levels(levels)
+    levels = check_positive_int("levels", levels)
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
     extra = _extra_regions(h, w, overlap)
@@ -106,7 +102,7 @@ def sliding_regions(height: int, width: int, *, levels: int = 3, stride: float =
         (R, 4) int64 boxes ``x1, y1, x2, y2`` (end-exclusive).
     """
     h, w = _check_size(height, width)
-    levels = _check_levels(levels)
+    levels = check_positive_int("levels", levels)
     if not 0.0 < stride <= 1.0:
         raise ValueError(f"stride must be in (0, 1], got {stride!r}")
     short = min(h, w)

@@ -39,6 +39,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from d2r.aggregation import check_normalize, selectivity
+from d2r.checks import check_positive_int
 from d2r.index.names import EntryNames
 from d2r.index.storage import IndexFormatError, IndexWriter, StoredIndex, read_index
 from d2r.types import AggregatedImage, SearchResult
@@ -64,9 +65,7 @@ class _Run(NamedTuple):
 
 def check_k(k: int) -> int:
     """Validate the number of results ``k`` (a positive integer)."""
-    if isinstance(k, bool) or int(k) != k or int(k) < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return int(k)
+    return check_positive_int("k", k)
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
