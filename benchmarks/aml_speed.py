@@ -9,7 +9,7 @@ scores.
 Data: random ReLU-like activation maps (a shifted Gaussian with per-channel gains,
 about ``--density`` non-zero, stored as float16 in a temporary
 :class:`~d2r.io.feature_store.FeatureStore` and read back through the searcher's
-``_StoredMaps``, as ``Searcher.localize_rerank`` does), of two sizes: 64x48x512
+``_StoredMaps``, as ``Searcher.rerank`` does), of two sizes: 64x48x512
 (a ~1024-px image through VGG16) and 18x13x512 (~288 px).  Each query is a random
 crop of a database map (MAC for localization, R-MAC for the region comparison,
 its aspect ratio for the window filter); every query's ranking is a random order
@@ -40,13 +40,12 @@ import numpy as np
 
 from d2r.global_ import aml
 from d2r.global_._ranking import cap_tail, ranking_ids
-from d2r.global_.activation_maps import map_to_features
 from d2r.global_.integral import IntegralMaxPool
 from d2r.global_.pooling import check_activations, check_regions, l2_normalize
 from d2r.global_.rmac import rmac
 from d2r.io.feature_store import FeatureStore
-from d2r.searcher import _StoredMaps
-from d2r.types import SearchResult
+from d2r.pipeline.searcher import _StoredMaps
+from d2r.types import ActivationMap, SearchResult
 
 # --------------------------------------------------------------------------------------
 # Frozen reference: the implementation before the speed-up (do not optimize).
@@ -224,10 +223,10 @@ def make_case(tmp: Path, rng, *, size, num_db: int, num_queries: int, top_n: int
     h, w, c = size
     path = tmp / f"maps_{h}x{w}"
     names = [f"db{i:05d}" for i in range(num_db)]
-    with FeatureStore.open(path, mode="a", dtype="float16") as store:
+    with FeatureStore.open(path, mode="a", dtype="float16", value_type=ActivationMap) as store:
         for name in names:
-            store.put(name, map_to_features(relu_map(rng, h, w, c, density)))
-    store = FeatureStore.open(path)
+            store.put(name, ActivationMap(relu_map(rng, h, w, c, density)))
+    store = FeatureStore.open(path, value_type=ActivationMap)
     maps = _StoredMaps(store, names)
     macs, vecs, ratios, rows = [], [], [], []
     for _ in range(num_queries):

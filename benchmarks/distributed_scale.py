@@ -5,7 +5,7 @@ Three parts, each a subcommand (``all`` runs a, b and c with their defaults):
 ``extract`` (a)
     RootSIFT extraction of ``--images`` synthetic benchmark images (generated from
     scikit-image photographs, about 340x510 px) by one process
-    (:func:`d2r.extract.extract_to_store`) and by ``--workers`` local Ray actors
+    (:func:`d2r.pipeline.extraction.extract_to_store`) and by ``--workers`` local Ray actors
     (:func:`d2r.distributed.run_extract_ray`, merge included; ``ray.init`` itself is
     timed apart).  Both stores are checked to hold the same features.
 
@@ -74,11 +74,11 @@ def _ray_init(num_cpus: int):
 
 
 def bench_extract(args) -> dict:
-    from d2r import cli
+    from d2r.sources import ImageSource
     from d2r.config import load_config
     from d2r.datasets.synthetic import generate
     from d2r.distributed import run_extract_ray
-    from d2r.extract import extract_to_store
+    from d2r.pipeline.extraction import extract_to_store
     from d2r.io.feature_store import FeatureStore
 
     work = Path(tempfile.mkdtemp(prefix="d2r-dist-extract-"))
@@ -87,7 +87,7 @@ def bench_extract(args) -> dict:
         generate(work / "data", seed=0, num_landmarks=8, num_db_images=args.images,
                  num_distractors=args.images // 4, queries_per_landmark=1)
         gen_s = time.perf_counter() - t
-        source = cli.ImageSource.from_dataset(work / "data")
+        source = ImageSource.from_dataset(work / "data")
         config = load_config("rootsift-asmk-star")
         t = time.perf_counter()
         extract_to_store(config, source, work / "single", show_progress=False)

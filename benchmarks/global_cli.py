@@ -3,8 +3,8 @@
 Unlike ``benchmarks/global_baselines.py`` (which calls the pooling functions
 directly), every row here goes through the library functions behind the CLIs:
 ``d2r.global_.learn.learn`` (``python -m d2r.global_.learn``),
-``d2r.build_index.build_index`` (``python -m d2r.build_index``) and
-``d2r.query.run_dataset`` with a ``d2r.searcher.Searcher`` (``python -m d2r.query
+``d2r.pipeline.build.build_index`` (``python -m d2r.build_index``) and
+``d2r.pipeline.run.run_dataset`` with a ``d2r.pipeline.searcher.Searcher`` (``python -m d2r.query
 --dataset-dir``), configured by the presets in ``d2r/presets``.
 
 Rows (preset; what is learned on ``--train-data``):
@@ -55,13 +55,14 @@ from pathlib import Path
 
 import numpy as np
 
-from d2r.build_index import MAPS, build_index
-from d2r.cli import ImageSource
+from d2r.index.layout import MAPS
+from d2r.pipeline.build import build_index
+from d2r.sources import ImageSource
 from d2r.config import diff_configs, load_config, to_dict
 from d2r.datasets.revisited import load_revisited
 from d2r.global_.learn import learn
-from d2r.query import run_dataset
-from d2r.searcher import QUERY_TIME_KEYS, Searcher
+from d2r.pipeline.run import run_dataset
+from d2r.pipeline.searcher import QUERY_TIME_KEYS, Searcher
 
 logger = logging.getLogger("global_cli")
 

@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from d2r.build_index import build_index
-from d2r.cli import ImageSource
+from d2r.pipeline.build import build_index
+from d2r.sources import ImageSource
 from d2r.config import load_config
 from d2r.datasets.synthetic import SIZES, generate
-from d2r.extract import read_regions
-from d2r.query import run_dataset
-from d2r.searcher import Searcher
+from d2r.pipeline.extraction import read_regions
+from d2r.pipeline.run import run_dataset
+from d2r.pipeline.searcher import Searcher
 
 CONFIGS = [
     ("ASMK*", "rootsift-asmk-star", []),

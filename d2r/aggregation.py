@@ -32,7 +32,7 @@ family scores ``sum_w sigma(u_w)`` over the words both images share, with
 ``u_w`` the dot product of their word vectors (binary: ``1 - 2 h / D`` for
 Hamming distance ``h``) and the selectivity
 ``sigma(u) = sign(u) |u|**alpha`` if ``u > tau`` else 0, divided by
-``sqrt(|W_a| |W_b|)`` (``normalize=True``, the ASMK self-similarity of
+``sqrt(|W_a| |W_b|)`` (``normalize="both"``, the ASMK self-similarity of
 unit word vectors), by ``sqrt(|W_a|)`` only (``normalize="query"``: the
 database image is not normalised, as the paper's Eq. 9 and the reference do
 for R-ASMK databases; it ranks like no normalisation), or not at all.
@@ -71,7 +71,7 @@ VLAD_METHODS = ("vlad", "r_vlad")
 NORM_TOLERANCE = 1e-6
 """Norms at or below this are zero (the reference's squared tolerance 1e-12)."""
 
-Normalize = Union[bool, Literal["both", "query", "none"]]
+Normalize = Literal["both", "query", "none"]
 
 
 def _as_codebook(centroids: Union[Codebook, np.ndarray]) -> Codebook:
@@ -335,26 +335,23 @@ def _check_pair(a: AggregatedImage, b: AggregatedImage, method: str) -> bool:
 
 
 def check_normalize(normalize: Normalize) -> str:
-    """Canonical normalisation mode: ``"both"`` (True), ``"query"`` or ``"none"`` (False)."""
-    if normalize is True or normalize == "both":
-        return "both"
-    if normalize is False or normalize == "none":
-        return "none"
-    if normalize == "query":
-        return "query"
-    raise ValueError(f"normalize must be True, False, 'both', 'query' or 'none', got {normalize!r}")
+    """``normalize`` checked: ``"both"``, ``"query"`` or ``"none"`` (no booleans: the config's
+    ``aggregation.database_normalization`` true / false mean ``"both"`` / ``"query"``)."""
+    if isinstance(normalize, str) and normalize in ("both", "query", "none"):
+        return normalize
+    raise ValueError(f"normalize must be 'both', 'query' or 'none', got {normalize!r}")
 
 
 def normalization_factors(
-    num_query_words: int, num_db_words: np.ndarray, *, normalize: Normalize = True
+    num_query_words: int, num_db_words: np.ndarray, *, normalize: Normalize = "both"
 ) -> np.ndarray:
     """Factors multiplying the raw ASMK sums of one query against N database images.
 
     Args:
         num_query_words: |W_a| of the query.
         num_db_words: (N,) |W_b| of each database image.
-        normalize: ``True``/``"both"``: ``1 / sqrt(|W_a| |W_b|)``; ``"query"``:
-            ``1 / sqrt(|W_a|)``; ``False``/``"none"``: 1.
+        normalize: ``"both"``: ``1 / sqrt(|W_a| |W_b|)``; ``"query"``:
+            ``1 / sqrt(|W_a|)``; ``"none"``: 1.
 
     Returns:
         (N,) float64; 0 where a normalising side has no words (its raw sum is 0 anyway).
@@ -380,7 +377,7 @@ def similarity(
     method: str = "asmk",
     alpha: float = 3.0,
     tau: float = 0.0,
-    normalize: Normalize = True,
+    normalize: Normalize = "both",
 ) -> float:
     """Similarity of query ``a`` and database image ``b`` (larger is more similar).
 
@@ -390,8 +387,8 @@ def similarity(
             give the dot product of the full vectors (``alpha``, ``tau``,
             ``normalize`` unused), any ASMK kind the selective kernel.
         alpha, tau: selectivity exponent and threshold.
-        normalize: ``True``/``"both"``: divide by ``sqrt(|W_a| |W_b|)``;
-            ``"query"``: by ``sqrt(|W_a|)``; ``False``/``"none"``: raw sum.
+        normalize: ``"both"``: divide by ``sqrt(|W_a| |W_b|)``;
+            ``"query"``: by ``sqrt(|W_a|)``; ``"none"``: raw sum.
 
     Returns:
         the score; 0.0 when the images share no word.
@@ -413,7 +410,7 @@ def similarity_matrix(
     method: str = "asmk",
     alpha: float = 3.0,
     tau: float = 0.0,
-    normalize: Normalize = True,
+    normalize: Normalize = "both",
 ) -> np.ndarray:
     """Exhaustive ``similarity`` of every query against every database image.
 

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from d2r import cli
-from d2r.build_index import build_index
+from d2r.sources import ImageSource
+from d2r.pipeline.build import build_index
 from d2r.config import Config, load_config
 from d2r.datasets.synthetic import SIZES, generate
-from d2r.evaluate import format_table
-from d2r.query import run_dataset
-from d2r.searcher import Searcher
+from d2r.results import format_table
+from d2r.pipeline.run import run_dataset
+from d2r.pipeline.searcher import Searcher
 
 __all__ = ["run_demo", "main"]
 
@@ -41,7 +42,7 @@ def run_demo(out: str | Path, config: Optional[Config] = None, *, size: str = "d
     if not (data / "synthetic.json").exists():
         generate(data, seed=seed, overwrite=True, **SIZES[size])
     config = config or load_config("rootsift-asmk-star")
-    build_index(config, cli.ImageSource.from_dataset(data), out / "index")
+    build_index(config, ImageSource.from_dataset(data), out / "index")
     results = {}
     with Searcher(out / "index", overrides=["verification.rerank=0"]) as searcher:
         results["initial"] = run_dataset(searcher, data, out / "results")

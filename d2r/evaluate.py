@@ -31,123 +31,17 @@ Prints the metrics and, with ``--out``, writes them to ``metrics.json``:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
+from typing import Sequence
 
 from d2r.datasets.benchmarks import BENCHMARKS, load_benchmark
-from d2r.evaluation import scores_to_ranks
+from d2r.results import format_table, load_ranks, write_metrics
 
-__all__ = ["load_ranks", "write_metrics", "format_table", "main"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["main"]
 
 DEFAULT_KAPPAS = (1, 5, 10)
-
-
-def load_ranks(path: str | Path) -> np.ndarray:
-    """Read rankings in any of the formats listed in the module docstring.
-
-    Returns:
-        (Q, N) int64 database indices best first (queries first).
-    """
-    path = Path(path)
-    if path.is_dir():
-        if (path / "ranks.npy").is_file():
-            return _int_ranks(np.load(path / "ranks.npy", allow_pickle=False), path / "ranks.npy")
-        if (path / "scores.npy").is_file():
-            return scores_to_ranks(np.load(path / "scores.npy", allow_pickle=False))
-        raise FileNotFoundError(f"{path} holds neither ranks.npy nor scores.npy")
-    if not path.is_file():
-        raise FileNotFoundError(f"ranks file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return _int_ranks(np.load(path, allow_pickle=False), path)
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            for key in ("ranks", "ids"):
-                if key in archive:
-                    return _int_ranks(archive[key], path)
-            if "scores" in archive:
-                return scores_to_ranks(archive["scores"])
-            raise ValueError(
-                f"{path} has none of the arrays 'ranks', 'ids', 'scores': {archive.files}"
-            )
-    if suffix == ".json":
-        data = json.loads(path.read_text())
-        if isinstance(data, dict):
-            if "ranks" not in data:
-                raise ValueError(f"{path}: JSON object has no 'ranks' key")
-            data = data["ranks"]
-        try:
-            arr = np.array(data, dtype=np.int64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"{path}: 'ranks' must be a list of equal-length integer lists"
-            ) from exc
-        return _int_ranks(arr, path)
-    raise ValueError(
-        f"{path}: unsupported ranks format {suffix!r} (use .npy, .npz, .json or a directory)"
-    )
-
-
-def _int_ranks(arr: np.ndarray, path: Path) -> np.ndarray:
-    if arr.ndim != 2:
-        raise ValueError(f"{path}: ranks must be a (Q, N) array, got shape {arr.shape}")
-    if arr.size and arr.dtype.kind not in "iu":
-        raise ValueError(
-            f"{path}: ranks hold {arr.dtype} values, expected integer database indices "
-            "(store similarities as scores.npy or as 'scores' in an .npz)"
-        )
-    return arr.astype(np.int64, copy=False)
-
-
-def _per_protocol(metrics: Mapping[str, Any]) -> bool:
-    return all(isinstance(v, Mapping) for v in metrics.values())
-
-
-def format_table(metrics: Mapping[str, Any]) -> str:
-    """Plain-text table, one column per metric.
-
-    ``{protocol: {metric: value}}`` (Revisited) gives one row per protocol;
-    ``{metric: value}`` (the classic benchmarks) a single row.
-    """
-    if not _per_protocol(metrics):
-        return "\n".join(["".join(f"{c:>8}" for c in metrics),
-                          "".join(f"{v:8.2f}" for v in metrics.values())])
-    columns = list(next(iter(metrics.values())).keys())
-    lines = ["protocol " + "".join(f"{c:>8}" for c in columns)]
-    for protocol, values in metrics.items():
-        lines.append(f"{protocol:<9}" + "".join(f"{values[c]:8.2f}" for c in columns))
-    return "\n".join(lines)
-
-
-def _json_number(value: float) -> float | None:
-    return None if math.isnan(value) else value
-
-
-def write_metrics(metrics: Mapping[str, Any], out_dir: str | Path) -> Path:
-    """Write ``metrics.json`` into ``out_dir`` (created); NaN becomes null.
-
-    ``metrics`` has either shape :func:`format_table` accepts.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if _per_protocol(metrics):
-        clean = {p: {k: _json_number(v) for k, v in m.items()} for p, m in metrics.items()}
-    else:
-        clean = {k: _json_number(v) for k, v in metrics.items()}
-    target = out / "metrics.json"
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(clean, indent=2) + "\n")
-    tmp.replace(target)
-    return target
 
 
 def _parser() -> argparse.ArgumentParser:

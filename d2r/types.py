@@ -8,12 +8,14 @@ finiteness) at construction.  Coordinates are pixels in the original image,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 __all__ = [
     "LocalFeatures",
+    "GlobalDescriptors",
+    "ActivationMap",
     "Boxes",
     "AggregatedImage",
     "SearchResult",
@@ -104,6 +106,13 @@ class LocalFeatures:
             image_size=image_size,
         )
 
+    def mapped(self, transform: Callable[[np.ndarray], np.ndarray],
+               image_size: tuple[int, int]) -> "LocalFeatures":
+        """The same features with locations ``transform((N, 2)) -> (N, 2)`` in an image of
+        ``image_size`` (e.g. from a downscaled copy back to original pixels)."""
+        locations = transform(self.locations) if len(self) else self.locations
+        return LocalFeatures(locations, self.descriptors, self.scales, self.scores, image_size)
+
     def select(self, index) -> "LocalFeatures":
         """Subset of the features by boolean mask or integer index array."""
         return LocalFeatures(
@@ -119,6 +128,70 @@ class LocalFeatures:
         x1, y1, x2, y2 = (float(v) for v in xyxy)
         x, y = self.locations[:, 0], self.locations[:, 1]
         return self.select((x >= x1) & (x <= x2) & (y >= y1) & (y <= y2))
+
+
+@dataclass(frozen=True)
+class GlobalDescriptors:
+    """One or several CNN descriptor vectors of one image (global, CAM-local or regional).
+
+    Attributes:
+        vectors: (R, D) float32, one row per descriptor (R = 1 for a global descriptor;
+            2 for global + CAM-local; one per candidate region, whole image first).
+        centres: (R, 2) float32, (x, y) original-image pixels each row describes (the
+            image or query-box centre, or a region's centroid).
+        image_size: (width, height) of the original image in pixels.
+    """
+
+    vectors: np.ndarray
+    centres: np.ndarray
+    image_size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        vectors = _as_array("vectors", self.vectors, np.float32, 2)
+        centres = _as_rows("centres", self.centres, np.float32, 2)
+        _check_rows("GlobalDescriptors", vectors.shape[0], centres=centres)
+        size = tuple(int(v) for v in self.image_size)
+        if len(size) != 2 or min(size) < 0:
+            raise ValueError(f"image_size must be (width, height) >= 0, got {self.image_size!r}")
+        object.__setattr__(self, "vectors", vectors)
+        object.__setattr__(self, "centres", centres)
+        object.__setattr__(self, "image_size", size)
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Descriptor dimension D."""
+        return int(self.vectors.shape[1])
+
+    def mapped(self, transform: Callable[[np.ndarray], np.ndarray],
+               image_size: tuple[int, int]) -> "GlobalDescriptors":
+        """The same vectors with centres ``transform((R, 2)) -> (R, 2)`` in an image of ``image_size``."""
+        centres = transform(self.centres) if len(self) else self.centres
+        return GlobalDescriptors(self.vectors, centres, image_size)
+
+
+@dataclass(frozen=True)
+class ActivationMap:
+    """A CNN activation map kept for AML re-ranking.
+
+    Attributes:
+        values: (H', W', C) float32, non-empty.
+    """
+
+    values: np.ndarray
+
+    def __post_init__(self) -> None:
+        values = _as_array("values", self.values, np.float32, 3)
+        if min(values.shape) == 0:
+            raise ValueError(f"an activation map must be non-empty (H', W', C), got {values.shape}")
+        object.__setattr__(self, "values", values)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.values.shape)  # type: ignore[return-value]
+
 
 
 @dataclass(frozen=True)

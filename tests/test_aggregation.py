@@ -233,7 +233,7 @@ def test_asmk_similarity_hand():
     # shared word 2: u = 0.8, sigma = 0.512; |W_a| = |W_b| = 2
     assert similarity(A, B) == pytest.approx(0.512 / 2)
     assert similarity(A, B, normalize="query") == pytest.approx(0.512 / math.sqrt(2))
-    assert similarity(A, B, normalize=False) == pytest.approx(0.512)
+    assert similarity(A, B, normalize="none") == pytest.approx(0.512)
     assert similarity(A, B, alpha=1.0) == pytest.approx(0.8 / 2)
     assert similarity(A, B, tau=0.9) == 0.0
     assert similarity(A, A) == pytest.approx(1.0)
@@ -248,15 +248,15 @@ def test_normalization_factors_hand():
     np.testing.assert_allclose(normalization_factors(4, [1, 9, 0]), [0.5, 1 / 6, 0.0])
     np.testing.assert_allclose(normalization_factors(4, [1, 9, 0], normalize="query"), [0.5] * 3)
     np.testing.assert_allclose(normalization_factors(0, [1, 9], normalize="query"), [0.0, 0.0])
-    np.testing.assert_allclose(normalization_factors(4, [1, 9], normalize=False), [1.0, 1.0])
+    np.testing.assert_allclose(normalization_factors(4, [1, 9], normalize="none"), [1.0, 1.0])
     with pytest.raises(ValueError, match="normalize"):
         normalization_factors(4, [1], normalize="db")
 
 
 def test_negative_word_similarity_and_tau():
     b = AggregatedImage(np.array([2]), np.array([[0.0, -1.0]], np.float32), 2)
-    assert similarity(A, b, normalize=False) == 0.0
-    assert similarity(A, b, tau=-2.0, normalize=False) == pytest.approx(-1.0)
+    assert similarity(A, b, normalize="none") == 0.0
+    assert similarity(A, b, tau=-2.0, normalize="none") == pytest.approx(-1.0)
 
 
 def test_binary_similarity_hand():
@@ -280,7 +280,7 @@ def test_vlad_similarity_is_dot_product():
 
 def test_similarity_with_empty_image_is_zero():
     empty = AggregatedImage.empty(2)
-    for normalize in (True, "query", False):
+    for normalize in ("both", "query", "none"):
         assert similarity(A, empty, normalize=normalize) == 0.0
         assert similarity(empty, A, normalize=normalize) == 0.0
     np.testing.assert_allclose(similarity_matrix([empty, A], [A, empty]), [[0, 0], [1, 0]], atol=1e-6)
@@ -425,9 +425,9 @@ def brute_similarity(a, b, method, alpha, tau, normalize):
             i += 1
         else:
             j += 1
-    if method in ("vlad", "r_vlad") or normalize is False or not len(a) or not len(b):
+    if method in ("vlad", "r_vlad") or normalize == "none" or not len(a) or not len(b):
         return total
-    return total / math.sqrt(len(a) * (len(b) if normalize is True else 1))
+    return total / math.sqrt(len(a) * (len(b) if normalize == "both" else 1))
 
 
 @settings(max_examples=30, deadline=None)
@@ -438,7 +438,7 @@ def brute_similarity(a, b, method, alpha, tau, normalize):
     method=st.sampled_from(["vlad", "asmk", "asmk_star", "r_asmk", "r_asmk_star"]),
     alpha=st.sampled_from([1.0, 3.0]),
     tau=st.sampled_from([-0.5, 0.0, 0.3]),
-    normalize=st.sampled_from([True, "query", False]),
+    normalize=st.sampled_from(["both", "query", "none"]),
 )
 def test_similarity_matches_brute_force(seed, num_queries, num_db, method, alpha, tau, normalize):
     rng = np.random.default_rng(seed)
@@ -462,3 +462,10 @@ def test_similarity_matches_brute_force(seed, num_queries, num_db, method, alpha
     matrix = similarity_matrix(queries, database, **kw)
     assert matrix.dtype == np.float32 and matrix.shape == (num_queries, num_db)
     np.testing.assert_allclose(matrix, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [True, False, 1])
+def test_normalize_has_one_spelling(value):
+    """No booleans: ``False`` once meant "none" here and "query" in the config."""
+    with pytest.raises(ValueError, match="'both', 'query' or 'none'"):
+        normalization_factors(4, [1], normalize=value)

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d2r import cli
+from d2r.sources import ImageSource
 from d2r.datasets.benchmarks import detect_benchmark, load_benchmark
 from d2r.datasets.classic import holidays_map
 from d2r.datasets.revisited import load_revisited
-from d2r.evaluate import format_table, write_metrics
+from d2r.results import format_table, write_metrics
 from d2r.evaluate import main as evaluate_main
 from d2r.io.feature_store import FeatureStore
 from d2r.io.images import LoadedImage
@@ -133,13 +133,13 @@ def test_benchmark_interface(layouts):
     assert holidays.rotation(holidays.db_names.index("100101")) == 90
     assert [holidays.query_rotation(q) for q in range(4)] == [0, 0, 180, 0]
     assert holidays.result_kinds(0) == {0: "query", 1: "positive", 2: "positive"}
-    source = cli.ImageSource.from_dataset(layouts["holidays"], rotations=layouts["holidays"] /
+    source = ImageSource.from_dataset(layouts["holidays"], rotations=layouts["holidays"] /
                                           "rotations.txt")
     assert dict(zip(source.names, source.rotations)) == {
         n: {"100101": 90, "100200": 180}.get(n, 0) for n in holidays.db_names}
     half = source.shard(1, 2)
     assert half.names == source.names[1::2] and half.rotations == source.rotations[1::2]
-    assert cli.ImageSource.from_dataset(layouts["holidays"]).rotations == ()
+    assert ImageSource.from_dataset(layouts["holidays"]).rotations == ()
 
 
 def test_unknown_directory_error_names_it(tmp_path):

@@ -50,7 +50,6 @@ def test_unknown_keys_are_named():
 
 
 @pytest.mark.parametrize("override, match", [
-    ("aggregation.method=asmk_plus", "aggregation.method"),
     ("codebook.num_words=many", "codebook.num_words: expected an integer"),
     ("codebook.num_words=1.5", "codebook.num_words: expected an integer"),
     ("aggregation.regional_search=3", "expected true/false"),

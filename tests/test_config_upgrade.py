@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from d2r.build_index import build_index
-from d2r.cli import ImageSource
+from d2r.pipeline.build import build_index
+from d2r.sources import ImageSource
 from d2r.config import LEGACY_VALUES, load_config, to_dict, upgrade_record
-from d2r.extract import comparable_store_config, extract_to_store
+from d2r.pipeline.extraction import comparable_store_config, extract_to_store
 from d2r.io.feature_store import StoreConfigError
-from d2r.searcher import Searcher
+from d2r.pipeline.searcher import Searcher
 
 
 def _drop_new_keys(record: dict, prefix: str = "") -> dict:

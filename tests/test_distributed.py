@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from d2r import cli
 from d2r.config import load_config
 from d2r.distributed import options as ray_options
 from d2r.distributed.shards import merge_topk, shard_bounds
+from d2r.sources import ImageSource
 from d2r.types import AggregatedImage
+
+from _index_items import random_items  # tests/ helper
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,15 +79,18 @@ def test_ray_flags():
 
 ray = pytest.importorskip("ray")
 
-from d2r.build_index import build_index  # noqa: E402
 from d2r.distributed import (ShardedIndex, build_index_ray,  # noqa: E402
                              merge_feature_stores, run_extract_ray, split_index)
-from d2r.extract import extract_to_store, make_extractor  # noqa: E402
+from d2r.features.registry import make_extractor  # noqa: E402
 from d2r.index.global_index import GlobalIndex  # noqa: E402
+from d2r.index.global_local import GlobalLocalIndex  # noqa: E402
 from d2r.index.inverted import InvertedIndex  # noqa: E402
+from d2r.index.region_vectors import RegionVectorIndex  # noqa: E402
 from d2r.index.regional import RegionalIndex  # noqa: E402
 from d2r.io.feature_store import FeatureStore  # noqa: E402
-from d2r.searcher import Searcher  # noqa: E402
+from d2r.pipeline.build import build_index  # noqa: E402
+from d2r.pipeline.extraction import extract_to_store  # noqa: E402
+from d2r.pipeline.searcher import Searcher  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +110,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def source(tiny_dataset):
-    return cli.ImageSource.from_dataset(tiny_dataset)
+    return ImageSource.from_dataset(tiny_dataset)
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +169,7 @@ class CrashOnce:
 
         class Crashing:
             dim = extractor.dim
+            output_type = extractor.output_type
 
             def config(self):
                 return extractor.config()
@@ -191,10 +197,10 @@ def test_rerun_after_killed_driver_skips_written_images(ray_session, tmp_path, c
                                                          single_build):
     store = tmp_path / "features"
     # What a killed run leaves: a merged store with some images, part stores with others.
-    extract_to_store(config, cli.ImageSource(source.names[:5], source.paths[:5]), store,
+    extract_to_store(config, ImageSource(source.names[:5], source.paths[:5]), store,
                      show_progress=False)
     part = tmp_path / "features.parts" / "shard-0003"
-    extract_to_store(config, cli.ImageSource(source.names[3:9], source.paths[3:9]), part,
+    extract_to_store(config, ImageSource(source.names[3:9], source.paths[3:9]), part,
                      show_progress=False)
     summary = run_extract_ray(config, source, store, num_workers=2, chunk_size=5,
                               show_progress=False)
@@ -207,32 +213,23 @@ def test_rerun_after_killed_driver_skips_written_images(ray_session, tmp_path, c
 
 def test_merge_feature_stores_is_idempotent_and_dedupes(tmp_path, config, source, single_build):
     a, b, dest = tmp_path / "a", tmp_path / "b", tmp_path / "dest"
-    extract_to_store(config, cli.ImageSource(source.names[:6], source.paths[:6]), a,
+    extract_to_store(config, ImageSource(source.names[:6], source.paths[:6]), a,
                      show_progress=False)
-    extract_to_store(config, cli.ImageSource(source.names[4:], source.paths[4:]), b,
+    extract_to_store(config, ImageSource(source.names[4:], source.paths[4:]), b,
                      show_progress=False)
     assert merge_feature_stores([a, b], dest) == len(source)
     assert merge_feature_stores([a, b], dest) == 0
     _assert_same_features(single_build / "features", dest)
     other = load_config("rootsift-asmk-star", overrides=["features.rootsift.max_features=50"])
     c = tmp_path / "c"
-    extract_to_store(other, cli.ImageSource(source.names[:1], source.paths[:1]), c,
+    extract_to_store(other, ImageSource(source.names[:1], source.paths[:1]), c,
                      show_progress=False)
     with pytest.raises(ValueError, match="other configs"):
         merge_feature_stores([a, c], tmp_path / "dest2")
 
 
-def _random_items(rng, n, *, num_words, dim, binary, max_words=12):
-    items = []
-    for i in range(n):
-        m = int(rng.integers(0, max_words + 1))
-        words = np.sort(rng.choice(num_words, size=m, replace=False)).astype(np.int32)
-        if binary:
-            vectors = rng.integers(0, 256, (m, (dim + 7) // 8), dtype=np.uint8)
-        else:
-            vectors = rng.standard_normal((m, dim)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        items.append(AggregatedImage(words, vectors, dim, binary))
+def _random_items(rng, n, **kwargs):
+    items = random_items(rng, n, **kwargs)
     items[3] = items[1]  # exact ties across shards
     items[-1] = items[1]
     return items
@@ -291,6 +288,28 @@ def test_sharded_search_regional_and_global(ray_session, tmp_path):
         np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
 
 
+def test_sharded_search_of_cnn_kinds_on_ray(ray_session, tmp_path):
+    rng = np.random.default_rng(4)
+    pairs = GlobalLocalIndex(8)
+    pairs.add(rng.standard_normal((20, 2, 8)).astype(np.float32), names=[f"p{i}" for i in range(20)])
+    pairs.save(tmp_path / "pairs")
+    regions = RegionVectorIndex(8)
+    regions.add([rng.standard_normal((int(rng.integers(1, 4)), 8)).astype(np.float32)
+                 for _ in range(20)])
+    regions.save(tmp_path / "regions")
+    cases = [(pairs, "pairs", rng.standard_normal((5, 2, 8)).astype(np.float32)),
+             (regions, "regions", [rng.standard_normal((2, 8)).astype(np.float32) for _ in range(5)])]
+    for index, name, queries in cases:
+        split_index(tmp_path / name, num_shards=3, out=tmp_path / f"{name}-shards")
+        with ShardedIndex(tmp_path / f"{name}-shards", num_cpus_per_shard=0.5) as sharded:
+            assert sharded.kind == index.kind and sharded.names == index.names
+            want = index.search(queries, k=7)
+            got = sharded.search(queries, k=7)
+            np.testing.assert_array_equal(got.ids, want.ids)
+            np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+            assert sharded.search(queries[:0], k=7).ids.shape == (0, 7)
+
+
 def test_sharded_build_and_search_on_tiny_dataset(ray_session, tmp_path, config, source,
                                                   single_build, tiny_dataset):
     out = build_index_ray(config, source, tmp_path / "index", num_workers=2, chunk_size=8,
@@ -332,12 +351,12 @@ def test_dataset_source_with_distractors(tmp_path, tiny_dataset):
         (root / "ab" / f"d{i}.jpg").write_bytes(jpg.read_bytes())
     listing = tmp_path / "revisitop1m.txt"
     listing.write_text("ab/d0\nab/d1\n")
-    plain = cli.ImageSource.from_dataset(tiny_dataset)
-    big = cli.ImageSource.from_dataset(tiny_dataset, distractor_list=listing, distractor_root=root)
+    plain = ImageSource.from_dataset(tiny_dataset)
+    big = ImageSource.from_dataset(tiny_dataset, distractor_list=listing, distractor_root=root)
     assert big.names == plain.names + ("ab/d0", "ab/d1")
     assert big.paths[-1] == root / "ab" / "d1.jpg" and big.paths[-1].exists()
     with pytest.raises(ValueError, match="both"):
-        cli.ImageSource.from_dataset(tiny_dataset, distractor_list=listing)
+        ImageSource.from_dataset(tiny_dataset, distractor_list=listing)
 
 
 @pytest.mark.slow

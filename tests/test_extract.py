@@ -6,9 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from d2r import cli
+from d2r.sources import ImageSource
 from d2r.config import load_config
-from d2r.extract import extract_to_store, image_features, make_extractor
+from d2r.features.registry import make_extractor
+from d2r.pipeline.extraction import extract_to_store, image_features
 from d2r.io.feature_store import FeatureStore
 from d2r.io.images import load_image_with_info, read_skipped
 
@@ -68,5 +69,5 @@ def test_strict_mode_stops_on_bad_image(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"")
     config = load_config(overrides=["images.on_error=raise"])
     with pytest.raises(ValueError, match="a.jpg"):
-        extract_to_store(config, cli.ImageSource.from_directory(tmp_path), tmp_path / "store",
+        extract_to_store(config, ImageSource.from_directory(tmp_path), tmp_path / "store",
                          show_progress=False)

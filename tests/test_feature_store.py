@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -282,3 +283,62 @@ def test_half_to_float32_is_exact_for_every_float16():
     got = half_to_float32(every)
     assert got.dtype == np.float32 and got.shape == (256, 256)
     np.testing.assert_array_equal(got, every.astype(np.float32))
+
+
+# ------------------------------------------------------------------ adopting shards
+
+
+def _store(path: Path, items: dict[str, LocalFeatures], **kwargs) -> None:
+    with FeatureStore.open(path, mode="a", config={"k": 1}, shard_entries=2, **kwargs) as fs:
+        for name, feat in items.items():
+            fs.put(name, feat)
+
+
+def test_shards_lists_files_and_names(tmp_path):
+    items = {f"i{n}": _feats(n + 1, seed=n) for n in range(5)}
+    _store(tmp_path / "s", items)
+    with FeatureStore.open(tmp_path / "s") as fs:
+        shards = fs.shards()
+    assert [f.name for f, _ in shards] == _shards(tmp_path / "s")
+    assert [names for _, names in shards] == [["i0", "i1"], ["i2", "i3"], ["i4"]]
+    assert FeatureStore.exists(tmp_path / "s") and not FeatureStore.exists(tmp_path / "none")
+
+
+def test_adopt_shard_links_it_and_updates_the_catalog(tmp_path):
+    a = {f"a{n}": _feats(3, seed=n) for n in range(3)}
+    b = {f"b{n}": _feats(2, seed=10 + n) for n in range(2)}
+    _store(tmp_path / "src", a, dtype="float16")
+    _store(tmp_path / "dst", b, dtype="float16")
+    with FeatureStore.open(tmp_path / "src") as src, \
+            FeatureStore.open(tmp_path / "dst", mode="a") as dst:
+        adopted = [dst.adopt_shard(src, file) for file, _ in src.shards()]
+        assert adopted == [["a0", "a1"], ["a2"]]
+        _assert_same(dst.get("a1"), src.get("a1"))  # served before the catalog is written
+        with pytest.raises(ValueError, match="already in"):
+            dst.adopt_shard(src, src.shards()[0][0])
+        with pytest.raises(ValueError, match="not a committed shard"):
+            dst.adopt_shard(src, tmp_path / "src" / "shards" / "999999.h5")
+    files = _shards(tmp_path / "dst")
+    assert files == ["000000.h5", "000001.h5", "000002.h5"]
+    assert os.stat(tmp_path / "dst" / "shards" / files[1]).st_ino == \
+        os.stat(tmp_path / "src" / "shards" / "000000.h5").st_ino  # a hard link, no copy
+    with FeatureStore.open(tmp_path / "dst") as dst, FeatureStore.open(tmp_path / "src") as src:
+        assert sorted(dst.names()) == sorted([*a, *b])
+        for name in a:
+            _assert_same(dst.get(name), src.get(name))
+    with h5py.File(tmp_path / "dst" / "catalog.h5", "r") as catalog:  # written on close
+        assert sorted(catalog["shards"].asstr()[()]) == files
+
+
+def test_adopt_shard_refuses_another_config_or_a_reader(tmp_path):
+    _store(tmp_path / "src", {"x": _feats(2)})
+    with FeatureStore.open(tmp_path / "other", mode="a", config={"k": 2}) as fs:
+        fs.put("y", _feats(2))
+    with FeatureStore.open(tmp_path / "src") as src:
+        file = src.shards()[0][0]
+        with FeatureStore.open(tmp_path / "other", mode="a") as other, \
+                pytest.raises(StoreConfigError, match="another config"):
+            other.adopt_shard(src, file)
+        with FeatureStore.open(tmp_path / "other") as reader, \
+                pytest.raises(PermissionError, match="read-only"):
+            reader.adopt_shard(src, file)

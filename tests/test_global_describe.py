@@ -4,11 +4,10 @@ and the options that do not go together (numpy backbone: no TensorFlow)."""
 import numpy as np
 import pytest
 
-from d2r.cli import ImageSource
+from d2r.sources import ImageSource
 from d2r.config import load_config
-from d2r.encode import validate
-from d2r.extract import extract_to_store
-from d2r.global_.activation_maps import features_to_map, map_to_features
+from d2r.methods import validate
+from d2r.pipeline.extraction import extract_to_store
 from d2r.global_.cam import cam_heatmap, cam_mask
 from d2r.global_.describe import CamClassifier, GlobalDescriber
 from d2r.global_.extractor import GlobalDescriptorExtractor
@@ -16,6 +15,7 @@ from d2r.global_.multires import multilayer_descriptor
 from d2r.global_.regional import region_vectors
 from d2r.global_.salient_regions import detect_salient_points, salient_regions
 from d2r.io.feature_store import FeatureStore
+from d2r.types import ActivationMap, GlobalDescriptors, LocalFeatures
 
 
 class NumpyBackbone:
@@ -38,15 +38,24 @@ def blob_image():
     return img
 
 
-def test_activation_map_round_trip_and_layout():
+def test_activation_map_store_round_trip_and_layout(tmp_path):
+    """Maps are stored as one row per cell, row-major, located at (column, row), in a
+    (W', H') image: the layout earlier releases wrote, so their map stores still open."""
     amap = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
-    feats = map_to_features(amap)
-    assert feats.image_size == (3, 2) and len(feats) == 6
-    np.testing.assert_array_equal(feats.locations[4], [1, 1])  # row 1, column 1
-    np.testing.assert_array_equal(feats.descriptors[4], amap[1, 1])
-    np.testing.assert_array_equal(features_to_map(feats), amap)
-    with pytest.raises(ValueError, match="activations"):
-        map_to_features(np.zeros((0, 3, 2)))
+    with FeatureStore.open(tmp_path / "maps", mode="a", dim=2, dtype="float32",
+                           value_type=ActivationMap) as store:
+        store.put("a", ActivationMap(amap))
+        with pytest.raises(TypeError, match="ActivationMap"):
+            store.put("b", LocalFeatures.empty(2, (3, 2)))
+    with FeatureStore.open(tmp_path / "maps", value_type=ActivationMap) as store:
+        np.testing.assert_array_equal(store.get("a").values, amap)
+    with FeatureStore.open(tmp_path / "maps") as rows:
+        cells = rows.get("a")
+    assert cells.image_size == (3, 2) and len(cells) == 6
+    np.testing.assert_array_equal(cells.locations[4], [1, 1])  # row 1, column 1
+    np.testing.assert_array_equal(cells.descriptors[4], amap[1, 1])
+    with pytest.raises(ValueError, match="non-empty"):
+        ActivationMap(np.zeros((0, 3, 2)))
 
 
 def test_regional_rows_are_the_pooled_salient_regions():
@@ -86,15 +95,16 @@ def test_extractor_rows_locations_follow_box_and_regions():
     image = blob_image()
     plain = GlobalDescriptorExtractor(GlobalDescriber(NumpyBackbone(), method="rmac"), description={})
     feats, amap = plain.extract_with_map(image, box=(40, 16, 120, 96))
+    assert isinstance(feats, GlobalDescriptors) and isinstance(amap, ActivationMap)
     assert feats.image_size == (160, 120) and len(feats) == 1
-    np.testing.assert_allclose(feats.locations, [[80, 56]])
+    np.testing.assert_allclose(feats.centres, [[80, 56]])
     assert amap.shape == (10, 10, 6)
     regional = GlobalDescriptorExtractor(GlobalDescriber(NumpyBackbone(), method="regional"),
                                          description={})
     feats = regional.extract(image)
     assert len(feats) == 8 and regional.dim == feats.dim
-    np.testing.assert_allclose(feats.locations[0], [79.5, 59.5])  # whole image: its centre
-    assert np.all((feats.locations >= 0) & (feats.locations <= [159, 119]))
+    np.testing.assert_allclose(feats.centres[0], [79.5, 59.5])  # whole image: its centre
+    assert np.all((feats.centres >= 0) & (feats.centres <= [159, 119]))
 
 
 def test_extraction_keeps_maps_and_fills_them_in_later(tmp_path):
@@ -111,10 +121,11 @@ def test_extraction_keeps_maps_and_fills_them_in_later(tmp_path):
     summary = extract_to_store(config, source, tmp_path / "features", extractor=extractor,
                                maps_path=tmp_path / "maps")
     assert summary.extracted == 3  # the maps were missing, the features were not re-added
-    with FeatureStore.open(tmp_path / "maps") as maps, FeatureStore.open(tmp_path / "features") as store:
+    with FeatureStore.open(tmp_path / "maps", value_type=ActivationMap) as maps, \
+            FeatureStore.open(tmp_path / "features", value_type=GlobalDescriptors) as store:
         assert maps.dtype == "float16" and sorted(maps.names()) == ["img0", "img1", "img2"]
-        assert len(store) == 3
-        stored = features_to_map(maps.get("img1"))
+        assert len(store) == 3 and isinstance(store.get("img0"), GlobalDescriptors)
+        stored = maps.get("img1").values
     fresh = NumpyBackbone().activations(cv2.imread(str(paths[1]))[..., ::-1])["last"]
     np.testing.assert_allclose(stored, fresh, rtol=1e-3, atol=1e-3)
     again = extract_to_store(config, source, tmp_path / "features", extractor=extractor,

@@ -63,27 +63,28 @@ def test_rmac_aml_reranks_the_head_only(tiny_dataset, tmp_path):
 
 
 def check_localize_rerank_against_fresh_maps(index, dataset_dir):
-    """Searcher.localize_rerank = aml_rerank on maps recomputed from the database images."""
+    """Searcher.rerank (AML) = aml_rerank on maps recomputed from the database images."""
     import numpy as np
 
     from d2r.datasets.benchmarks import load_benchmark
     from d2r.global_.aml import aml_rerank
     from d2r.io.images import load_image_with_info
-    from d2r.searcher import Searcher
+    from d2r.pipeline.searcher import Searcher
 
     dataset = load_benchmark(dataset_dir)
     with Searcher(index, overrides=["search.aml_rerank=5"]) as searcher:
         queries = [searcher.query(dataset.query_path(i), box=dataset.query_box(i))
                    for i in range(dataset.num_queries)]
         initial = searcher.search([q.features for q in queries], k=len(searcher.names))
-        got = searcher.localize_rerank(queries, initial)
+        got, details = searcher.rerank(queries, initial)
+        assert details is None
         describer = searcher.extractor.describer
         fresh = [describer.maps(load_image_with_info(dataset.db_path(dataset.db_names.index(n)),
                                                      max_side=96).pixels)["last"][0]
                  for n in searcher.names]
-    maps = [q.activation_map for q in queries]
+    maps = [q.activation_map.values for q in queries]
     want, _, _ = aml_rerank(initial, np.stack([m.max(axis=(0, 1)) for m in maps]), fresh,
-                            query_vectors=np.stack([q.features.descriptors[0] for q in queries]),
+                            query_vectors=np.stack([q.features.vectors[0] for q in queries]),
                             query_aspect_ratios=[m.shape[1] / m.shape[0] for m in maps],
                             describe_region=lambda crop: describer.describe_maps({"m": [crop]}),
                             top_n=5)

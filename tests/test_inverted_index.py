@@ -45,7 +45,7 @@ def build(items, dim, binary, batches=(0.5,), **kw):
 
 @pytest.mark.parametrize("binary", [True, False])
 @pytest.mark.parametrize("dim", [32, 128, 20])
-@pytest.mark.parametrize("normalize", [True, False, "query"])
+@pytest.mark.parametrize("normalize", ["both", "none", "query"])
 @pytest.mark.parametrize("alpha,tau", [(3.0, 0.0), (1.0, -1.0), (2.5, 0.2)])
 def test_scores_match_brute_force(binary, dim, normalize, alpha, tau):
     rng = np.random.default_rng(dim * 7 + binary)
@@ -224,7 +224,7 @@ def sequential_scores(query, db, *, alpha, tau, normalize):
             total += term
         raw[i] = total
     nq = len(query)
-    if not nq or normalize is False:
+    if not nq or normalize == "none":
         return raw
     if normalize == "query":
         return raw / np.sqrt(nq)
@@ -251,7 +251,7 @@ def items_with_absent_words(rng, n, dim, binary, *, num_words, present):
 @pytest.mark.parametrize("num_words,dim", [(1, 128), (7, 8), (50, 128), (300, 20), (50, 64),
                                            (120, 256), (30, 13)])
 @pytest.mark.parametrize("alpha,tau", ALPHA_TAU)
-@pytest.mark.parametrize("normalize", [True, "query", False])
+@pytest.mark.parametrize("normalize", ["both", "query", "none"])
 def test_binary_scores_exactly_equal_brute_force(num_words, dim, alpha, tau, normalize):
     rng = np.random.default_rng(num_words * 1000 + dim)
     present = max(1, (2 * num_words) // 3)
@@ -299,7 +299,7 @@ def test_binary_scores_do_not_depend_on_gather_chunks(monkeypatch):
         for q, expected in zip(queries, whole):
             np.testing.assert_array_equal(index.score_all(q), expected)
             np.testing.assert_array_equal(index.score_all(q), sequential_scores(
-                q, db, alpha=3.0, tau=0.0, normalize=True))
+                q, db, alpha=3.0, tau=0.0, normalize="both"))
 
 
 def test_top_k_equals_lexsort_reference():

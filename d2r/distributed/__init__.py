@@ -8,9 +8,9 @@
   writes shard indexes instead;
 * :func:`split_index`, :class:`ShardedIndex`, :func:`merge_topk` - a database
   split into N shard indexes, each served by a Ray actor (memory-mapped), queries
-  scattered and the top-k merged exactly (``d2r.searcher.Searcher`` and
+  scattered and the top-k merged exactly (``d2r.pipeline.searcher.Searcher`` and
   ``python -m d2r.query`` search them);
-* :mod:`d2r.distributed.options` - the ``--ray`` / ``--ray-address`` flags.
+* :mod:`d2r.distributed.options` - the Ray defaults and the ``--ray`` / ``--ray-address`` flags.
 
 Importing this package does not import Ray; calling a function that needs it
 without Ray installed raises an ImportError naming the package to install.

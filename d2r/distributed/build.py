@@ -1,6 +1,6 @@
 """``build_index`` on a Ray cluster: extraction actors, parallel quantization + aggregation.
 
-Stages (the outputs are those of :func:`d2r.build_index.build_index`)::
+Stages (the outputs are those of :func:`d2r.pipeline.build.build_index`)::
 
     OUT/features/   run_extract_ray: one extractor per actor, part stores merged at the end
     OUT/codebooks/  trained on the driver from a sample (or reused / loaded)
@@ -13,9 +13,8 @@ Stages (the outputs are those of :func:`d2r.build_index.build_index`)::
     OUT/index.json  the same manifest (plus ``"shards"`` for a sharded build)
 
 Every shard equals the corresponding shard of :func:`d2r.distributed.split_index`
-applied to the unsharded build.  CNN global descriptors (``features.backend: cnn``)
-are extracted on Ray and stacked into their global index on the driver (no codebook,
-no shards, no activation maps).
+applied to the unsharded build.  Methods without a codebook (the CNN baselines) build
+one unsharded index on Ray, without activation maps.
 """
 
 from __future__ import annotations
@@ -29,30 +28,31 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from d2r import cli
-from d2r.build_index import (
-    finish_build,
-    global_descriptor_index,
-    index_record,
-    indexed_names,
-    load_or_train_codebook,
-    new_index,
-    save_index,
-)
 from d2r.codebook import Codebook
 from d2r.config import Config
 from d2r.distributed._ray import init_ray, kill_actors, run_on_actors
 from d2r.distributed.extract import run_extract_ray
+from d2r.distributed.options import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CPUS_PER_WORKER,
+    DEFAULT_ENCODE_BATCH_SIZE,
+    DEFAULT_GPUS_PER_WORKER,
+    DEFAULT_MAX_RESTARTS,
+    DEFAULT_MAX_TASK_RETRIES,
+)
 from d2r.distributed.shards import (
     remove_extra_shards,
     shard_bounds,
     shard_name,
+    shard_record,
     write_shards_manifest,
 )
-from d2r.encode import encode_database_image, validate
-from d2r.extract import read_regions, region_features
-from d2r.features.base import LocalFeatureExtractor
+from d2r.index.layout import BOXES, FEATURES, SEARCH, index_record
 from d2r.io.feature_store import FeatureStore
+from d2r.methods import make_method, validate
+from d2r.pipeline.build import finish_build, indexed_names, load_or_train_codebook, save_index
+from d2r.pipeline.extraction import image_regions
+from d2r.sources import ImageSource
 
 __all__ = ["build_index_ray", "encode_ray"]
 
@@ -62,43 +62,40 @@ logger = logging.getLogger(__name__)
 class _EncodeWorker:
     """A Ray actor: opens the feature store and the codebook once, encodes batches of images."""
 
-    def __init__(self, config: Config, store_path: str, boxes_dir: str, centroids: np.ndarray) -> None:
+    def __init__(self, config: Config, store_path: str, boxes_dir: str,
+                 centroids: Optional[np.ndarray]) -> None:
         self.config = config
+        self.method = make_method(config)
         self.boxes_dir = boxes_dir
-        self.store = FeatureStore.open(store_path)
-        self.codebook = Codebook(np.asarray(centroids))
+        self.store = FeatureStore.open(store_path, value_type=self.method.input_type)
+        self.codebook = None if centroids is None else Codebook(np.asarray(centroids))
 
     def encode(self, names: list[str]) -> list:
-        use_regions = self.config.regions.source != "none"
-        entries = []
-        for name, whole in zip(names, self.store.get_many(names)):
-            regions = [whole]
-            if use_regions:
-                boxes = read_regions(self.boxes_dir, name, whole.image_size)
-                regions = region_features(self.store, name, boxes, mode=self.config.regions.features)
-            entries.append(encode_database_image(regions, self.codebook, self.config))
-        return entries
+        return [self.method.encode_database(
+                    image_regions(self.config, self.store, self.boxes_dir, name, whole),
+                    self.codebook)
+                for name, whole in zip(names, self.store.get_many(names))]
 
 
 def encode_ray(
     config: Config,
     store_path: str | os.PathLike,
     boxes_dir: str | os.PathLike,
-    codebook: Codebook,
+    codebook: Optional[Codebook],
     batches: list[list[str]],
     on_batch: Callable[[int, list], None],
     *,
     address: Optional[str] = None,
     num_workers: Optional[int] = None,
-    num_cpus_per_worker: float = 1.0,
-    max_restarts: int = 3,
-    max_task_retries: int = 3,
+    num_cpus_per_worker: float = DEFAULT_CPUS_PER_WORKER,
+    max_restarts: int = DEFAULT_MAX_RESTARTS,
+    max_task_retries: int = DEFAULT_MAX_TASK_RETRIES,
     show_progress: Optional[bool] = None,
 ) -> None:
     """Quantize + aggregate ``batches`` of stored images on Ray actors.
 
-    ``on_batch(i, entries)`` receives the database entries of ``batches[i]``
-    (:func:`d2r.encode.encode_database_image` of each image) in batch order.
+    ``on_batch(i, entries)`` receives the database entries of ``batches[i]`` (the
+    method's ``encode_database`` of each image) in batch order.
     """
     if not batches:
         return
@@ -108,7 +105,7 @@ def encode_ray(
     num_workers = max(1, min(int(num_workers), len(batches)))
     remote = ray.remote(num_cpus=num_cpus_per_worker, max_restarts=max_restarts,
                         max_task_retries=max_task_retries)(_EncodeWorker)
-    centroids = ray.put(np.ascontiguousarray(codebook.centroids))
+    centroids = None if codebook is None else ray.put(np.ascontiguousarray(codebook.centroids))
     actors = [remote.remote(config, str(store_path), str(boxes_dir), centroids)
               for _ in range(num_workers)]
     logger.info("encoding %d batches with %d Ray actors", len(batches), num_workers)
@@ -122,23 +119,23 @@ def encode_ray(
 
 def build_index_ray(
     config: Config,
-    source: cli.ImageSource,
+    source: ImageSource,
     out: str | os.PathLike,
     *,
     address: Optional[str] = None,
     num_workers: Optional[int] = None,
-    num_cpus_per_worker: float = 1.0,
-    num_gpus_per_worker: float = 0.0,
+    num_cpus_per_worker: float = DEFAULT_CPUS_PER_WORKER,
+    num_gpus_per_worker: float = DEFAULT_GPUS_PER_WORKER,
     num_encoders: Optional[int] = None,
-    chunk_size: int = 128,
-    batch_size: int = 512,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    batch_size: int = DEFAULT_ENCODE_BATCH_SIZE,
     num_shards: Optional[int] = None,
-    max_restarts: int = 3,
-    max_task_retries: int = 3,
-    extractor_factory: Optional[Callable[[Config], LocalFeatureExtractor]] = None,
+    max_restarts: int = DEFAULT_MAX_RESTARTS,
+    max_task_retries: int = DEFAULT_MAX_TASK_RETRIES,
+    extractor_factory: Optional[Callable[[Config], Any]] = None,
     show_progress: Optional[bool] = None,
 ) -> Path:
-    """:func:`d2r.build_index.build_index` on Ray: same directory, same index arrays.
+    """:func:`d2r.pipeline.build.build_index` on Ray: same directory, same index arrays.
 
     Args:
         config, source, out: as for ``build_index``.
@@ -147,88 +144,103 @@ def build_index_ray(
         num_workers, num_cpus_per_worker, num_gpus_per_worker, chunk_size,
         max_restarts, max_task_retries, extractor_factory: extraction, see
             :func:`d2r.distributed.run_extract_ray`.
-        num_encoders: quantize + aggregate actors (default: one per cluster CPU).
+        num_encoders: encode actors (default: one per cluster CPU).
         batch_size: images per encode task.
-        num_shards: write ``OUT/shards`` (``num_shards`` shard indexes for
-            sharded search through :class:`d2r.searcher.Searcher`) instead of ``OUT/search``.
+        num_shards: write ``OUT/shards`` (``num_shards`` shard indexes for sharded
+            search through :class:`d2r.pipeline.searcher.Searcher`) instead of ``OUT/search``.
         show_progress: progress bars (``None``: only on a terminal).
 
     Returns:
         ``out``.
     """
-    validate(config)
-    cnn = config.features.backend == "cnn"
-    if cnn and (num_shards or config.features.cnn.store_maps):
-        raise ValueError("CNN descriptors build one unsharded global index on Ray, without "
-                         "activation maps (num_shards / features.cnn.store_maps: use the "
-                         "single-process build)")
+    method = validate(config)
+    if method.keeps_maps or (num_shards and not method.uses_codebook):
+        raise ValueError(f"{method.name}: the Ray build writes one unsharded index without "
+                         "activation maps for methods without a codebook (num_shards / "
+                         "features.cnn.store_maps: use the single-process build)")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     summary = run_extract_ray(
-        config, source, out / "features", boxes_dir=out / "boxes", address=address,
+        config, source, out / FEATURES, boxes_dir=out / BOXES, address=address,
         num_workers=num_workers, num_cpus_per_worker=num_cpus_per_worker,
         num_gpus_per_worker=num_gpus_per_worker, chunk_size=chunk_size,
         max_restarts=max_restarts, max_task_retries=max_task_retries,
         extractor_factory=extractor_factory, show_progress=show_progress)
-    with FeatureStore.open(out / "features") as store:
+    with FeatureStore.open(out / FEATURES, value_type=method.input_type) as store:
         names = indexed_names(store, source)
-        if cnn:
-            index = global_descriptor_index(config, store, names)
-            record = index_record(config, None, out, kind=index.kind, features=store.config,
-                                  num_images=len(names), num_skipped=len(summary.skipped))
-            save_index(index, out, record)
-            return finish_build(out, record, start, where=" on Ray")
-        codebook = load_or_train_codebook(config, store, names, out)
-        feature_config = store.config
-    record = index_record(config, codebook, out, kind=new_index(config, codebook).kind,
-                          features=feature_config, num_images=len(names),
-                          num_skipped=len(summary.skipped))
-    bounds = shard_bounds(len(names), num_shards) if num_shards else np.array([0, len(names)])
-    batches: list[list[str]] = []
-    last_batch_of: dict[int, int] = {}  # batch index -> shard it completes
-    for s in range(len(bounds) - 1):
-        for lo in range(int(bounds[s]), int(bounds[s + 1]), int(batch_size)):
-            batches.append(names[lo:min(lo + int(batch_size), int(bounds[s + 1]))])
-        last_batch_of[len(batches) - 1] = s
-    state: dict[str, Any] = {"index": new_index(config, codebook), "items": 0, "images": 0}
-    if num_shards:
-        shard_dir = out / "shards"
-        shard_dir.mkdir(exist_ok=True)
-
-    def on_batch(i: int, entries: list) -> None:
-        index = state["index"]
-        index.add(entries, names=batches[i])
-        if not num_shards or i not in last_batch_of:
-            return
-        s = last_batch_of[i]
-        shard_record = {"index": s, "count": len(bounds) - 1, "first_id": int(bounds[s]),
-                        "num_images": int(bounds[s + 1] - bounds[s])}
-        index.save(shard_dir / shard_name(s), config={**record, "shard": shard_record},
-                   overwrite=True)
-        state["items"] += getattr(index, "num_items", len(index))
-        state["images"] += len(index)
-        state["index"] = new_index(config, codebook)
-
-    encode_ray(config, out / "features", out / "boxes", codebook, batches, on_batch,
+        codebook = load_or_train_codebook(config, store, names, out) \
+            if method.uses_codebook else None
+        dim, feature_config = store.dim, store.config
+    writer = _IndexWriter(method, codebook, dim, out, num_shards=num_shards)
+    record = index_record(config, codebook, out, kind=writer.index.kind, features=feature_config,
+                          num_images=len(names), num_skipped=len(summary.skipped))
+    batches = writer.plan(names, int(batch_size), record)
+    encode_ray(config, out / FEATURES, out / BOXES, codebook, batches, writer.add,
                address=address, num_workers=num_encoders, max_restarts=max_restarts,
                max_task_retries=max_task_retries, show_progress=show_progress)
-    index = state["index"]
-    if num_shards:
-        write_shards_manifest(shard_dir, kind=record["kind"], bounds=bounds, config=record)
-        remove_extra_shards(shard_dir, len(bounds) - 1)
-        if (out / "search").exists():
-            logger.warning("removing %s left by an unsharded build", out / "search")
-            shutil.rmtree(out / "search")
-        record["shards"] = {"path": "shards", "count": int(len(bounds) - 1)}
-        if record["kind"] == "regional":
-            record["items_per_image"] = state["items"] / state["images"]
-    else:
-        if (out / "shards").exists():
-            logger.warning("%s is from an earlier build; split the new index again "
-                           "(python -m d2r.distributed.shards %s --shards N --overwrite)",
-                           out / "shards", out)
-        save_index(index, out, record)
+    writer.finish(record)
     return finish_build(out, record, start, where=" on Ray")
+
+
+class _IndexWriter:
+    """Adds encoded batches in order to one index, or to consecutive shards saved as they fill."""
+
+    def __init__(self, method, codebook: Optional[Codebook], dim: int, out: Path, *,
+                 num_shards: Optional[int]) -> None:
+        self.method, self.codebook, self.dim, self.out = method, codebook, dim, out
+        self.num_shards = num_shards
+        self.shard_dir = out / "shards"
+        self.index = method.new_index(codebook, dim)
+        self.items = self.images = 0
+
+    def plan(self, names: list[str], batch_size: int, record: dict) -> list[list[str]]:
+        """The batches of ``names`` to encode; none crosses a shard boundary."""
+        self.record = record
+        self.bounds = shard_bounds(len(names), self.num_shards) if self.num_shards \
+            else np.array([0, len(names)])
+        self.batches: list[list[str]] = []
+        self.last_batch_of: dict[int, int] = {}  # batch index -> shard it completes
+        for s in range(len(self.bounds) - 1):
+            lo, hi = int(self.bounds[s]), int(self.bounds[s + 1])
+            self.batches += [names[i:min(i + batch_size, hi)] for i in range(lo, hi, batch_size)]
+            self.last_batch_of[len(self.batches) - 1] = s
+        if self.num_shards:
+            self.shard_dir.mkdir(exist_ok=True)
+        return self.batches
+
+    def add(self, i: int, entries: list) -> None:
+        """Add batch ``i``; save the shard it completes (sharded build)."""
+        self.method.add(self.index, entries, self.batches[i])
+        if not self.num_shards or i not in self.last_batch_of:
+            return
+        s = self.last_batch_of[i]
+        self.index.save(self.shard_dir / shard_name(s),
+                        config={**self.record, "shard": shard_record(s, self.bounds)},
+                        overwrite=True)
+        self.items += getattr(self.index, "num_items", len(self.index))
+        self.images += len(self.index)
+        self.index = self.method.new_index(self.codebook, self.dim)
+
+    def finish(self, record: dict) -> None:
+        """Write the shards manifest, or save the single index under ``OUT/search``."""
+        out = self.out
+        if not self.num_shards:
+            if self.shard_dir.exists():
+                logger.warning("%s is from an earlier build; split the new index again "
+                               "(python -m d2r.distributed.shards %s --shards N --overwrite)",
+                               self.shard_dir, out)
+            save_index(self.index, out, record)
+            return
+        count = len(self.bounds) - 1
+        write_shards_manifest(self.shard_dir, kind=record["kind"], bounds=self.bounds,
+                              config=record)
+        remove_extra_shards(self.shard_dir, count)
+        if (out / SEARCH).exists():
+            logger.warning("removing %s left by an unsharded build", out / SEARCH)
+            shutil.rmtree(out / SEARCH)
+        record["shards"] = {"path": "shards", "count": int(count)}
+        if hasattr(self.index, "items_per_image"):
+            record["items_per_image"] = self.items / self.images

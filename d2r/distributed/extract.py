@@ -4,12 +4,13 @@ Design.  A :class:`~d2r.io.feature_store.FeatureStore` has a single writer, so
 every extraction actor (one model load per actor, ``num_gpus`` per actor on a GPU
 cluster) writes its own *part store* ``<store>.parts/shard-0007/``.  The image
 list is cut into chunks of consecutive images; each chunk is one actor task that
-runs :func:`d2r.extract.extract_to_store` into the actor's part store, which
-commits the chunk when the task ends.  At the end the part stores are merged
-into the store by *adopting their committed shard files* (hard links, or copies
-across file systems): merging costs one ``link`` per shard file, not a rewrite of
-the features, and every reader (``build_index``, ``Searcher``, re-ranking) keeps
-reading one ordinary store.
+runs :func:`d2r.pipeline.extraction.extract_to_store` into the actor's part
+store, which commits the chunk when the task ends.  At the end the part stores
+are merged into the store by *adopting their committed shard files*
+(:meth:`~d2r.io.feature_store.FeatureStore.adopt_shard`: hard links, or copies
+across file systems): merging costs one ``link`` per shard file, not a rewrite
+of the features, and every reader (``build_index``, ``Searcher``, re-ranking)
+keeps reading one ordinary store.
 
 Fault tolerance.  Committed shards are immutable, so a crashed actor loses at
 most its current chunk; Ray restarts it (``max_restarts``) and retries the
@@ -31,28 +32,32 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-import h5py
-
-from d2r import cli
 from d2r.config import Config
 from d2r.distributed._ray import init_ray, kill_actors, run_on_actors
-from d2r.extract import (
+from d2r.distributed.options import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CPUS_PER_WORKER,
+    DEFAULT_GPUS_PER_WORKER,
+    DEFAULT_MAX_RESTARTS,
+    DEFAULT_MAX_TASK_RETRIES,
+)
+from d2r.features.registry import make_extractor
+from d2r.io.feature_store import FeatureStore, StoreConfigError
+from d2r.pipeline.extraction import (
     ExtractionSummary,
+    Extractor,
     comparable_store_config,
     extract_to_store,
     finish_summary,
-    make_extractor,
     store_config,
 )
-from d2r.features.base import LocalFeatureExtractor
-from d2r.io.feature_store import FeatureStore, StoreConfigError
+from d2r.sources import ImageSource
 
 __all__ = ["run_extract_ray", "merge_feature_stores", "part_store_paths", "parts_dir_for"]
 
 logger = logging.getLogger(__name__)
 
-_PART_RE = re.compile(r"^shard-(\d{4,})$")
-_SHARD_RE = re.compile(r"^(\d{6,})\.h5$")  # committed shard files of a feature store
+_PART_RE = re.compile(r"^shard-(\d{4,})$")  # part store folders, one per actor
 _COPY_BATCH = 256
 
 
@@ -75,7 +80,7 @@ class _ExtractWorker:
     """A Ray actor: one extractor (one model load) writing one part store."""
 
     def __init__(self, config: Config, store_path: str, boxes_dir: Optional[str],
-                 extractor_factory: Optional[Callable[[Config], LocalFeatureExtractor]]) -> None:
+                 extractor_factory: Optional[Callable[[Config], Extractor]]) -> None:
         self.config = config
         self.store_path = store_path
         self.boxes_dir = boxes_dir
@@ -88,7 +93,7 @@ class _ExtractWorker:
 
     def extract(self, names: Sequence[str], paths: Sequence[str],
                 rotations: Sequence[int] = ()) -> dict[str, Any]:
-        source = cli.ImageSource(tuple(names), tuple(Path(p) for p in paths), tuple(rotations))
+        source = ImageSource(tuple(names), tuple(Path(p) for p in paths), tuple(rotations))
         summary = extract_to_store(self.config, source, self.store_path, boxes_dir=self.boxes_dir,
                                    extractor=self.extractor, show_progress=False)
         return {"extracted": summary.extracted, "already_done": summary.already_done,
@@ -97,25 +102,25 @@ class _ExtractWorker:
 
 def run_extract_ray(
     config: Config,
-    source: cli.ImageSource,
+    source: ImageSource,
     store_path: str | os.PathLike,
     *,
     boxes_dir: Optional[str | os.PathLike] = None,
     address: Optional[str] = None,
     num_workers: Optional[int] = None,
-    num_cpus_per_worker: float = 1.0,
-    num_gpus_per_worker: float = 0.0,
-    chunk_size: int = 128,
+    num_cpus_per_worker: float = DEFAULT_CPUS_PER_WORKER,
+    num_gpus_per_worker: float = DEFAULT_GPUS_PER_WORKER,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     parts_dir: Optional[str | os.PathLike] = None,
     keep_parts: bool = False,
-    max_restarts: int = 3,
-    max_task_retries: int = 3,
-    extractor_factory: Optional[Callable[[Config], LocalFeatureExtractor]] = None,
+    max_restarts: int = DEFAULT_MAX_RESTARTS,
+    max_task_retries: int = DEFAULT_MAX_TASK_RETRIES,
+    extractor_factory: Optional[Callable[[Config], Extractor]] = None,
     show_progress: Optional[bool] = None,
 ) -> ExtractionSummary:
     """Extract every image of ``source`` missing from the store at ``store_path``, on Ray.
 
-    The result is the store :func:`d2r.extract.extract_to_store` would write
+    The result is the store :func:`d2r.pipeline.extraction.extract_to_store` would write
     (same entries, possibly in another internal order, which no reader depends on).
 
     Args:
@@ -136,7 +141,7 @@ def run_extract_ray(
             hard links into the store, so keeping them costs no space on one file system).
         max_restarts, max_task_retries: Ray retries of a dead actor and its task.
         extractor_factory: ``config -> extractor`` run once in each actor
-            (default :func:`d2r.extract.make_extractor`).
+            (default :func:`d2r.features.registry.make_extractor`).
         show_progress: progress bar (``None``: only on a terminal).
 
     Returns:
@@ -220,7 +225,7 @@ def _names_present(stores: Iterable[Path]) -> set[str]:
     """Names held by the stores among ``stores`` that exist (opened read-only)."""
     names: set[str] = set()
     for path in stores:
-        if not (path / "manifest.json").exists():
+        if not FeatureStore.exists(path):
             continue
         with FeatureStore.open(path) as store:
             names.update(store.names())
@@ -229,50 +234,9 @@ def _names_present(stores: Iterable[Path]) -> set[str]:
 
 def _check_store(store_path: Path, described: dict[str, Any]) -> None:
     """Fail before extracting when the existing store was made with another config."""
-    if (store_path / "manifest.json").exists():
+    if FeatureStore.exists(store_path):
         FeatureStore.open(store_path, config=described["config"], dim=described["dim"],
                           dtype=described["dtype"], upgrade=comparable_store_config).close()
-
-
-def _committed_shard_files(store: Path) -> list[Path]:
-    folder = store / "shards"
-    if not folder.is_dir():
-        return []
-    files = [f for f in os.listdir(folder) if _SHARD_RE.match(f)]
-    return [folder / f for f in sorted(files, key=lambda f: int(f[:-3]))]
-
-
-def _shard_names(file: Path) -> list[str]:
-    try:
-        with h5py.File(file, "r", locking=False) as f:
-            return list(f["names"].asstr()[()])
-    except (OSError, KeyError, ValueError) as exc:
-        raise OSError(f"committed shard {str(file)!r} is unreadable ({exc}); delete it to "
-                      "re-extract its images") from exc
-
-
-def _adopt(file: Path, dest_store: Path) -> Path:
-    """Hard-link (or copy) a committed shard file into ``dest_store`` under the next number."""
-    existing = _committed_shard_files(dest_store)
-    number = int(existing[-1].name[:-3]) + 1 if existing else 0
-    final = dest_store / "shards" / f"{number:06d}.h5"
-    try:
-        os.link(file, final)
-    except OSError:
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.copyfile(file, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return final
 
 
 def merge_feature_stores(sources: Sequence[str | os.PathLike], dest: str | os.PathLike) -> int:
@@ -314,27 +278,20 @@ def merge_feature_stores(sources: Sequence[str | os.PathLike], dest: str | os.Pa
         added = 0
         with FeatureStore.open(dest, mode="a", config=first.config, dim=dim,
                                dtype=first.dtype) as out:
-            present = set(out.names())
             for reader in readers:
-                for file in _committed_shard_files(reader.path):
-                    names = _shard_names(file)
-                    new = [n for n in names if n not in present]
-                    if not new:
-                        continue
-                    if len(new) == len(names) and len(set(names)) == len(names):
-                        _adopt(file, dest)
-                    else:
-                        logger.warning("%s: %d of its %d entries are already in %s; copying "
-                                       "the others", file, len(names) - len(new), len(names), dest)
-                        new = list(dict.fromkeys(new))
+                for file, names in reader.shards():
+                    new = list(dict.fromkeys(n for n in names if n not in out))
+                    if new == names:
+                        out.adopt_shard(reader, file)
+                    elif new:
+                        logger.warning("%s: %d of its %d entries are already in %s or repeated; "
+                                       "copying the others", file, len(names) - len(new),
+                                       len(names), dest)
                         for lo in range(0, len(new), _COPY_BATCH):
                             batch = new[lo:lo + _COPY_BATCH]
                             for name, feats in zip(batch, reader.get_many(batch)):
                                 out.put(name, feats)
-                    present.update(new)
                     added += len(new)
-        # Reopen once so the catalog covers the adopted shards (the writer above did not see them).
-        FeatureStore.open(dest, mode="a").close()
         logger.info("merged %d entries from %d stores into %s", added, len(readers), dest)
         return added
     finally:

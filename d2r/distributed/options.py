@@ -1,9 +1,13 @@
-"""Command-line options of the Ray mode (``--ray``, ``--ray-address``), without importing Ray.
+"""Defaults and command-line options of the Ray mode (``--ray``, ``--ray-address``); no Ray import.
 
+The ``DEFAULT_*`` values are the defaults of both the Ray entry points' keyword
+arguments (:func:`d2r.distributed.run_extract_ray`, ``build_index_ray``,
+:class:`d2r.distributed.ShardedIndex`) and the command-line flags.
 ``python -m d2r.extract`` and ``python -m d2r.build_index`` call
 :func:`add_ray_args` on their parser and, when :func:`ray_requested`, run
 :func:`d2r.distributed.run_extract_ray` / :func:`d2r.distributed.build_index_ray`
-with ``**ray_kwargs(args)``.
+with ``**ray_kwargs(args)``.  An unset ``num_workers`` means as many extraction
+actors as the cluster's CPUs / GPUs allow.
 """
 
 from __future__ import annotations
@@ -11,7 +15,33 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_ray_args", "ray_requested", "ray_kwargs"]
+__all__ = [
+    "DEFAULT_CPUS_PER_WORKER",
+    "DEFAULT_GPUS_PER_WORKER",
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_ENCODE_BATCH_SIZE",
+    "DEFAULT_MAX_RESTARTS",
+    "DEFAULT_MAX_TASK_RETRIES",
+    "DEFAULT_CPUS_PER_SHARD",
+    "add_ray_args",
+    "ray_requested",
+    "ray_kwargs",
+]
+
+DEFAULT_CPUS_PER_WORKER = 1.0
+"""Ray CPUs of one extraction (or encoding) actor."""
+DEFAULT_GPUS_PER_WORKER = 0.0
+"""Ray GPUs of one extraction actor (1 puts one DELF model on each GPU)."""
+DEFAULT_CHUNK_SIZE = 128
+"""Images per extraction task: a crashed actor loses at most one chunk."""
+DEFAULT_ENCODE_BATCH_SIZE = 512
+"""Images per quantize + aggregate task of ``build_index_ray``."""
+DEFAULT_MAX_RESTARTS = 3
+"""Ray restarts of a dead actor."""
+DEFAULT_MAX_TASK_RETRIES = 3
+"""Ray retries of the task a dead actor was running."""
+DEFAULT_CPUS_PER_SHARD = 1.0
+"""Ray CPUs reserved by each shard actor of a sharded search."""
 
 
 def _positive_int(text: str) -> int:
@@ -44,12 +74,15 @@ def add_ray_args(parser: argparse.ArgumentParser, *, shards: bool = False) -> No
                             "or ray://HOST:10001")
     group.add_argument("--ray-workers", type=_positive_int, metavar="N",
                        help="extraction actors (default: as many as the cluster's CPUs/GPUs allow)")
-    group.add_argument("--ray-gpus-per-worker", type=_non_negative_float, default=0.0, metavar="G",
-                       help="GPUs per extraction actor, e.g. 1 for DELF on GPUs (default 0)")
-    group.add_argument("--ray-cpus-per-worker", type=_non_negative_float, default=1.0, metavar="C",
-                       help="CPUs per extraction actor (default 1)")
-    group.add_argument("--ray-chunk", type=_positive_int, default=128, metavar="N",
-                       help="images per extraction task; a crash loses at most one (default 128)")
+    group.add_argument("--ray-gpus-per-worker", type=_non_negative_float,
+                       default=DEFAULT_GPUS_PER_WORKER, metavar="G",
+                       help="GPUs per extraction actor, e.g. 1 for DELF on GPUs (default %(default)g)")
+    group.add_argument("--ray-cpus-per-worker", type=_non_negative_float,
+                       default=DEFAULT_CPUS_PER_WORKER, metavar="C",
+                       help="CPUs per extraction actor (default %(default)g)")
+    group.add_argument("--ray-chunk", type=_positive_int, default=DEFAULT_CHUNK_SIZE, metavar="N",
+                       help="images per extraction task; a crash loses at most one "
+                            "(default %(default)d)")
     if shards:
         group.add_argument("--ray-shards", type=_positive_int, metavar="N",
                            help="write N shard indexes (OUT/shards) for sharded search instead "

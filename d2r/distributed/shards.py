@@ -2,22 +2,22 @@
 
 For databases larger than one machine's memory, the images are cut into N
 contiguous id ranges (:func:`shard_bounds`); shard ``s`` holds images
-``bounds[s] .. bounds[s+1]-1`` as an ordinary index directory (inverted,
-regional or global) with local ids.  Layout::
+``bounds[s] .. bounds[s+1]-1`` as an ordinary index directory of any registered
+kind (:mod:`d2r.index.registry`) with local ids.  Layout::
 
     SHARDS/shards.json      format, kind, num_images, bounds, one entry per shard
     SHARDS/shard-0000/      an index directory (manifest.json, names.json, *.npy)
     SHARDS/shard-0001/ ...
 
-:func:`split_index` writes it from an existing index (one vectorized pass over
-the memory-mapped posting lists), and :func:`d2r.distributed.build_index_ray`
-with ``num_shards`` writes it directly, never holding the whole index.
-:class:`ShardedIndex` serves each shard from a Ray actor that memory-maps it;
-a batch of queries is sent to every shard, each returns its top-k by the exact
-float64 score with *global* ids, and :func:`merge_topk` merges them by (score
-descending, global id ascending) - exactly the order
-:func:`d2r.index.inverted.top_k` gives on the unsharded index, so the merged
-top-k equals the single-index result (scores and ids).
+:func:`split_index` writes it from an existing index with the index's own
+``save_ranges`` (one pass over the memory-mapped posting lists of an inverted
+file), and :func:`d2r.distributed.build_index_ray` with ``num_shards`` writes it
+directly, never holding the whole index.  :class:`ShardedIndex` serves each shard
+from a Ray actor that memory-maps it; a batch of queries is sent to every shard,
+each returns its top-k by the scores its kind ranks on (``ranking``: float64 for
+the inverted kinds) with *global* ids, and :func:`merge_topk` merges them by
+(score descending, global id ascending) - the order of the unsharded index - so
+the merged top-k equals the single-index result (scores and ids).
 """
 
 from __future__ import annotations
@@ -36,16 +36,26 @@ import numpy as np
 
 from d2r.checks import check_positive_int
 from d2r.distributed._ray import init_ray, kill_actors
-from d2r.index.inverted import check_k, top_k
-from d2r.index.storage import IndexFormatError, IndexWriter, read_index
-from d2r.types import AggregatedImage, SearchResult
+from d2r.distributed.options import (
+    DEFAULT_CPUS_PER_SHARD,
+    DEFAULT_MAX_RESTARTS,
+    DEFAULT_MAX_TASK_RETRIES,
+)
+from d2r.index.inverted import check_k
+from d2r.index.layout import read_versioned_json
+from d2r.index.registry import index_class, open_index
+from d2r.index.storage import IndexFormatError
+from d2r.types import SearchResult
 
 __all__ = [
     "SHARDS_MANIFEST",
     "shard_bounds",
+    "shard_name",
+    "shard_record",
     "split_index",
     "read_shards_manifest",
     "write_shards_manifest",
+    "remove_extra_shards",
     "merge_topk",
     "ShardedIndex",
     "main",
@@ -56,8 +66,7 @@ logger = logging.getLogger(__name__)
 SHARDS_MANIFEST = "shards.json"
 FORMAT = "d2r-sharded-index"
 VERSION = 1
-_KINDS = ("inverted", "regional", "global")
-_BLOCK_BYTES = 1 << 28  # postings processed at once while splitting
+_SHARD_DIR = re.compile(r"shard-(\d{4,})")
 
 
 def shard_bounds(num_images: int, num_shards: int) -> np.ndarray:
@@ -70,14 +79,24 @@ def shard_bounds(num_images: int, num_shards: int) -> np.ndarray:
 
 
 def shard_name(shard: int) -> str:
+    """Folder of shard ``shard`` in a sharded directory: ``shard-NNNN``."""
     return f"shard-{shard:04d}"
+
+
+def shard_record(shard: int, bounds: np.ndarray) -> dict[str, int]:
+    """What shard ``shard``'s manifest records under ``config["shard"]``."""
+    return {"index": int(shard), "count": int(len(bounds) - 1), "first_id": int(bounds[shard]),
+            "num_images": int(bounds[shard + 1] - bounds[shard])}
 
 
 def write_shards_manifest(path: str | os.PathLike, *, kind: str, bounds: np.ndarray,
                           config: Mapping[str, Any] | None = None) -> Path:
-    """Write ``path/shards.json`` describing shards ``shard-NNNN`` with the given bounds."""
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    """Write ``path/shards.json`` describing shards ``shard-NNNN`` with the given bounds.
+
+    Raises:
+        UnknownIndexKind: no registered index class serves ``kind``.
+    """
+    index_class(kind)
     bounds = np.asarray(bounds, np.int64)
     manifest = {
         "format": FORMAT,
@@ -97,34 +116,27 @@ def write_shards_manifest(path: str | os.PathLike, *, kind: str, bounds: np.ndar
 
 
 def read_shards_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``shards.json`` of a sharded index directory, checked for consistency."""
+    """The ``shards.json`` of a sharded index directory, checked for consistency.
+
+    Raises:
+        UnknownIndexKind: the shards are of a kind no registered index class serves.
+    """
     file = Path(path) / SHARDS_MANIFEST
-    try:
-        manifest = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{Path(path)} is not a sharded index (no {SHARDS_MANIFEST}); "
-                                "make one with split_index or build_index_ray(num_shards=N)") from None
-    except ValueError as exc:
-        raise IndexFormatError(f"{file} is not valid JSON: {exc}") from exc
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise IndexFormatError(f"{file} is not a {FORMAT} v{VERSION} manifest")
+    manifest = read_versioned_json(
+        file, format=FORMAT, version=VERSION, error=IndexFormatError,
+        missing=f"{Path(path)} is not a sharded index (no {SHARDS_MANIFEST}); make one with "
+                "split_index or build_index_ray(num_shards=N)")
     bounds = np.asarray(manifest.get("bounds", []), np.int64)
     shards = manifest.get("shards", [])
-    if (manifest.get("kind") not in _KINDS or bounds.ndim != 1 or len(bounds) != len(shards) + 1
-            or len(shards) == 0 or bounds[0] != 0 or np.any(np.diff(bounds) < 0)
-            or bounds[-1] != manifest.get("num_images")):
+    if (not isinstance(manifest.get("kind"), str) or bounds.ndim != 1
+            or len(bounds) != len(shards) + 1 or len(shards) == 0 or bounds[0] != 0
+            or np.any(np.diff(bounds) < 0) or bounds[-1] != manifest.get("num_images")):
         raise IndexFormatError(f"{file} has inconsistent kind, bounds or shard entries")
+    index_class(manifest["kind"])
     return manifest
 
 
 # ------------------------------------------------------------------------ splitting
-
-
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if (out / SHARDS_MANIFEST).exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a sharded index (pass overwrite=True, "
-                              "--overwrite on the command line)")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def split_index(index_dir: str | os.PathLike, *, num_shards: int,
@@ -133,15 +145,18 @@ def split_index(index_dir: str | os.PathLike, *, num_shards: int,
 
     Args:
         index_dir: a directory written by ``build_index`` (``index.json`` + ``search/``),
-            or an index directory itself (``manifest.json`` of an inverted, regional or
-            global index).
+            or an index directory itself (``manifest.json`` of any registered kind).
         num_shards: number of contiguous, near-equal image ranges.
         out: the sharded directory (default ``index_dir/shards`` for a built index).
         overwrite: replace shard directories and ``shards.json`` already in ``out``.
 
     Returns:
-        ``out``.  Each shard is loadable with the index class's ``load`` and equals
-        the index of its images alone (ids renumbered from 0, same posting order).
+        ``out``.  Each shard opens with :func:`d2r.index.registry.open_index` and equals
+        the index of its images alone (ids renumbered from 0), written by the index's
+        ``save_ranges``.
+
+    Raises:
+        UnknownIndexKind: the index is of a kind no registered class serves.
     """
     index_dir = Path(index_dir)
     search_dir = index_dir / "search" if (index_dir / "index.json").exists() else index_dir
@@ -150,125 +165,29 @@ def split_index(index_dir: str | os.PathLike, *, num_shards: int,
             raise ValueError("out is required when index_dir is a bare index directory")
         out = index_dir / "shards"
     out = Path(out)
-    kind = json.loads((search_dir / "manifest.json").read_text()).get("kind") \
-        if (search_dir / "manifest.json").exists() else None
-    if kind not in _KINDS:
-        raise IndexFormatError(f"{search_dir} holds no inverted, regional or global index")
-    stored = read_index(search_dir, kind=kind, mmap=True)
-    meta, arrays, names = stored.meta, stored.arrays, list(stored.names)
-    if kind == "global":
-        num_images = int(meta["num_images"])
-    elif kind == "regional":
-        num_images = int(meta["num_images"])
-    else:
-        num_images = int(meta["num_items"])
-    bounds = shard_bounds(num_images, num_shards)
-    _prepare_out(out, overwrite)
-    config = dict(stored.config)
-    writers = [IndexWriter(out / shard_name(s), kind=kind, overwrite=overwrite)
-               for s in range(len(bounds) - 1)]
-    try:
-        shard_meta = _split_arrays(kind, meta, arrays, bounds, writers)
-        for s, writer in enumerate(writers):
-            lo, hi = int(bounds[s]), int(bounds[s + 1])
-            writer.commit(meta=shard_meta[s], names=names[lo:hi] if names else (),
-                          config={**config, "shard": _shard_record(s, bounds)})
-    finally:
-        for writer in writers:
-            writer.__exit__(None, None, None)
-    write_shards_manifest(out, kind=kind, bounds=bounds, config=config)
-    remove_extra_shards(out, len(bounds) - 1)
-    logger.info("split %s (%d images, %s) into %d shards in %s", search_dir, num_images, kind,
-                len(bounds) - 1, out)
+    index = open_index(search_dir, mmap=True)
+    bounds = shard_bounds(len(index), num_shards)
+    if (out / SHARDS_MANIFEST).exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a sharded index (pass overwrite=True, "
+                              "--overwrite on the command line)")
+    out.mkdir(parents=True, exist_ok=True)
+    num = len(bounds) - 1
+    index.save_ranges(bounds, [out / shard_name(s) for s in range(num)],
+                      configs=[{**index.config, "shard": shard_record(s, bounds)} for s in range(num)],
+                      overwrite=overwrite)
+    write_shards_manifest(out, kind=index.kind, bounds=bounds, config=index.config)
+    remove_extra_shards(out, num)
+    logger.info("split %s (%d images, %s) into %d shards in %s", search_dir, len(index),
+                index.kind, num, out)
     return out
 
 
 def remove_extra_shards(out: Path, num_shards: int) -> None:
     """Delete ``shard-NNNN`` folders numbered ``num_shards`` or more (left by an earlier split)."""
     for folder in Path(out).glob("shard-*"):
-        match = re.fullmatch(r"shard-(\d{4,})", folder.name)
+        match = _SHARD_DIR.fullmatch(folder.name)
         if match and int(match.group(1)) >= num_shards and folder.is_dir():
             shutil.rmtree(folder)
-
-
-def _shard_record(shard: int, bounds: np.ndarray) -> dict[str, int]:
-    return {"index": int(shard), "count": int(len(bounds) - 1), "first_id": int(bounds[shard]),
-            "num_images": int(bounds[shard + 1] - bounds[shard])}
-
-
-def _split_arrays(kind: str, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                  bounds: np.ndarray, writers: Sequence[IndexWriter]) -> list[dict[str, Any]]:
-    num_shards = len(bounds) - 1
-    if kind == "global":
-        vectors = arrays["vectors"]
-        out = []
-        for s in range(num_shards):
-            lo, hi = int(bounds[s]), int(bounds[s + 1])
-            writers[s].put("vectors", np.ascontiguousarray(vectors[lo:hi]))
-            out.append({**meta, "num_images": hi - lo})
-        return out
-    item_bounds = bounds
-    if kind == "regional":
-        mapping = arrays["item_to_image"]
-        item_bounds = np.searchsorted(mapping, bounds, side="left").astype(np.int64)
-        for s in range(num_shards):
-            a, b = int(item_bounds[s]), int(item_bounds[s + 1])
-            writers[s].put("item_to_image", np.asarray(mapping[a:b]) - int(bounds[s]))
-    metas = _split_inverted(meta, arrays, item_bounds, writers)
-    if kind == "regional":
-        metas = [{**m, "num_images": int(bounds[s + 1] - bounds[s])} for s, m in enumerate(metas)]
-    return metas
-
-
-def _split_inverted(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                    item_bounds: np.ndarray, writers: Sequence[IndexWriter]) -> list[dict[str, Any]]:
-    """Split CSR posting lists by item-id ranges, block of words by block of words."""
-    payload_name = "codes" if meta["binary"] else "vectors"
-    offsets = np.asarray(arrays["offsets"])
-    ids, payload = arrays["image_ids"], arrays[payload_name]
-    lengths = np.asarray(arrays["item_lengths"])
-    num_words = offsets.shape[0] - 1
-    num_shards = len(item_bounds) - 1
-    totals = [int(lengths[item_bounds[s]:item_bounds[s + 1]].sum(dtype=np.int64))
-              for s in range(num_shards)]
-    outs = [(writers[s].create("image_ids", (totals[s],), np.int32),
-             writers[s].create(payload_name, (totals[s], payload.shape[1]), payload.dtype))
-            for s in range(num_shards)]
-    counts = np.zeros((num_shards, num_words), np.int64)
-    cursor = np.zeros(num_shards, np.int64)
-    total = int(offsets[-1])
-    row_bytes = 4 + payload.itemsize * max(1, payload.shape[1])
-    step = max(1, _BLOCK_BYTES // row_bytes)
-    bounds = np.unique(np.concatenate([
-        [0], np.searchsorted(offsets, np.arange(step, total, step), side="right") - 1, [num_words]]))
-    for w0, w1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        p0, p1 = int(offsets[w0]), int(offsets[w1])
-        if p1 == p0:
-            continue
-        block_ids = np.asarray(ids[p0:p1])
-        block_payload = np.asarray(payload[p0:p1])
-        shard_of = np.searchsorted(item_bounds, block_ids, side="right") - 1
-        word_of = np.repeat(np.arange(w1 - w0), np.diff(offsets[w0:w1 + 1]))
-        counts[:, w0:w1] = np.bincount(shard_of * (w1 - w0) + word_of,
-                                       minlength=num_shards * (w1 - w0)).reshape(num_shards, -1)
-        for s in range(num_shards):
-            mask = shard_of == s
-            n = int(np.count_nonzero(mask))
-            if not n:
-                continue
-            c = int(cursor[s])
-            outs[s][0][c:c + n] = block_ids[mask] - int(item_bounds[s])
-            outs[s][1][c:c + n] = block_payload[mask]
-            cursor[s] += n
-    metas = []
-    for s in range(num_shards):
-        shard_offsets = np.zeros(num_words + 1, np.int64)
-        np.cumsum(counts[s], out=shard_offsets[1:])
-        writers[s].put("offsets", shard_offsets)
-        writers[s].put("item_lengths", lengths[item_bounds[s]:item_bounds[s + 1]])
-        metas.append({**meta, "num_items": int(item_bounds[s + 1] - item_bounds[s]),
-                      "num_postings": int(shard_offsets[-1])})
-    return metas
 
 
 # ------------------------------------------------------------------------ searching
@@ -310,17 +229,6 @@ def merge_topk(scores: Sequence[np.ndarray], ids: Sequence[np.ndarray], k: int) 
     return out_scores, out_ids
 
 
-def _index_class(kind: str):
-    if kind == "inverted":
-        from d2r.index.inverted import InvertedIndex
-        return InvertedIndex
-    if kind == "regional":
-        from d2r.index.regional import RegionalIndex
-        return RegionalIndex
-    from d2r.index.global_index import GlobalIndex
-    return GlobalIndex
-
-
 def _rss_bytes() -> int:
     """Resident memory of this process (Linux ``/proc``; peak RSS elsewhere)."""
     try:
@@ -337,35 +245,17 @@ class _ShardServer:
     """A Ray actor serving one shard index (memory-mapped), answering with global ids."""
 
     def __init__(self, path: str, kind: str, first_id: int, mmap: bool) -> None:
-        self.kind = kind
         self.first_id = int(first_id)
-        self.index = _index_class(kind).load(path, mmap=mmap)
+        self.index = open_index(path, kind=kind, mmap=mmap)
 
     def stats(self) -> dict[str, Any]:
         return {"num_images": len(self.index), "nbytes": int(self.index.nbytes),
                 "rss_bytes": _rss_bytes(), "pid": os.getpid()}
 
-    def search(self, queries: list[AggregatedImage], k: int,
-               options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, k) float64 scores and int64 global ids (-inf / -1 padded)."""
-        if self.kind == "global":
-            result = self.index.search(queries, k=k) if queries else None
-            if result is None:
-                return np.zeros((0, k)), np.zeros((0, k), np.int64)
-            ids = np.where(result.ids >= 0, result.ids + self.first_id, -1)
-            return result.scores.astype(np.float64), ids
-        out_scores = np.full((len(queries), k), -np.inf)
-        out_ids = np.full((len(queries), k), -1, np.int64)
-        for i, query in enumerate(queries):
-            if self.kind == "regional":
-                scores = self.index.score_images(query, **options)
-            else:
-                scores = self.index.score_all(query, **options)
-            _, local = top_k(scores, k)
-            found = local >= 0
-            out_scores[i, found] = scores[local[found]]
-            out_ids[i, found] = local[found] + self.first_id
-        return out_scores, out_ids
+    def search(self, queries: Any, k: int, options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The shard's ``ranking``: (Q, k) float64 scores and int64 global ids (-inf / -1 padded)."""
+        scores, ids = self.index.ranking(queries, k=k, **options)
+        return scores, np.where(ids >= 0, ids + self.first_id, -1)
 
 
 class ShardedIndex:
@@ -381,18 +271,23 @@ class ShardedIndex:
         actor_options: further ``.options(...)`` for every actor, e.g.
             ``{"resources": {"shard_host": 1}}`` or a scheduling strategy that pins
             shards to the nodes holding their files.
+
+    Raises:
+        UnknownIndexKind: the shards are of a kind no registered index class serves.
     """
 
     def __init__(self, path: str | os.PathLike, *, address: Optional[str] = None,
-                 mmap: bool = True, num_cpus_per_shard: float = 1.0, max_restarts: int = 3,
-                 max_task_retries: int = 3, actor_options: Optional[Mapping[str, Any]] = None) -> None:
+                 mmap: bool = True, num_cpus_per_shard: float = DEFAULT_CPUS_PER_SHARD,
+                 max_restarts: int = DEFAULT_MAX_RESTARTS,
+                 max_task_retries: int = DEFAULT_MAX_TASK_RETRIES,
+                 actor_options: Optional[Mapping[str, Any]] = None) -> None:
         self.path = Path(path)
         self.manifest = read_shards_manifest(self.path)
         self.kind: str = self.manifest["kind"]
         self.bounds = np.asarray(self.manifest["bounds"], np.int64)
         names: list[str] = []
         for entry in self.manifest["shards"]:
-            shard_names = read_index(self.path / entry["path"], kind=self.kind, mmap=True).names
+            shard_names = open_index(self.path / entry["path"], kind=self.kind, mmap=True).names
             if len(shard_names) not in (0, entry["num_images"]):
                 raise IndexFormatError(f"{self.path / entry['path']} holds {len(shard_names)} "
                                        f"names, shards.json says {entry['num_images']} images")
@@ -421,24 +316,15 @@ class ShardedIndex:
         """Per shard: ``num_images``, ``nbytes`` of its arrays, ``rss_bytes`` of its actor."""
         return self._ray.get([a.stats.remote() for a in self._actors])
 
-    def search(self, queries: Sequence[AggregatedImage], *, k: int = 100, alpha: float = 3.0,
-               tau: float = 0.0, normalize: bool | str = True, pooling: str = "max") -> SearchResult:
+    def search(self, queries: Any, *, k: int = 100, **options: Any) -> SearchResult:
         """Top-``k`` over all shards, equal to the unsharded index's ``search`` result.
 
-        Keyword options are those of the index kind's ``search`` (``alpha``, ``tau``,
-        ``normalize``; ``pooling`` for regional indexes; none for global ones).
+        ``queries`` and the keyword ``options`` are those of the shards' kind's ``search``
+        (e.g. ``alpha``, ``tau``, ``normalize`` for inverted files, also ``pooling`` for
+        regional indexes; none for the flat global indexes).
         """
         k = check_k(k)
-        queries = list(queries)
-        for i, q in enumerate(queries):
-            if not isinstance(q, AggregatedImage):
-                raise TypeError(f"queries[{i}] must be an AggregatedImage, got {type(q).__name__}")
-        options: dict[str, Any] = {}
-        if self.kind != "global":
-            options = {"alpha": float(alpha), "tau": float(tau), "normalize": normalize}
-            if self.kind == "regional":
-                options["pooling"] = pooling
-        if not queries:
+        if len(queries) == 0:
             return SearchResult(np.zeros((0, k), np.float32), np.zeros((0, k), np.int64), self.names)
         ref = self._ray.put(queries)
         parts = self._ray.get([a.search.remote(ref, k, options) for a in self._actors])

@@ -61,6 +61,7 @@ from d2r.checks import check_positive_int
 from d2r.features.base import BaseExtractor
 from d2r.features.pca import PCA, postprocess_descriptors
 from d2r.features.receptive_field import ReceptiveField, centers_from_yxyx
+from d2r.features.registry import register_extractor
 from d2r.types import LocalFeatures
 
 if TYPE_CHECKING:
@@ -360,6 +361,7 @@ def _weights_sha256(model) -> str:
     return h.hexdigest()
 
 
+@register_extractor
 class DelfExtractor(BaseExtractor):
     """DELF extractor; implements :class:`~d2r.features.base.LocalFeatureExtractor`.
 
@@ -471,6 +473,12 @@ class DelfExtractor(BaseExtractor):
         """
         directory = _existing_dir(path, "saved_model.pb")
         return cls(_hub_runner(directory, signature), **params)
+
+    name = "delf"
+    output_type = LocalFeatures
+    record_type = "delf"
+    method_key = "aggregation.method"
+    """The config key naming the retrieval method that takes this extractor's output."""
 
     @classmethod
     def from_config(cls, config: "DelfConfig", **params) -> "DelfExtractor":

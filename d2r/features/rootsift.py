@@ -18,7 +18,8 @@ import numpy as np
 
 from d2r.checks import check_positive_int
 from d2r.features.base import BaseExtractor
-from d2r.features.pca import PCA, postprocess_descriptors
+from d2r.features.pca import PCA, load_pca, postprocess_descriptors
+from d2r.features.registry import register_extractor
 from d2r.types import LocalFeatures
 
 __all__ = ["RootSiftExtractor", "root_sift"]
@@ -37,6 +38,7 @@ def root_sift(descriptors: np.ndarray, *, eps: float = 1e-12) -> np.ndarray:
     return np.sqrt(d / l1).astype(np.float32)
 
 
+@register_extractor
 class RootSiftExtractor(BaseExtractor):
     """OpenCV SIFT + RootSIFT; implements :class:`~d2r.features.base.LocalFeatureExtractor`.
 
@@ -80,6 +82,21 @@ class RootSiftExtractor(BaseExtractor):
             self.pca_dim = pca.check_dim(min(SIFT_DIM, pca.num_components) if pca_dim is None else pca_dim,
                                          whiten=self.whiten)
         self._sift = None
+
+    name = "rootsift"
+    output_type = LocalFeatures
+    record_type = "rootsift"
+    method_key = "aggregation.method"
+    """The config key naming the retrieval method that takes this extractor's output."""
+
+    @classmethod
+    def from_config(cls, config: "RootSiftConfig") -> "RootSiftExtractor":
+        """Extractor described by a :class:`d2r.config.RootSiftConfig` (``features.rootsift``)."""
+        pca = load_pca(config.pca_path) if config.pca_path else None
+        return cls(max_features=config.max_features, contrast_threshold=config.contrast_threshold,
+                   edge_threshold=config.edge_threshold, pca=pca,
+                   pca_dim=config.pca_dim if pca is not None else None,
+                   whiten=config.use_whitening)
 
     @property
     def dim(self) -> int:

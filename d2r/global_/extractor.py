@@ -1,9 +1,9 @@
-"""CNN global descriptors through the pipeline's extractor interface.
+"""CNN global descriptors as an extractor (``features.backend: cnn``).
 
-:class:`GlobalDescriptorExtractor` makes a :class:`~d2r.global_.describe.GlobalDescriber`
-look like a local-feature backend, so extraction, the resumable feature store,
-bad-image handling and sharding serve the global baselines unchanged.  An image's
-entry holds the describer's rows (:meth:`~d2r.global_.describe.GlobalDescriber.describe_rows`):
+:class:`GlobalDescriptorExtractor` wraps a :class:`~d2r.global_.describe.GlobalDescriber`
+so extraction, the resumable feature store, bad-image handling and sharding serve the
+global baselines.  It returns :class:`~d2r.types.GlobalDescriptors` holding the
+describer's rows (:meth:`~d2r.global_.describe.GlobalDescriber.describe_rows`):
 
 * one row, the global descriptor (MAC, R-MAC, GeM, multi-resolution R-MAC), located at
   the centre of the image (or of the query box);
@@ -12,7 +12,7 @@ entry holds the describer's rows (:meth:`~d2r.global_.describe.GlobalDescriber.d
   the centroid of its region.
 
 For AML re-ranking :meth:`GlobalDescriptorExtractor.extract_with_map` also returns
-the activation map, which the index keeps (:mod:`d2r.global_.activation_maps`).
+the :class:`~d2r.types.ActivationMap`, which the index keeps for AML re-ranking.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import numpy as np
 
 from d2r.config import CnnGlobalConfig, to_dict
 from d2r.features.base import check_image, crop_box
+from d2r.features.registry import register_extractor
 from d2r.global_.describe import CamClassifier, GlobalDescriber
-from d2r.types import LocalFeatures
+from d2r.types import ActivationMap, GlobalDescriptors
 
 __all__ = ["GlobalDescriptorExtractor", "make_global_extractor"]
 
@@ -45,8 +46,15 @@ def _region_centres(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([(cx + 0.5) * size[0] / w - 0.5, (cy + 0.5) * size[1] / h - 0.5], axis=1)
 
 
+@register_extractor
 class GlobalDescriptorExtractor:
-    """``extract(image, box=None) -> LocalFeatures`` whose rows are the image's global descriptor(s)."""
+    """``extract(image, box=None) -> GlobalDescriptors``: the image's CNN descriptor row(s)."""
+
+    name = "cnn"
+    output_type = GlobalDescriptors
+    record_type = "cnn_global"
+    method_key = "features.cnn.method"
+    """The config key naming the retrieval method that takes this extractor's output."""
 
     def __init__(self, describer: GlobalDescriber, *, description: dict[str, Any]) -> None:
         self.describer = describer
@@ -61,12 +69,17 @@ class GlobalDescriptorExtractor:
     def config(self) -> dict[str, Any]:
         return {"type": "cnn_global", "dim": self._dim, **self._description}
 
-    def extract(self, image: np.ndarray, *, box: Sequence[float] | None = None) -> LocalFeatures:
+    @classmethod
+    def from_config(cls, config: CnnGlobalConfig) -> "GlobalDescriptorExtractor":
+        """Build the backbone and describer ``config`` (``features.cnn``) names (imports TensorFlow)."""
+        return make_global_extractor(config)
+
+    def extract(self, image: np.ndarray, *, box: Sequence[float] | None = None) -> GlobalDescriptors:
         """The (R, D) rows of ``image`` (H, W, 3) uint8, or of its ``box`` crop."""
         return self.extract_with_map(image, box=box)[0]
 
-    def extract_with_map(self, image: np.ndarray, *,
-                         box: Sequence[float] | None = None) -> tuple[LocalFeatures, np.ndarray]:
+    def extract_with_map(self, image: np.ndarray, *, box: Sequence[float] | None = None
+                         ) -> tuple[GlobalDescriptors, ActivationMap]:
         """:meth:`extract` and the (H', W', C) map of the first layer (first resolution) it came from."""
         image = check_image(image)
         height, width = image.shape[:2]
@@ -80,9 +93,8 @@ class GlobalDescriptorExtractor:
             centres = np.tile([[crop_size[0] / 2.0, crop_size[1] / 2.0]], (rows.shape[0], 1))
         else:
             centres = _region_centres(masks, crop_size)
-        ones = np.ones(rows.shape[0], np.float32)
-        feats = LocalFeatures(centres + [x0, y0], rows, ones, ones, (width, height))
-        return feats, next(iter(maps.values()))[0]
+        described = GlobalDescriptors(rows, centres + [x0, y0], (width, height))
+        return described, ActivationMap(next(iter(maps.values()))[0])
 
 
 def make_global_extractor(config: CnnGlobalConfig) -> GlobalDescriptorExtractor:

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from d2r import cli
+from d2r.sources import ImageSource
 from d2r.config import Config
 from d2r.global_.extractor import make_global_extractor
 from d2r.global_.pfa import learn_pfa
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 _CELLS_PER_IMAGE = 256
 
 
-def learn(config: Config, source: cli.ImageSource, out: str | Path, *,
+def learn(config: Config, source: ImageSource, out: str | Path, *,
           dim: Optional[int] = None, pfa_dim: Optional[int] = None,
           reduction_dim: int = 128) -> Path:
     """Learn whitening (``mac`` / ``rmac``), PFA (``multires``, ``pfa_dim``) or the local
@@ -76,7 +77,7 @@ def learn(config: Config, source: cli.ImageSource, out: str | Path, *,
     return target
 
 
-def _images(config: Config, source: cli.ImageSource):
+def _images(config: Config, source: ImageSource):
     """The decoded images of ``source`` turned upright (unreadable ones skipped), with a progress bar."""
     rotation = {path: source.rotation(i) for i, path in enumerate(source.paths)}
     images = iter_images(source.paths, max_side=config.images.max_side,
@@ -85,7 +86,7 @@ def _images(config: Config, source: cli.ImageSource):
         yield loaded.rotated(rotation[path])
 
 
-def _learn_regional(config: Config, source: cli.ImageSource, out: Path, plain, *,
+def _learn_regional(config: Config, source: ImageSource, out: Path, plain, *,
                     dim: Optional[int], reduction_dim: int) -> Path:
     """Pass 1: PCA of sampled local features -> ``out/reduction``; pass 2: region whitening -> ``out``."""
     extractor = make_global_extractor(plain)

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from d2r.index.names import EntryNames
+from d2r.index.ranges import IdRanges
 from d2r.index.storage import IndexFormatError, IndexWriter, read_index
 
 __all__ = ["DenseRows", "DenseIndex"]
@@ -58,6 +59,13 @@ class DenseRows:
             self._parts.append(rows)
         self._names.append(names, rows.shape[0])
         return np.arange(first, first + rows.shape[0], dtype=np.int64)
+
+    def part(self, start: int, stop: int) -> "DenseRows":
+        """Rows ``start:stop`` (a view) with their names; ids from 0."""
+        rows = DenseRows(self.row_shape)
+        rows._array = self.array[start:stop]
+        rows._names.restore(self.names[start:stop], stop - start)
+        return rows
 
     def save(self, path: str | os.PathLike, *, kind: str, meta: Mapping[str, Any],
              config: Mapping[str, Any], overwrite: bool) -> Path:
@@ -147,6 +155,31 @@ class DenseIndex:
         return self._rows.save(path, kind=self.kind, meta={"metric": self.metric},
                                config=self.config if config is None else config,
                                overwrite=overwrite)
+
+    def save_ranges(self, bounds: Sequence[int] | np.ndarray, paths: Sequence[str | os.PathLike], *,
+                    configs: Sequence[Mapping[str, Any]] | None = None,
+                    overwrite: bool = False) -> list[Path]:
+        """Write images ``bounds[s]:bounds[s+1]`` to ``paths[s]``, each a standalone index of
+        this kind with ids from 0 and ``configs[s]`` (default: this index's config).
+
+        Returns ``paths``.
+        """
+        ranges = IdRanges.check(bounds, paths, configs, count=self.num_images, config=self.config)
+        out = []
+        for r in ranges:
+            part = type(self)(self.dim)
+            part._rows = self._rows.part(r.start, r.stop)
+            out.append(part.save(r.path, config=r.config, overwrite=overwrite))
+        return out
+
+    def ranking(self, queries: Any, *, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """``search(queries, k=k)`` as (Q, k) float64 scores and (Q, k) int64 ids.
+
+        The scores are the float32 values the results were ranked by, so shards of this
+        index merge on them exactly.
+        """
+        result = self.search(queries, k=k)
+        return result.scores.astype(np.float64), result.ids
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False):

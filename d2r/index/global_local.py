@@ -26,6 +26,7 @@ import numpy as np
 
 from d2r.index.dense import DenseIndex
 from d2r.index.inverted import check_k
+from d2r.index.registry import register_index
 from d2r.types import SearchResult
 
 __all__ = ["GlobalLocalIndex"]
@@ -88,6 +89,7 @@ def _chunk_candidates(queries: np.ndarray, chunk: np.ndarray, k: int) -> np.ndar
     return np.sort(np.concatenate(lists, axis=1), axis=1)
 
 
+@register_index
 class GlobalLocalIndex(DenseIndex):
     """(global, CAM-local) descriptor pairs searched by ``min`` of the two L1 distances.
 

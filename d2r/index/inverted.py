@@ -19,7 +19,7 @@ popcounts, see :func:`code_kernel`; float vectors: one BLAS mat-vec per query wo
 contiguous posting slice, then :func:`vector_selectivity`) and accumulated per item in
 posting order with ``np.bincount`` (so each item's sum is the sequential sum, in query-word
 order, that the brute-force ``similarity_matrix`` computes); top-k uses ``np.partition``.
-With ``normalize=True`` the score equals ``similarity(query, item)`` of the aggregation
+With ``normalize="both"`` the score equals ``similarity(query, item)`` of the aggregation
 module::
 
     S(q, d) = sum_{w in W_q & W_d} sigma(u_w) / sqrt(|W_q| |W_d|),
@@ -34,18 +34,20 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from d2r.aggregation import check_normalize, selectivity
 from d2r.checks import check_positive_int
 from d2r.index.names import EntryNames
+from d2r.index.ranges import IdRanges
 from d2r.index.storage import IndexFormatError, IndexWriter, StoredIndex, read_index
+from d2r.index.registry import register_index
 from d2r.types import AggregatedImage, SearchResult
 
 __all__ = ["InvertedIndex", "InvertedIndexWriter", "check_k", "check_normalize", "code_kernel",
-           "code_weights", "top_k", "vector_selectivity"]
+           "code_weights", "top_k", "top_k_exact", "vector_selectivity"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,19 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     out_scores[:kk] = top[order]
     out_ids[:kk] = candidates[order]
     return out_scores, out_ids
+
+
+def top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` with the float64 scores that decided the order: (k,) float64, (k,) int64.
+
+    Shards return these so that merging their lists orders near-ties as the unsharded index
+    does (the float32 scores of ``top_k`` may tie where the float64 ones differ).
+    """
+    _, ids = top_k(scores, k)
+    out = np.full(k, -np.inf)
+    found = ids >= 0
+    out[found] = scores[ids[found]]
+    return out, ids
 
 
 def _code_view_dtype(width: int) -> np.dtype:
@@ -217,6 +232,21 @@ def _merged_offsets(runs: Sequence[_Run]) -> np.ndarray:
     return offsets
 
 
+def _word_blocks(offsets: np.ndarray, row_bytes: int) -> Iterator[tuple[int, int]]:
+    """Word ranges ``[w0, w1)`` holding about ``_MERGE_BYTES`` of postings each (none empty).
+
+    ``offsets`` (K+1,) are CSR offsets; ``row_bytes`` the bytes of one posting.
+    """
+    num_words = offsets.shape[0] - 1
+    total = int(offsets[-1])
+    block = max(1, _MERGE_BYTES // row_bytes)
+    bounds = np.unique(np.concatenate([
+        [0], np.searchsorted(offsets, np.arange(block, total, block), side="right") - 1, [num_words]]))
+    for w0, w1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        if offsets[w1] > offsets[w0]:
+            yield w0, w1
+
+
 def _merge_runs(runs: Sequence[_Run], offsets: np.ndarray, out_ids: np.ndarray,
                 out_payload: np.ndarray) -> None:
     """Merge word-sorted runs into CSR arrays (``offsets`` from :func:`_merged_offsets`).
@@ -225,18 +255,9 @@ def _merge_runs(runs: Sequence[_Run], offsets: np.ndarray, out_ids: np.ndarray,
     reads from each run and writes to the output (both possibly memory-mapped files) are
     contiguous.  Within a word, postings keep run order (earlier runs first).
     """
-    num_words = offsets.shape[0] - 1
-    total = int(offsets[-1])
-    if total == 0:
-        return
     row_bytes = out_ids.itemsize + out_payload.itemsize * out_payload.shape[1]
-    block = max(1, _MERGE_BYTES // row_bytes)
-    bounds = np.unique(np.concatenate([
-        [0], np.searchsorted(offsets, np.arange(block, total, block), side="right") - 1, [num_words]]))
-    for w0, w1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+    for w0, w1 in _word_blocks(offsets, row_bytes):
         p0, p1 = int(offsets[w0]), int(offsets[w1])
-        if p1 == p0:
-            continue
         dst_ids = out_ids[p0:p1]
         dst_payload = _rows(out_payload[p0:p1])
         filled = offsets[w0:w1] - p0
@@ -253,6 +274,7 @@ def _merge_runs(runs: Sequence[_Run], offsets: np.ndarray, out_ids: np.ndarray,
             filled = filled + counts
 
 
+@register_index
 class InvertedIndex:
     """In-memory (or memory-mapped) inverted file over aggregated images.
 
@@ -427,11 +449,11 @@ class InvertedIndex:
         return self._cache["inv_sqrt"]
 
     def score_all(self, query: AggregatedImage, *, alpha: float = 3.0, tau: float = 0.0,
-                  normalize: bool | str = True) -> np.ndarray:
+                  normalize: str = "both") -> np.ndarray:
         """Similarity of ``query`` to every item: (N,) float64.
 
-        ``normalize``: True (``"both"``) divides by sqrt(|W_q| |W_d|), ``"query"`` by
-        sqrt(|W_q|) only, False (``"none"``) not at all.  Items sharing no word with the
+        ``normalize``: ``"both"`` divides by sqrt(|W_q| |W_d|), ``"query"`` by
+        sqrt(|W_q|) only, ``"none"`` not at all.  Items sharing no word with the
         query score 0.
         """
         self._check_item("query", query)
@@ -526,7 +548,7 @@ class InvertedIndex:
         return db_ids.take(pos, mode="wrap"), weights
 
     def search(self, queries: Sequence[AggregatedImage], *, k: int = 100, alpha: float = 3.0,
-               tau: float = 0.0, normalize: bool | str = True) -> SearchResult:
+               tau: float = 0.0, normalize: str = "both") -> SearchResult:
         """Top-``k`` items for each query, best first (ties to the lower id).
 
         Returns:
@@ -543,6 +565,24 @@ class InvertedIndex:
         for i, q in enumerate(queries):
             out_scores[i], out_ids[i] = top_k(self._score(q, alpha, tau, normalize), k)
         return SearchResult(out_scores, out_ids, self.names)
+
+    def ranking(self, queries: Sequence[AggregatedImage], *, k: int = 100, alpha: float = 3.0,
+                tau: float = 0.0, normalize: str = "both") -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` as (Q, k) float64 scores and (Q, k) int64 ids.
+
+        The ids are those of :meth:`search`; the scores are the float64 values they were
+        ranked by (:func:`top_k_exact`), on which the lists of shards are merged.
+        """
+        queries = list(queries)
+        for i, q in enumerate(queries):
+            self._check_item(f"queries[{i}]", q)
+        k = check_k(k)
+        alpha, tau, normalize = float(alpha), float(tau), check_normalize(normalize)
+        out_scores = np.empty((len(queries), k))
+        out_ids = np.empty((len(queries), k), np.int64)
+        for i, q in enumerate(queries):
+            out_scores[i], out_ids[i] = top_k_exact(self._score(q, alpha, tau, normalize), k)
+        return out_scores, out_ids
 
     # ------------------------------------------------------------------ storage
 
@@ -581,6 +621,67 @@ class InvertedIndex:
         with IndexWriter(path, kind=self.kind, overwrite=overwrite) as writer:
             self._write_arrays(writer)
             return writer.commit(meta=self._meta(), names=self.names, config=config)
+
+    def save_ranges(self, bounds: Sequence[int] | np.ndarray, paths: Sequence[str | os.PathLike], *,
+                    configs: Sequence[Mapping[str, Any]] | None = None,
+                    overwrite: bool = False) -> list[Path]:
+        """Write items ``bounds[s]:bounds[s+1]`` to ``paths[s]``, each a standalone inverted index.
+
+        Item ids are renumbered from 0 and every posting list keeps its order, so a range
+        equals the index of its items alone.  One pass over the (memory-mapped) posting
+        lists writes all ranges.  ``configs[s]`` (default: this index's config) goes into
+        range ``s``'s manifest.  Returns ``paths``.
+        """
+        ranges = IdRanges.check(bounds, paths, configs, count=self.num_items, config=self.config)
+        with ranges.writers(self.kind, overwrite=overwrite) as writers:
+            metas = self._write_ranges(writers, ranges.bounds)
+            return [writer.commit(meta=meta, names=self.names[r.start:r.stop], config=r.config)
+                    for writer, meta, r in zip(writers, metas, ranges)]
+
+    def _write_ranges(self, writers: Sequence[IndexWriter], bounds: np.ndarray) -> list[dict[str, Any]]:
+        """Write the arrays of items ``bounds[s]:bounds[s+1]`` into ``writers[s]``; their metas.
+
+        Word block by word block (:func:`_word_blocks`), each posting is copied to the range
+        of its item with its id made local; items outside ``bounds`` are left out.
+        """
+        self.finalize()
+        offsets, ids, payload = self._csr
+        offsets = np.asarray(offsets)
+        lengths = np.asarray(self.item_lengths)
+        num_ranges = len(writers)
+        outs = []
+        for s, writer in enumerate(writers):
+            size = int(lengths[bounds[s]:bounds[s + 1]].sum(dtype=np.int64))
+            outs.append((writer.create("image_ids", (size,), np.int32),
+                         writer.create(self._payload_name, (size, self.width), self.vector_dtype)))
+        # counts[s + 1, w]: postings of word w in range s; rows 0 and -1 count items outside
+        counts = np.zeros((num_ranges + 2, self.num_words), np.int64)
+        cursor = np.zeros(num_ranges, np.int64)
+        for w0, w1 in _word_blocks(offsets, 4 + payload.itemsize * self.width):
+            p0, p1 = int(offsets[w0]), int(offsets[w1])
+            block_ids = np.asarray(ids[p0:p1])
+            block_payload = np.asarray(payload[p0:p1])
+            where = np.searchsorted(bounds, block_ids, side="right")  # range + 1
+            word_of = np.repeat(np.arange(w1 - w0), np.diff(offsets[w0:w1 + 1]))
+            counts[:, w0:w1] = np.bincount(where * (w1 - w0) + word_of,
+                                           minlength=(num_ranges + 2) * (w1 - w0)).reshape(-1, w1 - w0)
+            for s, (out_ids, out_payload) in enumerate(outs):
+                mask = where == s + 1
+                n = int(np.count_nonzero(mask))
+                if n:
+                    c = int(cursor[s])
+                    out_ids[c:c + n] = block_ids[mask] - bounds[s]
+                    out_payload[c:c + n] = block_payload[mask]
+                    cursor[s] += n
+        metas = []
+        for s, writer in enumerate(writers):
+            range_offsets = np.zeros(self.num_words + 1, np.int64)
+            np.cumsum(counts[s + 1], out=range_offsets[1:])
+            writer.put("offsets", range_offsets)
+            writer.put("item_lengths", lengths[bounds[s]:bounds[s + 1]])
+            metas.append({**self._meta(), "num_items": int(bounds[s + 1] - bounds[s]),
+                          "num_postings": int(range_offsets[-1])})
+        return metas
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> "InvertedIndex":

@@ -28,7 +28,9 @@ import numpy as np
 
 from d2r.index.inverted import check_k
 from d2r.index.names import EntryNames
+from d2r.index.ranges import IdRanges
 from d2r.index.storage import IndexFormatError, IndexWriter, read_index
+from d2r.index.registry import register_index
 from d2r.types import SearchResult
 
 __all__ = ["RegionVectorIndex"]
@@ -63,6 +65,7 @@ def _top_columns(scores: np.ndarray, k: int) -> np.ndarray:
     return np.nonzero(keep)[1].reshape(num_rows, k).astype(np.int64)
 
 
+@register_index
 class RegionVectorIndex:
     """Region vectors of N images searched by best region pair (inner product).
 
@@ -263,6 +266,34 @@ class RegionVectorIndex:
             meta = {"dim": self.dim, "num_images": self.num_images, "num_regions": self.num_regions,
                     "dtype": "float32", "metric": "best_region_pair_inner_product"}
             return writer.commit(meta=meta, names=self.names, config=config)
+
+    def save_ranges(self, bounds: Sequence[int] | np.ndarray, paths: Sequence[str | os.PathLike], *,
+                    configs: Sequence[Mapping[str, Any]] | None = None,
+                    overwrite: bool = False) -> list[Path]:
+        """Write images ``bounds[s]:bounds[s+1]`` (with their regions) to ``paths[s]``, each a
+        standalone index with ids from 0 and ``configs[s]`` (default: this index's config).
+
+        Returns ``paths``.
+        """
+        ranges = IdRanges.check(bounds, paths, configs, count=self.num_images, config=self.config)
+        vectors, offsets = self.vectors, self.offsets
+        out = []
+        for r in ranges:
+            part = RegionVectorIndex(self.dim)
+            first, last = int(offsets[r.start]), int(offsets[r.stop])
+            part._vectors, part._offsets = vectors[first:last], offsets[r.start:r.stop + 1] - first
+            part._names.restore(self.names[r.start:r.stop], r.stop - r.start)
+            out.append(part.save(r.path, config=r.config, overwrite=overwrite))
+        return out
+
+    def ranking(self, queries: Sequence[np.ndarray], *, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """``search(queries, k=k)`` as (Q, k) float64 scores and (Q, k) int64 ids.
+
+        The scores are the float32 values the results were ranked by, so shards of this
+        index merge on them exactly.
+        """
+        result = self.search(queries, k=k)
+        return result.scores.astype(np.float64), result.ids
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> RegionVectorIndex:

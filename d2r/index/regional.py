@@ -22,9 +22,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from d2r.index.inverted import InvertedIndex, check_k, top_k
+from d2r.index.inverted import InvertedIndex, check_k, top_k, top_k_exact
 from d2r.index.names import EntryNames
+from d2r.index.ranges import IdRanges
 from d2r.index.storage import IndexFormatError, IndexWriter, read_index
+from d2r.index.registry import register_index
 from d2r.types import AggregatedImage, SearchResult
 
 __all__ = ["RegionalIndex", "POOLINGS"]
@@ -32,6 +34,7 @@ __all__ = ["RegionalIndex", "POOLINGS"]
 POOLINGS = ("max", "avg")
 
 
+@register_index
 class RegionalIndex:
     """Regions indexed as items, searched by image.
 
@@ -103,7 +106,7 @@ class RegionalIndex:
         return ids
 
     def score_images(self, query: AggregatedImage, *, alpha: float = 3.0, tau: float = 0.0,
-                     normalize: bool | str = True, pooling: str = "max") -> np.ndarray:
+                     normalize: str = "both", pooling: str = "max") -> np.ndarray:
         """Pooled score of ``query`` against every image: (num_images,) float64."""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -118,7 +121,7 @@ class RegionalIndex:
         return sums / np.diff(np.r_[starts, mapping.size])
 
     def search(self, queries: Sequence[AggregatedImage], *, k: int = 100, alpha: float = 3.0,
-               tau: float = 0.0, normalize: bool | str = True, pooling: str = "max") -> SearchResult:
+               tau: float = 0.0, normalize: str = "both", pooling: str = "max") -> SearchResult:
         """Top-``k`` images per query by pooled region score (ids are image ids)."""
         queries = list(queries)
         k = check_k(k)
@@ -129,6 +132,23 @@ class RegionalIndex:
             out_scores[i], out_ids[i] = top_k(scores, k)
         return SearchResult(out_scores, out_ids, self.names)
 
+    def ranking(self, queries: Sequence[AggregatedImage], *, k: int = 100, alpha: float = 3.0,
+                tau: float = 0.0, normalize: str = "both",
+                pooling: str = "max") -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` as (Q, k) float64 pooled scores and (Q, k) int64 image ids.
+
+        The ids are those of :meth:`search`; the scores are the float64 values they were
+        ranked by (:func:`~d2r.index.inverted.top_k_exact`), on which shards are merged.
+        """
+        queries = list(queries)
+        k = check_k(k)
+        out_scores = np.empty((len(queries), k))
+        out_ids = np.empty((len(queries), k), np.int64)
+        for i, q in enumerate(queries):
+            scores = self.score_images(q, alpha=alpha, tau=tau, normalize=normalize, pooling=pooling)
+            out_scores[i], out_ids[i] = top_k_exact(scores, k)
+        return out_scores, out_ids
+
     def save(self, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
              overwrite: bool = False) -> Path:
         """Write items, ``item_to_image`` and image names to directory ``path`` atomically."""
@@ -138,6 +158,27 @@ class RegionalIndex:
             writer.put("item_to_image", self.item_to_image)
             meta = {**self.items._meta(), "num_images": self.num_images}
             return writer.commit(meta=meta, names=self.names, config=config)
+
+    def save_ranges(self, bounds: Sequence[int] | np.ndarray, paths: Sequence[str | os.PathLike], *,
+                    configs: Sequence[Mapping[str, Any]] | None = None,
+                    overwrite: bool = False) -> list[Path]:
+        """Write images ``bounds[s]:bounds[s+1]`` (with all their regions) to ``paths[s]``,
+        each a standalone regional index with image and item ids renumbered from 0.
+
+        One pass over the item posting lists writes all ranges (see
+        :meth:`InvertedIndex.save_ranges`).  Returns ``paths``.
+        """
+        ranges = IdRanges.check(bounds, paths, configs, count=self.num_images, config=self.config)
+        mapping = self.item_to_image
+        item_bounds = np.searchsorted(mapping, ranges.bounds, side="left")
+        with ranges.writers(self.kind, overwrite=overwrite) as writers:
+            metas = self.items._write_ranges(writers, item_bounds)
+            out = []
+            for s, (writer, r) in enumerate(zip(writers, ranges)):
+                writer.put("item_to_image", mapping[item_bounds[s]:item_bounds[s + 1]] - r.start)
+                meta = {**metas[s], "num_images": r.stop - r.start}
+                out.append(writer.commit(meta=meta, names=self.names[r.start:r.stop], config=r.config))
+            return out
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> "RegionalIndex":

@@ -20,6 +20,12 @@ Inside a shard the entries are concatenated: ``names`` (S,) UTF-8 strings,
 row tables ``locations`` (T, 2) f4, ``descriptors`` (T, D) f4 or f2,
 ``scales`` (T,) f4, ``scores`` (T,) f4.  Names are data, not HDF5 paths, so
 ``/``, spaces and any Unicode are stored verbatim.
+
+A store holds one type of value, chosen by its opener (``value_type``):
+:class:`~d2r.types.LocalFeatures` (the row table itself),
+:class:`~d2r.types.GlobalDescriptors` (one row per vector, its centre as location,
+unit scale and score) or :class:`~d2r.types.ActivationMap` (one row per map cell in
+row-major order, the cell's (column, row) as location, (W', H') as image size).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +45,7 @@ import h5py
 import numpy as np
 
 from d2r.io.atomic import atomic_write_json, fsync_path
-from d2r.types import LocalFeatures
+from d2r.types import ActivationMap, GlobalDescriptors, LocalFeatures
 
 __all__ = ["FeatureStore", "StoreConfigError", "half_to_float32"]
 
@@ -55,6 +62,7 @@ _STR = h5py.string_dtype("utf-8")
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 _MAX_OPEN_SHARDS = 32
 _CATALOG_EVERY = 256  # rewrite the catalog once this many shards are not in it
+StoredValue = LocalFeatures | GlobalDescriptors | ActivationMap
 _OWN_FILES = {_MANIFEST, _MANIFEST + ".tmp", _CATALOG, _CATALOG + ".tmp", _LOCK, _SHARDS}
 
 
@@ -112,6 +120,7 @@ class FeatureStore:
         self._lock_fd: int | None = None
         self._uncataloged = 0
         self._closed = False
+        self._value_type: type = LocalFeatures
 
     # ------------------------------------------------------------------ opening
 
@@ -127,6 +136,7 @@ class FeatureStore:
         shard_entries: int = 1024,
         shard_bytes: int = 64 << 20,
         upgrade: Callable[[Mapping], Mapping] | None = None,
+        value_type: type = LocalFeatures,
     ) -> "FeatureStore":
         """Open the store directory ``path`` for reading (``"r"``) or appending (``"a"``).
 
@@ -143,12 +153,17 @@ class FeatureStore:
             upgrade: applied to the recorded and the given config before they are
                 compared (fills keys an older writer did not record); the recorded
                 config itself is not rewritten.
+            value_type: what :meth:`put` takes and :meth:`get` returns
+                (``LocalFeatures``, ``GlobalDescriptors`` or ``ActivationMap``).
 
         Raises:
             FileNotFoundError: ``mode="r"`` and no store at ``path``.
             StoreConfigError: ``config``, ``dim`` or ``dtype`` differ from the recorded values.
         """
         path = Path(path)
+        if value_type not in _CODECS:
+            raise TypeError(f"a feature store holds LocalFeatures, GlobalDescriptors or "
+                            f"ActivationMap values, not {value_type!r}")
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         if dtype is not None and dtype not in _DTYPES:
@@ -166,11 +181,13 @@ class FeatureStore:
                 raise FileNotFoundError(f"no feature store at {str(path)!r} (missing {_MANIFEST})")
             _check_manifest(path, manifest, canonical, dim, dtype, upgrade)
             store = cls(path, mode, manifest, shard_entries=shard_entries, shard_bytes=shard_bytes)
+            store._value_type = value_type
             store._load_index()
             return store
         lock_fd, manifest = _prepare_for_writing(path, canonical, dim, dtype, upgrade)
         try:
             store = cls(path, mode, manifest, shard_entries=shard_entries, shard_bytes=shard_bytes)
+            store._value_type = value_type
             store._lock_fd = lock_fd
             store._load_index()
             return store
@@ -299,17 +316,17 @@ class FeatureStore:
         """The names (in the given order) that the store does not hold yet."""
         return [n for n in names if n not in self._entries]
 
-    def get(self, name: str) -> LocalFeatures:
-        """Features of image ``name`` with float32 arrays.  Raises ``KeyError`` if absent."""
+    def get(self, name: str) -> StoredValue:
+        """The value of image ``name`` with float32 arrays.  Raises ``KeyError`` if absent."""
         self._check_open()
         entry = self._entries.get(name)
         if entry is None:
             raise KeyError(f"image {name!r} is not in feature store {str(self._path)!r}")
         if entry.shard < 0:
-            return self._buffer[entry.row][1]
-        return self._read(entry.shard, [(name, entry)])[0]
+            return self._decode(self._buffer[entry.row][1])
+        return self._decode(self._read(entry.shard, [(name, entry)])[0])
 
-    def get_many(self, names: Iterable[str]) -> list[LocalFeatures]:
+    def get_many(self, names: Iterable[str]) -> list[StoredValue]:
         """Features of several images, in the given order.
 
         Entries of one shard that lie close together are read with one slice per array.
@@ -330,10 +347,13 @@ class FeatureStore:
                 for i in positions:
                     out[i] = self.get(names[i])
                 continue
-            feats = self._read(shard, [(names[i], self._entries[names[i]]) for i in positions])
-            for i, feat in zip(positions, feats):
-                out[i] = feat
+            rows = self._read(shard, [(names[i], self._entries[names[i]]) for i in positions])
+            for i, table in zip(positions, rows):
+                out[i] = self._decode(table)
         return out  # type: ignore[return-value]
+
+    def _decode(self, table: LocalFeatures) -> StoredValue:
+        return _CODECS[self._value_type][1](table)
 
     def _read(self, shard: int, items: list[tuple[str, _Entry]]) -> list[LocalFeatures]:
         """Read entries of one committed shard; one span read when they are dense enough."""
@@ -378,8 +398,8 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ writing
 
-    def put(self, name: str, features: LocalFeatures) -> None:
-        """Add the features of image ``name``; they become durable at the next commit.
+    def put(self, name: str, value: StoredValue) -> None:
+        """Add the value of image ``name``; it becomes durable at the next commit.
 
         Raises:
             ValueError: bad name, name already stored, or a descriptor dim other
@@ -388,8 +408,10 @@ class FeatureStore:
         self._check_open()
         if self._mode != "a":
             raise PermissionError(f"feature store {str(self._path)!r} is open read-only")
-        if not isinstance(features, LocalFeatures):
-            raise TypeError(f"features of {name!r} must be LocalFeatures, got {type(features).__name__}")
+        if not isinstance(value, self._value_type):
+            raise TypeError(f"{name!r}: feature store {str(self._path)!r} holds "
+                            f"{self._value_type.__name__} values, got {type(value).__name__}")
+        features = _CODECS[self._value_type][0](value)
         _check_name(name)
         if name in self._entries:
             raise ValueError(f"image {name!r} is already in feature store {str(self._path)!r}")
@@ -466,6 +488,77 @@ class FeatureStore:
             f.create_dataset("scales", data=rows("scales", (), np.float32))
             f.create_dataset("scores", data=rows("scores", (), np.float32))
 
+    # ------------------------------------------------------------------ merging
+
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """Whether directory ``path`` holds a feature store (its manifest)."""
+        return (Path(path) / _MANIFEST).is_file()
+
+    def shards(self) -> list[tuple[Path, list[str]]]:
+        """Each committed shard as (its file, the names it holds), in commit order.
+
+        Names are read from the shard files (not the catalog): a name stored in two
+        shards is listed in both.  A store merges another by adopting these files
+        (:meth:`adopt_shard`).
+        """
+        self._check_open()
+        return [(self._shard_path(i), self._read_shard_index(file)[0].tolist())
+                for i, file in enumerate(self._shard_files)]
+
+    def adopt_shard(self, source: "FeatureStore", file: str | os.PathLike) -> list[str]:
+        """Make committed shard ``file`` of store ``source`` the next shard of this store (writer).
+
+        The file is hard-linked under a temporary name (copied and ``fsync``-ed across
+        file systems), then renamed into place: adopting rewrites no feature, and a
+        crash leaves either no shard or the whole one.  Its entries are served at once
+        and enter the catalog at its next write (at the latest on :meth:`close`).
+
+        Returns:
+            The names the shard holds.
+
+        Raises:
+            StoreConfigError: ``source`` records another config, descriptor dim or dtype.
+            ValueError: ``file`` is not a committed shard of ``source``, or holds a name twice
+                or one this store already has (copy those entries with :meth:`put`).
+        """
+        self._check_open()
+        source._check_open()
+        if self._mode != "a":
+            raise PermissionError(f"feature store {str(self._path)!r} is open read-only")
+        dims_differ = None not in (source.dim, self.dim) and source.dim != self.dim
+        if source.config != self.config or source.dtype != self.dtype or dims_differ:
+            raise StoreConfigError(f"feature store {str(source.path)!r} was made with another "
+                                   f"config, dim or dtype than {str(self._path)!r}")
+        file = Path(file)
+        if file.parent != source.path / _SHARDS or not _SHARD_RE.match(file.name) \
+                or not file.is_file():
+            raise ValueError(f"{str(file)!r} is not a committed shard of {str(source.path)!r}")
+        index = source._read_shard_index(file.name)
+        names = index[0].tolist()
+        if len(set(names)) != len(names) or any(n in self._entries for n in names):
+            raise ValueError(f"shard {str(file)!r} holds names twice or names already in "
+                             f"feature store {str(self._path)!r}; copy its new entries instead")
+        if self.dim is None and source.dim is not None:
+            self._manifest["dim"] = source.dim
+            atomic_write_json(self._path / _MANIFEST, self._manifest, durable=True, sort_keys=True)
+        name = self._next_shard_file()
+        final = self._path / _SHARDS / name
+        tmp = final.with_name(name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(file, tmp)
+        except OSError:
+            shutil.copyfile(file, tmp)
+            fsync_path(tmp)
+        os.replace(tmp, final)
+        fsync_path(final.parent)
+        self._add_shard(name, index)
+        self._uncataloged += 1
+        if self._uncataloged >= _CATALOG_EVERY:
+            self._write_catalog()
+        return names
+
     # ---------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
@@ -504,6 +597,42 @@ class FeatureStore:
 
 
 _HALF_TABLE: np.ndarray | None = None
+
+
+def _global_to_rows(value: GlobalDescriptors) -> LocalFeatures:
+    ones = np.ones(len(value), np.float32)
+    return LocalFeatures(value.centres, value.vectors, ones, ones, value.image_size)
+
+
+def _rows_to_global(table: LocalFeatures) -> GlobalDescriptors:
+    return GlobalDescriptors(table.descriptors, table.locations, table.image_size)
+
+
+def _map_to_rows(value: ActivationMap) -> LocalFeatures:
+    h, w, c = value.shape
+    rows, cols = np.divmod(np.arange(h * w), w)
+    ones = np.ones(h * w, np.float32)
+    return LocalFeatures(np.stack([cols, rows], axis=1), value.values.reshape(h * w, c), ones, ones,
+                         (w, h))
+
+
+def _rows_to_map(table: LocalFeatures) -> ActivationMap:
+    w, h = table.image_size
+    if len(table) != w * h:
+        raise ValueError(f"{len(table)} rows cannot be a {w}x{h} activation map")
+    return ActivationMap(table.descriptors.reshape(h, w, table.dim))
+
+
+def _same(table: LocalFeatures) -> LocalFeatures:
+    return table
+
+
+_CODECS: dict[type, tuple[Callable, Callable]] = {
+    LocalFeatures: (_same, _same),
+    GlobalDescriptors: (_global_to_rows, _rows_to_global),
+    ActivationMap: (_map_to_rows, _rows_to_map),
+}
+"""Value type -> (value to row table, row table to value)."""
 
 
 def half_to_float32(values: np.ndarray) -> np.ndarray:

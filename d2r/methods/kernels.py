@@ -1,0 +1,144 @@
+"""The aggregation kernels of the D2R paper as retrieval methods (``aggregation.method``).
+
+==================  =====================================  ==========================
+method              database entry                          index kind
+==================  =====================================  ==========================
+``vlad``            VLAD of the whole image                 ``global`` (K*D floats)
+``asmk``            ASMK of the whole image                 ``inverted`` (float)
+``asmk_star``       ASMK* (binarized) of the whole image    ``inverted`` (binary)
+``r_vlad``          regional VLAD of all regions            ``global``
+``naive_r_asmk``    naive regional ASMK                     ``inverted`` (float)
+``r_asmk``          regional ASMK                           ``inverted`` (float)
+``r_asmk_star``     regional ASMK*                          ``inverted`` (binary)
+==================  =====================================  ==========================
+
+With ``aggregation.regional_search`` an ASMK method indexes each region as its own
+item (``regional`` index) and scores an image by pooling its regions
+(``aggregation.pooling``).  A query is one region aggregated with the method's
+single-region kernel; with one region the regional kernels equal their plain forms.
+Scores of the inverted kernels are normalized by the query's self-similarity and,
+with ``aggregation.database_normalization`` (default), the database item's too.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar, Sequence
+
+from d2r.aggregation import aggregate, aggregate_regions
+from d2r.codebook import Codebook
+from d2r.config import ConfigError
+from d2r.index.global_index import GlobalIndex
+from d2r.index.inverted import InvertedIndex
+from d2r.index.regional import RegionalIndex
+from d2r.methods import register_method
+from d2r.methods.local import LocalMethod
+from d2r.types import AggregatedImage, LocalFeatures, SearchResult
+
+__all__ = ["Vlad", "Asmk", "AsmkStar", "RegionalVlad", "NaiveRegionalAsmk", "RegionalAsmk",
+           "RegionalAsmkStar"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Kernel(LocalMethod):
+    """An aggregation kernel: ``plain`` aggregates one region, ``regional`` all regions at once."""
+
+    plain: ClassVar[str]
+    """The single-region kernel (queries; regional-search items)."""
+    regional: ClassVar[bool] = False
+    """Whether the database entry aggregates all regions together (the ``r_*`` kernels)."""
+    binary: ClassVar[bool] = False
+    inverted: ClassVar[bool] = True
+    """Scored through an inverted file (ASMK family) rather than one dense vector (VLAD)."""
+
+    @property
+    def regional_search(self) -> bool:
+        return bool(self.config.aggregation.regional_search)
+
+    def validate(self) -> None:
+        super().validate()
+        agg = self.config.aggregation
+        if agg.regional_search and self.regional:
+            raise ConfigError(f"aggregation.regional_search indexes regions one by one; use a "
+                              f"plain method (asmk_star, asmk, vlad), not {self.name!r}")
+        if agg.regional_search and not self.inverted:
+            raise ConfigError("aggregation.regional_search needs an ASMK method (the inverted index)")
+        if (agg.regional_search or self.regional) and self.config.regions.source == "none":
+            logger.warning("%s with regions.source=none: every image has only the whole-image "
+                           "region", "regional search" if agg.regional_search else self.name)
+
+    def new_index(self, codebook: Codebook, dim: int):
+        if not self.inverted:
+            return GlobalIndex(codebook.num_words * codebook.dim)
+        cls = RegionalIndex if self.regional_search else InvertedIndex
+        return cls(num_words=codebook.num_words, dim=codebook.dim, binary=self.binary)
+
+    def encode_database(self, regions: Sequence[LocalFeatures], codebook: Codebook
+                        ) -> AggregatedImage | list[AggregatedImage]:
+        """One aggregated image, or one per region with regional search."""
+        words = self.assign(regions, codebook, query=False)
+        descriptors = [r.descriptors for r in regions]
+        if self.regional_search:
+            return [aggregate(d, codebook, self.plain, assignments=a)
+                    for d, a in zip(descriptors, words)]
+        if self.regional:
+            return aggregate_regions(descriptors, codebook, self.name, assignments=words)
+        return aggregate(descriptors[0], codebook, self.plain, assignments=words[0])
+
+    def encode_query(self, features: LocalFeatures, codebook: Codebook) -> AggregatedImage:
+        """The query's features aggregated as a single region."""
+        words = self.assign([features], codebook, query=True)[0]
+        return aggregate(features.descriptors, codebook, self.plain, assignments=words)
+
+    def search_options(self) -> dict:
+        """Keyword options of the index's ``search`` (the selectivity and normalization)."""
+        if not self.inverted:
+            return {}
+        agg = self.config.aggregation
+        options = dict(alpha=agg.alpha, tau=agg.tau,
+                       normalize="both" if agg.database_normalization else "query")
+        if self.regional_search:
+            options["pooling"] = agg.pooling
+        return options
+
+    def search(self, index, queries: Sequence[LocalFeatures], codebook: Codebook, *,
+               k: int) -> SearchResult:
+        encoded = [self.encode_query(q, codebook) for q in queries]
+        return index.search(encoded, k=k, **self.search_options())
+
+
+@register_method
+class Vlad(_Kernel):
+    name, plain, inverted = "vlad", "vlad", False
+
+
+@register_method
+class Asmk(_Kernel):
+    name = plain = "asmk"
+
+
+@register_method
+class AsmkStar(_Kernel):
+    name = plain = "asmk_star"
+    binary = True
+
+
+@register_method
+class RegionalVlad(_Kernel):
+    name, plain, inverted, regional = "r_vlad", "vlad", False, True
+
+
+@register_method
+class NaiveRegionalAsmk(_Kernel):
+    name, plain, regional = "naive_r_asmk", "asmk", True
+
+
+@register_method
+class RegionalAsmk(_Kernel):
+    name, plain, regional = "r_asmk", "asmk", True
+
+
+@register_method
+class RegionalAsmkStar(_Kernel):
+    name, plain, regional, binary = "r_asmk_star", "asmk_star", True, True

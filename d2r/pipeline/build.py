@@ -1,0 +1,159 @@
+"""Build a searchable index from images (the library behind ``python -m d2r.build_index``).
+
+The build is a driver over the registries: the extractor named by
+``features.backend`` fills ``INDEX/features``; the retrieval method selected by
+the config (:func:`d2r.methods.validate`) turns each image's stored features
+into index entries and makes the index they go into; the index is saved under
+``INDEX/search`` and ``index.json`` is written last (:mod:`d2r.index.layout`).
+
+A killed build is restarted with the same command: extracted images are kept,
+a trained codebook is reused, and the search structure (cheap next to
+extraction) is rebuilt and replaced atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from d2r.codebook import Codebook, load_codebook, load_tf_checkpoint, save_codebook, train_codebook
+from d2r.config import Config
+from d2r.features.registry import make_extractor
+from d2r.index.layout import BOXES, FEATURES, MANIFEST, MAPS, SEARCH, codebook_dir, index_record
+from d2r.io.atomic import atomic_write_json
+from d2r.io.feature_store import FeatureStore
+from d2r.methods import validate
+from d2r.pipeline.extraction import extract_to_store, image_regions
+from d2r.sources import ImageSource
+
+__all__ = [
+    "build_index", "indexed_names", "load_or_train_codebook", "sample_descriptors",
+    "encode_batches", "save_index", "finish_build",
+]
+
+logger = logging.getLogger(__name__)
+
+BATCH = 512
+"""Images read from the store and added to the index at once."""
+
+
+def indexed_names(store: FeatureStore, source: ImageSource) -> list[str]:
+    """The images of ``source`` whose features are in ``store``, in source order (not none)."""
+    names = [n for n in source.names if n in store]
+    if not names:
+        raise ValueError(f"no image of the {len(source)} given could be read; see "
+                         f"{store.path / 'skipped.tsv'}")
+    return names
+
+
+def sample_descriptors(features: Sequence, *, max_count: int, seed: int) -> np.ndarray:
+    """Up to ``max_count`` descriptors drawn uniformly without replacement, (N, D) float32."""
+    if not features:
+        raise ValueError("no features to sample descriptors from")
+    stacked = np.concatenate([f.descriptors for f in features])
+    if len(stacked) <= max_count:
+        return stacked
+    rng = np.random.default_rng(seed)
+    return stacked[np.sort(rng.choice(len(stacked), size=max_count, replace=False))]
+
+
+def load_or_train_codebook(
+    config: Config, store: FeatureStore, names: Sequence[str], out: Path
+) -> Codebook:
+    """``config.codebook.path`` if set, else the codebook trained earlier for this config, else train.
+
+    Training samples at most ``num_words * max_points_per_word`` descriptors
+    from a random subset of ``names`` (whole-image features).
+    """
+    opts = config.codebook
+    if opts.path:
+        path = Path(opts.path)
+        codebook = load_codebook(path) if path.is_dir() and (path / "codebook.json").exists() \
+            else load_tf_checkpoint(path)
+    else:
+        folder = codebook_dir(out, config)
+        if (folder / "codebook.json").exists():
+            logger.info("reusing codebook %s", folder)
+            return load_codebook(folder)
+        budget = opts.num_words * opts.max_points_per_word
+        order = np.random.default_rng(opts.seed).permutation(len(names))
+        picked, count = [], 0
+        for i in order:
+            picked.append(store.get(names[i]))
+            count += len(picked[-1])
+            if count >= 2 * budget:
+                break
+        sample = sample_descriptors(picked, max_count=budget, seed=opts.seed)
+        if len(sample) < opts.num_words:
+            raise ValueError(
+                f"codebook.num_words={opts.num_words} but the indexed images have only "
+                f"{len(sample)} descriptors; use a smaller codebook or load one (codebook.path)")
+        logger.info("training a %d-word codebook on %d descriptors", opts.num_words, len(sample))
+        codebook = train_codebook(sample, opts.num_words, seed=opts.seed,
+                                  max_points_per_word=opts.max_points_per_word, niter=opts.niter)
+        save_codebook(codebook, folder)
+    if codebook.dim != store.dim:
+        raise ValueError(f"codebook has {codebook.dim}-D words but the features are "
+                         f"{store.dim}-D ({opts.path or 'trained codebook'})")
+    return codebook
+
+
+def encode_batches(method, config: Config, codebook: Optional[Codebook], store: FeatureStore,
+                   names: Sequence[str], boxes_dir: Path, *, show_progress: Optional[bool] = None):
+    """Yield ``(batch_names, entries)``: the method's index entries of ``names``, BATCH at a time."""
+    for lo in tqdm(range(0, len(names), BATCH), desc="aggregate", unit="batch",
+                   disable=None if show_progress is None else not show_progress):
+        batch = names[lo:lo + BATCH]
+        entries = [method.encode_database(image_regions(config, store, boxes_dir, name, whole),
+                                          codebook)
+                   for name, whole in zip(batch, store.get_many(batch))]
+        yield batch, entries
+
+
+def build_index(config: Config, source: ImageSource, out: str | os.PathLike,
+                *, show_progress: Optional[bool] = None) -> Path:
+    """Extract, train or load the codebook (if the method uses one), encode and index
+    ``source`` into ``out``; returns ``out``."""
+    method = validate(config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    extractor = make_extractor(config)
+    summary = extract_to_store(config, source, out / FEATURES, boxes_dir=out / BOXES,
+                               extractor=extractor, show_progress=show_progress,
+                               maps_path=out / MAPS if method.keeps_maps else None)
+    with FeatureStore.open(out / FEATURES, value_type=extractor.output_type) as store:
+        names = indexed_names(store, source)
+        codebook = load_or_train_codebook(config, store, names, out) \
+            if method.uses_codebook else None
+        index = method.new_index(codebook, store.dim)
+        for batch, entries in encode_batches(method, config, codebook, store, names,
+                                             out / BOXES, show_progress=show_progress):
+            method.add(index, entries, batch)
+        feature_config = store.config
+    record = index_record(config, codebook, out, kind=index.kind, features=feature_config,
+                          num_images=len(names), num_skipped=len(summary.skipped))
+    save_index(index, out, record)
+    return finish_build(out, record, start)
+
+
+def save_index(index, out: Path, record: dict) -> None:
+    """Write the search structure to ``out/search`` (replacing an older one) and note its size."""
+    index.save(out / SEARCH, config=record, overwrite=True)
+    if hasattr(index, "items_per_image"):
+        record["items_per_image"] = float(index.items_per_image)
+
+
+def finish_build(out: Path, record: dict, start: float, *, where: str = "") -> Path:
+    """Write ``index.json`` last, with the build time; the index is then complete."""
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    atomic_write_json(out / MANIFEST, record)
+    logger.info("indexed %d images into %s in %.1f s%s", record["num_images"], out,
+                record["seconds"], where)
+    return out

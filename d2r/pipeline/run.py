@@ -1,0 +1,117 @@
+"""Run queries against an opened index: one image, or every query of a benchmark.
+
+The library behind ``python -m d2r.query``: :func:`run_image` ranks the database
+for one image (with its re-ranked head and inlier counts); :func:`run_dataset`
+runs a whole benchmark, evaluates it and writes ``ranks.npy`` ((Q, N) database
+indices of the dataset, best first), ``scores.npy``, ``metrics.json``,
+``timing.json`` and optionally the visual report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from d2r.datasets.benchmarks import load_benchmark
+from d2r.pipeline.extraction import read_regions
+from d2r.pipeline.searcher import Searcher
+from d2r.report import report_matches, write_report
+from d2r.results import write_metrics
+
+__all__ = ["run_dataset", "run_image"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_image(searcher: Searcher, image: str | os.PathLike,
+              box: Optional[Sequence[float]] = None) -> list[dict]:
+    """Ranked database images for one query image: ``[{"rank", "name", "score", "inliers"}]``."""
+    query = searcher.query(image, box=box)
+    result, reranked = searcher.rerank([query], searcher.search([query.features]),
+                                       workers=os.cpu_count() or 1)
+    rows = []
+    for rank, (image_id, score) in enumerate(zip(result.ids[0], result.scores[0]), 1):
+        if image_id < 0:
+            break
+        row = {"rank": rank, "name": searcher.names[image_id], "score": float(score)}
+        if reranked is not None and rank <= len(reranked[0].inliers):
+            row["inliers"] = int(reranked[0].inliers[rank - 1])
+        rows.append(row)
+    return rows
+
+
+def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | os.PathLike,
+                *, benchmark: str = "auto", rotations: str | os.PathLike | None = None,
+                report: bool = False, distractor_list: str | os.PathLike | None = None,
+                distractor_root: str | os.PathLike | None = None,
+                show_progress: bool | None = None) -> dict:
+    """Run every query of a benchmark; write rankings and metrics to ``out``.
+
+    ``benchmark`` and ``rotations`` select and read it as
+    :func:`d2r.datasets.benchmarks.load_benchmark` does (``"auto"``: from the
+    directory's files); queries are turned upright and cropped to their box.
+    With ``report`` also write the visual report to ``out/report/index.html``;
+    with the distractor list and folder the database is the dataset + R1M.
+
+    Returns:
+        The metrics of :meth:`~d2r.datasets.benchmarks.Benchmark.evaluate`.
+    """
+    dataset = load_benchmark(dataset_dir, kind=benchmark, rotations=rotations,
+                             distractor_list=distractor_list, distractor_root=distractor_root)
+    position = {name: i for i, name in enumerate(dataset.db_names)}
+    missing = [n for n in searcher.names if n not in position]
+    if missing:
+        raise ValueError(f"index {searcher.path} holds {len(missing)} images that are not in the "
+                         f"database of {dataset_dir} (e.g. {missing[0]!r})")
+    to_dataset = np.array([position[n] for n in searcher.names] + [-1], np.int64)
+    t0 = time.perf_counter()
+    queries = [searcher.query(dataset.query_path(i), box=dataset.query_box(i),
+                              rotation=dataset.query_rotation(i))
+               for i in tqdm(range(dataset.num_queries), desc="query features", unit="img",
+                             disable=None if show_progress is None else not show_progress)]
+    t1 = time.perf_counter()
+    features = [q.features for q in queries]
+    initial = searcher.search(features, k=len(searcher.names))
+    t2 = time.perf_counter()
+    result, reranked = searcher.rerank(queries, initial, workers=os.cpu_count() or 1)
+    t3 = time.perf_counter()
+    ranks = to_dataset[result.ids]
+    metrics = dataset.evaluate(ranks)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "ranks.npy", ranks)
+    np.save(out / "scores.npy", result.scores)
+    write_metrics(metrics, out)
+    timing = {
+        "queries": dataset.num_queries,
+        "extract_s_per_query": (t1 - t0) / max(1, dataset.num_queries),
+        "search_s_per_query": (t2 - t1) / max(1, dataset.num_queries),
+        "rerank_s_per_query": (t3 - t2) / max(1, dataset.num_queries),
+    }
+    (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    if report:
+        _write_report(searcher, dataset, ranks, metrics, features, reranked, to_dataset, out)
+    return metrics
+
+
+def _write_report(searcher, dataset, ranks, metrics, queries, reranked, to_dataset, out) -> None:
+    """The visual report of a dataset run (inlier matches of re-ranked pairs, regions if any)."""
+    verification = None
+    if reranked is not None:
+        matches = report_matches(reranked, queries, searcher.database_features)
+        verification = {(q, int(to_dataset[i])): pair for (q, i), pair in matches.items()}
+    regions = None
+    if searcher.config.regions.source != "none":
+        regions = {int(to_dataset[i]): read_regions(
+            searcher.path / "boxes", name, searcher.database_features(i).image_size)
+            for i, name in enumerate(searcher.names)}
+    page = write_report(out / "report", dataset=dataset, ranks=ranks, metrics=metrics,
+                        regions=regions, verification=verification)
+    logger.info("report written to %s", page)

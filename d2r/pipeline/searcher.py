@@ -1,0 +1,224 @@
+"""An opened index directory that answers queries (used by ``python -m d2r.query``).
+
+A :class:`Searcher` reads ``index.json``, refuses an index whose codebook or
+format does not match its record, extracts query features with the extractor
+the index was built with (refusing a different one), and hands searching and
+re-ranking to the index's retrieval method (:mod:`d2r.methods`).  It serves the
+method what it needs at query time: the database features (held in memory
+after their first use) and the stored activation maps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from d2r.codebook import load_codebook, load_tf_checkpoint
+from d2r.config import (
+    Config,
+    ConfigError,
+    diff_configs,
+    from_dict,
+    merge_values,
+    parse_override,
+    to_dict,
+    upgrade_record,
+)
+from d2r.features.registry import comparable_extractor_config, make_extractor
+from d2r.index.layout import FEATURES, MAPS, SEARCH, IndexMismatchError, read_manifest
+from d2r.index.registry import index_class
+from d2r.io.feature_store import FeatureStore
+from d2r.io.images import load_image_with_info
+from d2r.methods import validate
+from d2r.pipeline.extraction import image_features, image_features_and_map
+from d2r.types import ActivationMap, SearchResult
+
+__all__ = ["IndexMismatchError", "QUERY_TIME_KEYS", "Query", "Searcher"]
+
+logger = logging.getLogger(__name__)
+
+QUERY_TIME_KEYS = (
+    "search.", "verification.", "aggregation.alpha", "aggregation.tau",
+    "aggregation.num_assignments_query", "aggregation.pooling",
+    "aggregation.database_normalization",
+)
+"""Config keys that may differ from the index's at query time; everything else is fixed."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query: its features and, when the method re-ranks with maps, its activation map.
+
+    Attributes:
+        features: what the method searches with (:class:`~d2r.types.LocalFeatures`, or
+            :class:`~d2r.types.GlobalDescriptors` of a CNN baseline).
+        activation_map: the query (crop)'s :class:`~d2r.types.ActivationMap`; None unless
+            the method uses maps (AML re-ranking).
+    """
+
+    features: Any
+    activation_map: Optional[ActivationMap] = None
+
+
+class _StoredMaps:
+    """Database activation maps by image id ((H', W', C) float32), read on access."""
+
+    def __init__(self, store: FeatureStore, names: Sequence[str]) -> None:
+        self.store, self.names = store, names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, image_id: int):
+        return self.store.get(self.names[image_id]).values
+
+
+class Searcher:
+    """Query an index built by :func:`d2r.pipeline.build.build_index`.
+
+    Args:
+        path: the index directory.
+        overrides: ``"a.b=c"`` strings changing query-time settings
+            (:data:`QUERY_TIME_KEYS`); other keys are refused.
+        mmap: memory-map the index arrays.
+        shards: search this sharded directory (``shards.json``, one Ray actor per shard)
+            instead of ``INDEX/search``; by default an index built with shards and no
+            ``search/`` is searched through its ``INDEX/shards``.
+        shard_options: keyword arguments of :class:`d2r.distributed.ShardedIndex`
+            (``address``, ``num_cpus_per_shard``, ...).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, overrides: Sequence[str] = (),
+                 mmap: bool = True, shards: Optional[str | os.PathLike] = None,
+                 shard_options: Optional[dict] = None) -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        built = upgrade_record(self.manifest["config"])
+        values = built
+        for text in overrides:
+            values = merge_values(values, parse_override(text))
+        self.config: Config = from_dict(values)
+        fixed = [d for d in diff_configs(built, to_dict(self.config))
+                 if not d.startswith(QUERY_TIME_KEYS)]
+        if fixed:
+            raise ConfigError(f"index {self.path} was built with other values; these cannot "
+                              f"change at query time: {'; '.join(fixed)}")
+        self.method = validate(self.config)
+        self.codebook = self._load_codebook(self.manifest["codebook"])
+        self.index = self._open_index(shards, mmap, shard_options or {})
+        self.names: tuple[str, ...] = tuple(self.index.names)
+        self._extractor = None
+        self._store: Optional[FeatureStore] = None
+        self._maps: Optional[FeatureStore] = None
+        self._db_features: dict[int, Any] = {}
+        if self.method.uses_maps and not (self.path / MAPS).is_dir():
+            raise ConfigError(f"search.aml_rerank needs the database activation maps, but index "
+                              f"{self.path} was built without them (features.cnn.store_maps=false)")
+
+    def _open_index(self, shards: Optional[str | os.PathLike], mmap: bool, shard_options: dict):
+        """``INDEX/search``, or the sharded index (Ray actors) at ``shards`` / ``INDEX/shards``."""
+        kind = self.manifest["kind"]
+        record = self.manifest.get("shards")
+        if shards is None and record and not (self.path / SEARCH).is_dir():
+            shards = self.path / record["path"]
+        if shards is None:
+            return index_class(kind).load(self.path / SEARCH, mmap=mmap)
+        if self.codebook is None:
+            raise IndexMismatchError(f"sharded search serves codebook indexes (local features); "
+                                     f"index {self.path} holds CNN descriptors")
+        from d2r.distributed.shards import ShardedIndex
+
+        index = ShardedIndex(shards, mmap=mmap, **shard_options)
+        if index.kind != kind:
+            index.close()
+            raise IndexMismatchError(f"{shards} holds a {index.kind} index, {self.path} was "
+                                     f"built as {kind}")
+        return index
+
+    def _load_codebook(self, record: Optional[dict]):
+        """The index's codebook, checked against its recorded hash (None without one)."""
+        if record is None:
+            return None
+        location = self.path / record["path"]
+        codebook = load_codebook(location) if (location / "codebook.json").exists() \
+            else load_tf_checkpoint(location)
+        if codebook.sha256 != record["sha256"]:
+            raise IndexMismatchError(f"codebook {location} is not the one index {self.path} was "
+                                     f"built with (sha256 {codebook.sha256[:12]} != "
+                                     f"{record['sha256'][:12]})")
+        return codebook
+
+    @property
+    def extractor(self):
+        """The feature extractor of the index (refuses one configured differently)."""
+        if self._extractor is None:
+            extractor = make_extractor(self.config)
+            mismatch = diff_configs(comparable_extractor_config(self.manifest["features"]["extractor"]),
+                                    comparable_extractor_config(extractor.config()))
+            if mismatch:
+                raise IndexMismatchError(f"the configured extractor differs from the one that "
+                                         f"built {self.path}: {'; '.join(mismatch)}")
+            self._extractor = extractor
+        return self._extractor
+
+    def image_features(self, image_path: str | os.PathLike,
+                       box: Optional[Sequence[float]] = None, *, rotation: int = 0):
+        """Features of an image file, turned ``rotation`` degrees clockwise (a multiple of
+        90), then cropped to ``box`` (x1, y1, x2, y2 pixels of the turned image)."""
+        return self.query(image_path, box, rotation=rotation).features
+
+    def query(self, image_path: str | os.PathLike, box: Optional[Sequence[float]] = None, *,
+              rotation: int = 0) -> Query:
+        """A :class:`Query` of an image file (turned and cropped as in :meth:`image_features`),
+        with the activation map when the method uses maps."""
+        images = self.config.images
+        loaded = load_image_with_info(image_path, max_side=images.max_side,
+                                      max_pixels=images.max_pixels).rotated(rotation)
+        if not self.method.uses_maps:
+            return Query(image_features(self.extractor, loaded, box=box))
+        return Query(*image_features_and_map(self.extractor, loaded, box=box))
+
+    def search(self, queries: Sequence[Any], *, k: Optional[int] = None) -> SearchResult:
+        """Top-``k`` (default ``search.top_k``) database images per query features, best first."""
+        k = self.config.search.top_k if k is None else k
+        return self.method.search(self.index, queries, self.codebook, k=k)
+
+    def rerank(self, queries: Sequence[Query], result: SearchResult, *,
+               workers: int = 1) -> tuple[SearchResult, Optional[list]]:
+        """The method's re-ranking of the head of ``result`` (spatial verification, AML, or
+        none) and its per-query details (spatial verification: the
+        :class:`~d2r.verification.RerankResult` of each query; else None)."""
+        return self.method.rerank(self, queries, result, workers=workers)
+
+    def database_features(self, image_id: int):
+        """Whole-image features of database image ``image_id``, cached in memory."""
+        feats = self._db_features.get(image_id)
+        if feats is None:
+            if self._store is None:
+                self._store = FeatureStore.open(self.path / FEATURES,
+                                                value_type=self.method.input_type)
+            feats = self._db_features[image_id] = self._store.get(self.names[image_id])
+        return feats
+
+    def database_maps(self) -> _StoredMaps:
+        """The stored activation maps by image id (a lazy sequence of (H', W', C) arrays)."""
+        if self._maps is None:
+            self._maps = FeatureStore.open(self.path / MAPS, value_type=ActivationMap)
+        return _StoredMaps(self._maps, self.names)
+
+    def close(self) -> None:
+        for store in (self._store, self._maps):
+            if store is not None:
+                store.close()
+        self._store = self._maps = None
+        if hasattr(self.index, "close"):
+            self.index.close()
+
+    def __enter__(self) -> "Searcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
