@@ -60,6 +60,11 @@ def old_index(tiny_dataset, tmp_path):
     manifest["config"] = _drop_new_keys(manifest["config"])
     manifest["features"] = _drop_new_keys(manifest["features"])
     (out / "index.json").write_text(json.dumps(manifest))
+    search_manifest_file = out / manifest["search"] / "manifest.json"
+    search_manifest = json.loads(search_manifest_file.read_text())
+    for key in ("config", "features"):  # the search structure records the same build
+        search_manifest["config"][key] = manifest[key]
+    search_manifest_file.write_text(json.dumps(search_manifest))
     store_manifest = json.loads((out / "features" / "manifest.json").read_text())
     store_manifest["config"] = _drop_new_keys(store_manifest["config"])
     (out / "features" / "manifest.json").write_text(json.dumps(store_manifest))

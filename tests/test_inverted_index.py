@@ -431,9 +431,9 @@ def test_verify_detects_hash_mismatch(saved):
     data = bytearray(ids.read_bytes())
     data[-1] ^= 0xFF
     ids.write_bytes(bytes(data))
-    InvertedIndex.load(path)  # sizes still match: only verify reads every byte
-    with pytest.raises(IndexFormatError, match="image_ids.npy does not match the sha256"):
-        InvertedIndex.load(path, verify=True)
+    for verify in (False, True):  # a small array is hashed at every open
+        with pytest.raises(IndexFormatError, match="image_ids.npy does not match the sha256"):
+            InvertedIndex.load(path, verify=verify)
 
 
 def test_load_rejects_shape_mismatch(saved):

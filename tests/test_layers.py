@@ -30,7 +30,7 @@ CORE = [
 imports TensorFlow only when a model is built)."""
 
 CLI_MODULES = {"d2r.cli", "d2r.extract", "d2r.build_index", "d2r.query", "d2r.evaluate",
-               "d2r.demo", "d2r.global_.learn"}
+               "d2r.demo", "d2r.global_.learn", "d2r.verify"}
 """Command-line entry modules (``python -m ...``) and their argparse helpers."""
 
 

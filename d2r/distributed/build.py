@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -47,10 +46,16 @@ from d2r.distributed.shards import (
     shard_record,
     write_shards_manifest,
 )
-from d2r.index.layout import BOXES, FEATURES, SEARCH, index_record
+from d2r.index.layout import BOXES, FEATURES, index_record
 from d2r.io.feature_store import FeatureStore
 from d2r.methods import make_method, validate
-from d2r.pipeline.build import finish_build, indexed_names, load_or_train_codebook, save_index
+from d2r.pipeline.build import (
+    finish_build,
+    indexed_names,
+    load_or_train_codebook,
+    save_index,
+    start_build,
+)
 from d2r.pipeline.extraction import image_regions
 from d2r.sources import ImageSource
 
@@ -161,7 +166,7 @@ def build_index_ray(
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    start_build(out)
     start = time.perf_counter()
     summary = run_extract_ray(
         config, source, out / FEATURES, boxes_dir=out / BOXES, address=address,
@@ -238,9 +243,6 @@ class _IndexWriter:
         write_shards_manifest(self.shard_dir, kind=record["kind"], bounds=self.bounds,
                               config=record)
         remove_extra_shards(self.shard_dir, count)
-        if (out / SEARCH).exists():
-            logger.warning("removing %s left by an unsharded build", out / SEARCH)
-            shutil.rmtree(out / SEARCH)
         record["shards"] = {"path": "shards", "count": int(count)}
         if hasattr(self.index, "items_per_image"):
             record["items_per_image"] = self.items / self.images

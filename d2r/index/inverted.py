@@ -719,6 +719,11 @@ class InvertedIndex:
         offsets = arrays["offsets"]
         if offsets[0] != 0 or offsets[-1] != num_postings or np.any(np.diff(offsets) < 0):
             raise IndexFormatError(f"{where}/offsets.npy is not a valid CSR offset array")
+        lengths = arrays["item_lengths"]
+        if num_items and (lengths.min() < 0 or lengths.max() > index.num_words
+                          or int(lengths.sum(dtype=np.int64)) != num_postings):
+            raise IndexFormatError(f"{where}/item_lengths.npy: every item must hold 0..K words, "
+                                   f"{num_postings} in total")
         if len(names) not in (0, num_items):
             raise IndexFormatError(f"{where}/names.json has {len(names)} names for {num_items} items")
         index._csr = _Run(offsets, arrays["image_ids"], arrays[index._payload_name])

@@ -6,15 +6,36 @@
     INDEX/maps/         activation maps for AML re-ranking (when the method keeps them)
     INDEX/boxes/        regions per image as .boxes files (when regions are used)
     INDEX/codebooks/    trained codebooks, one folder per codebook config
-    INDEX/search/       the search structure (an :class:`~d2r.index.registry.Index`)
-    INDEX/index.json    manifest: resolved config, codebook hash, feature config, counts
+    INDEX/gen-<id>/search/  the search structure (an :class:`~d2r.index.registry.Index`)
+                        of one generation
+    INDEX/search        a symbolic link to the current generation's search structure
+                        (for people and scripts; d2r itself follows ``index.json``)
+    INDEX/index.json    manifest: resolved config, codebook hash, feature config, counts,
+                        and ``"search"``: where the current generation's structure is
+
+**Generations.**  A build writes its search structure into a new ``gen-<id>``
+directory, then replaces ``index.json`` (one atomic, fsync'd rename): that rename is
+the moment the new index becomes current.  A kill before it leaves the old index
+(``index.json`` still names the old generation), a kill after it the new one.
+Generations no ``index.json`` names, and the temporary files an interrupted write
+left, are removed by the next build (:func:`retire_generations`).  Indexes of earlier
+releases keep their structure in a real ``search/`` directory and no ``"search"``
+key; they open as before and a rebuild turns them into generations.
+
+**Ownership.**  A build writes only into an empty (or new) directory or into a d2r
+index (:func:`check_output_dir`), and inside it removes only what its own names
+match: ``gen-*``, ``.gen-*``, ``.search*.tmp-*`` / ``.old-*`` and a ``search``
+directory of an earlier release.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,8 +45,11 @@ from d2r.config import Config, to_dict
 __all__ = [
     "MANIFEST", "FEATURES", "MAPS", "BOXES", "SEARCH", "FORMAT", "VERSION",
     "IndexMismatchError", "IndexManifestError", "codebook_dir", "index_record", "read_manifest",
-    "read_versioned_json",
+    "read_versioned_json", "new_generation", "search_dir", "retire_generations",
+    "check_output_dir",
 ]
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "index.json"
 FEATURES = "features"
@@ -96,3 +120,89 @@ def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
         Path(index_dir) / MANIFEST, format=FORMAT, version=VERSION, error=IndexManifestError,
         missing=f"{Path(index_dir)} is not a d2r index (no {MANIFEST}); was the build "
                 "interrupted? Run build_index again")
+
+
+GENERATION_PREFIX = "gen-"
+
+
+def new_generation(out: Path) -> str:
+    """A fresh generation name inside index directory ``out`` (``gen-<12 hex>``)."""
+    while True:
+        name = f"{GENERATION_PREFIX}{uuid.uuid4().hex[:12]}"
+        if not (out / name).exists():
+            return name
+
+
+def search_dir(index_dir: Path, manifest: dict[str, Any]) -> Path:
+    """The current search structure of an index: ``manifest["search"]`` (a generation) or
+    ``search/`` (indexes of earlier releases).  Refuses a path leaving the index."""
+    relative = manifest.get("search", SEARCH)
+    path = Path(str(relative))
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise IndexManifestError(f"{index_dir / MANIFEST}: 'search' must be a path inside the "
+                                 f"index, got {relative!r}")
+    return index_dir / path
+
+
+def _owned_leftover(entry: Path, keep: set[str]) -> bool:
+    """Whether ``entry`` (a child of an index directory) is a d2r search structure or a
+    temporary file of one that the current manifest does not use."""
+    name = entry.name
+    if name in keep:
+        return False
+    if name.startswith(GENERATION_PREFIX) or name.startswith("." + GENERATION_PREFIX):
+        return True
+    return name.startswith(".search") and (".tmp-" in name or ".old-" in name)
+
+
+def retire_generations(out: Path, manifest: dict[str, Any]) -> None:
+    """Remove what the current manifest does not use: other generations, leftovers of
+    interrupted writes, a ``search/`` directory of an earlier release; point the
+    ``search`` link at the current structure."""
+    link = out / SEARCH
+    if "search" not in manifest and manifest.get("shards"):
+        current = None  # a sharded index: no single search structure
+        keep: set[str] = set()
+    else:
+        current = search_dir(out, manifest)
+        keep = {current.relative_to(out).parts[0]}
+    for entry in out.iterdir():
+        if _owned_leftover(entry, keep):
+            logger.info("removing %s (not part of the current index)", entry)
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    if current == link:
+        return
+    if link.is_symlink():
+        link.unlink()
+    if current is None:
+        if link.is_dir():
+            logger.warning("removing %s left by an unsharded build", link)
+            shutil.rmtree(link)
+        return
+    if link.is_dir():
+        shutil.rmtree(link)
+    temporary = out / f".search.tmp-link-{uuid.uuid4().hex[:8]}"
+    os.symlink(current.relative_to(out), temporary)
+    os.replace(temporary, link)
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse to build into ``out`` unless it is new, empty, or a d2r index (complete or
+    interrupted): d2r never overwrites or deletes files it did not write."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise IndexManifestError(f"--out {out} is a file, not a directory")
+    if not any(out.iterdir()):
+        return
+    if (out / MANIFEST).exists():
+        try:
+            read_manifest(out)
+            return
+        except IndexManifestError as exc:
+            raise IndexManifestError(f"--out {out} holds an {MANIFEST} that d2r did not write "
+                                     f"({exc}); build into a new or empty directory") from None
+    if (out / FEATURES / "manifest.json").exists():
+        return  # an interrupted build: its feature store is continued (and checked)
+    raise IndexManifestError(f"--out {out} is not empty and is not a d2r index; build into a "
+                             f"new or empty directory (d2r does not overwrite other files)")

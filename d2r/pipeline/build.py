@@ -25,7 +25,20 @@ from tqdm import tqdm
 from d2r.codebook import Codebook, load_codebook, load_tf_checkpoint, save_codebook, train_codebook
 from d2r.config import Config
 from d2r.features.registry import make_extractor
-from d2r.index.layout import BOXES, FEATURES, MANIFEST, MAPS, SEARCH, codebook_dir, index_record
+from d2r.index.layout import (
+    BOXES,
+    FEATURES,
+    MANIFEST,
+    MAPS,
+    SEARCH,
+    check_output_dir,
+    codebook_dir,
+    index_record,
+    new_generation,
+    read_manifest,
+    retire_generations,
+)
+from d2r.io.crash import crash_point
 from d2r.io.atomic import atomic_write_json
 from d2r.io.feature_store import FeatureStore
 from d2r.methods import validate
@@ -34,7 +47,7 @@ from d2r.sources import ImageSource
 
 __all__ = [
     "build_index", "indexed_names", "load_or_train_codebook", "sample_descriptors",
-    "encode_batches", "save_index", "finish_build",
+    "encode_batches", "start_build", "save_index", "finish_build",
 ]
 
 logger = logging.getLogger(__name__)
@@ -122,16 +135,18 @@ def build_index(config: Config, source: ImageSource, out: str | os.PathLike,
     ``source`` into ``out``; returns ``out``."""
     method = validate(config)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    start_build(out)
     start = time.perf_counter()
     extractor = make_extractor(config)
     summary = extract_to_store(config, source, out / FEATURES, boxes_dir=out / BOXES,
                                extractor=extractor, show_progress=show_progress,
                                maps_path=out / MAPS if method.keeps_maps else None)
+    crash_point("extracted")
     with FeatureStore.open(out / FEATURES, value_type=extractor.output_type) as store:
         names = indexed_names(store, source)
         codebook = load_or_train_codebook(config, store, names, out) \
             if method.uses_codebook else None
+        crash_point("codebook")
         index = method.new_index(codebook, store.dim)
         for batch, entries in encode_batches(method, config, codebook, store, names,
                                              out / BOXES, show_progress=show_progress):
@@ -143,17 +158,32 @@ def build_index(config: Config, source: ImageSource, out: str | os.PathLike,
     return finish_build(out, record, start)
 
 
+def start_build(out: Path) -> None:
+    """Refuse a directory d2r did not write, create ``out``, and remove what an interrupted
+    build left (generations the manifest does not name, temporary files)."""
+    check_output_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).exists():
+        retire_generations(out, read_manifest(out))
+
+
 def save_index(index, out: Path, record: dict) -> None:
-    """Write the search structure to ``out/search`` (replacing an older one) and note its size."""
-    index.save(out / SEARCH, config=record, overwrite=True)
+    """Write the search structure into a new generation of ``out`` (named in ``record``,
+    not yet current) and note its size."""
+    record["search"] = f"{new_generation(out)}/{SEARCH}"
+    index.save(out / record["search"], config=record)
     if hasattr(index, "items_per_image"):
         record["items_per_image"] = float(index.items_per_image)
+    crash_point("search-saved")
 
 
 def finish_build(out: Path, record: dict, start: float, *, where: str = "") -> Path:
-    """Write ``index.json`` last, with the build time; the index is then complete."""
+    """Make the build current: write ``index.json`` (one atomic, fsync'd rename; the commit
+    point), then remove the previous generation."""
     record["seconds"] = round(time.perf_counter() - start, 3)
-    atomic_write_json(out / MANIFEST, record)
+    atomic_write_json(out / MANIFEST, record, durable=True)
+    crash_point("committed")
+    retire_generations(out, record)
     logger.info("indexed %d images into %s in %.1f s%s", record["num_images"], out,
                 record["seconds"], where)
     return out

@@ -28,7 +28,7 @@ from d2r.config import (
     upgrade_record,
 )
 from d2r.features.registry import comparable_extractor_config, make_extractor
-from d2r.index.layout import FEATURES, MAPS, SEARCH, IndexMismatchError, read_manifest
+from d2r.index.layout import FEATURES, MANIFEST, MAPS, IndexMismatchError, read_manifest, search_dir
 from d2r.index.registry import index_class
 from d2r.io.feature_store import FeatureStore
 from d2r.io.images import load_image_with_info
@@ -122,10 +122,16 @@ class Searcher:
         """``INDEX/search``, or the sharded index (Ray actors) at ``shards`` / ``INDEX/shards``."""
         kind = self.manifest["kind"]
         record = self.manifest.get("shards")
-        if shards is None and record and not (self.path / SEARCH).is_dir():
+        location = search_dir(self.path, self.manifest)
+        if shards is None and record and not location.is_dir():
             shards = self.path / record["path"]
         if shards is None:
-            return index_class(kind).load(self.path / SEARCH, mmap=mmap)
+            if not location.is_dir():
+                raise IndexMismatchError(f"index {self.path}: its search structure {location} "
+                                         f"is missing; rebuild the index")
+            index = index_class(kind).load(location, mmap=mmap)
+            self._check_binding(index, location)
+            return index
         if self.codebook is None:
             raise IndexMismatchError(f"sharded search serves codebook indexes (local features); "
                                      f"index {self.path} holds CNN descriptors")
@@ -138,11 +144,35 @@ class Searcher:
                                      f"built as {kind}")
         return index
 
+    _UNBOUND_KEYS = ("seconds", "items_per_image", "shards")
+    """``index.json`` keys written after the search structure (not in its manifest)."""
+
+    def _check_binding(self, index, location: Path) -> None:
+        """Refuse an ``index.json`` that does not describe the structure at ``location``:
+        both record the same build (config, codebook, features, counts)."""
+        def comparable(record: dict) -> dict:  # keys added since an older d2r filled in
+            out = {k: v for k, v in record.items() if k not in self._UNBOUND_KEYS}
+            out["config"] = upgrade_record(out.get("config", {}))
+            return out
+
+        recorded, expected = comparable(index.config), comparable(self.manifest)
+        if recorded != expected or len(index) != self.manifest.get("num_images"):
+            keys = sorted(k for k in set(recorded) | set(expected)
+                          if recorded.get(k) != expected.get(k))
+            details = diff_configs(expected.get("config", {}), recorded.get("config", {}))
+            raise IndexMismatchError(
+                f"{self.path / MANIFEST} and {location / 'manifest.json'} disagree "
+                f"({'; '.join(details) or ', '.join(keys) or 'image count'}): the index was "
+                f"edited or mixed from two builds; rebuild it")
+
     def _load_codebook(self, record: Optional[dict]):
         """The index's codebook, checked against its recorded hash (None without one)."""
         if record is None:
             return None
         location = self.path / record["path"]
+        if not location.exists() and not location.with_name(location.name + ".index").exists():
+            raise IndexMismatchError(f"codebook {location} of index {self.path} is missing; "
+                                     f"rebuild the index")
         codebook = load_codebook(location) if (location / "codebook.json").exists() \
             else load_tf_checkpoint(location)
         if codebook.sha256 != record["sha256"]:
@@ -198,10 +228,20 @@ class Searcher:
         feats = self._db_features.get(image_id)
         if feats is None:
             if self._store is None:
-                self._store = FeatureStore.open(self.path / FEATURES,
-                                                value_type=self.method.input_type)
+                self._store = self._open_features()
             feats = self._db_features[image_id] = self._store.get(self.names[image_id])
         return feats
+
+    def _open_features(self) -> FeatureStore:
+        """The index's feature store, refused unless it holds every indexed image."""
+        store = FeatureStore.open(self.path / FEATURES, value_type=self.method.input_type)
+        missing = [name for name in self.names if name not in store]
+        if missing:
+            store.close()
+            raise IndexMismatchError(f"feature store {self.path / FEATURES} lacks {len(missing)} "
+                                     f"indexed images (e.g. {missing[0]!r}): its files were "
+                                     f"removed or damaged; rebuild the index")
+        return store
 
     def database_maps(self) -> _StoredMaps:
         """The stored activation maps by image id (a lazy sequence of (H', W', C) arrays)."""

@@ -1,0 +1,41 @@
+"""Verify an index: ``python -m d2r.verify INDEX [INDEX ...]``.
+
+Hashes every array and record of the search structure against its manifest, checks
+that ``index.json``, the search structure, the codebook and the feature store belong
+to the same build, and prints ``OK`` or one line per bad file.  Exit status 0 when
+every index is sound, 1 otherwise.  Reads every byte of the search structure
+(about 1 s per 1.5 GB); an ordinary open checks only the small files and the arrays
+changed since their last verification (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from d2r import cli
+from d2r.pipeline.verify import verify_index
+
+__all__ = ["main"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m d2r.verify", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("indexes", nargs="+", metavar="INDEX", help="index directories")
+    cli.add_common_args(parser)
+    args = cli.parse(parser, argv)
+    status = 0
+    for index in args.indexes:
+        problems = verify_index(index)
+        for problem in problems:
+            print(f"BAD: {problem}")
+        if problems:
+            status = 1
+        else:
+            print(f"OK: {index}")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
