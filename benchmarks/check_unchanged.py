@@ -108,6 +108,10 @@ CNN_CASES = tuple(
 )
 
 
+BOOKKEEPING = {".verified.json"}
+"""Files of an index that record when its arrays were last hashed, not what they hold."""
+
+
 class CommandFailed(RuntimeError):
     """A d2r subprocess exited with an error."""
 
@@ -203,8 +207,9 @@ def compare_file(old: Path, new: Path, label: str) -> list[str]:
 def compare_dir(old: Path, new: Path, label: str, compared) -> list[str]:
     """Differences between two directories: their lists of files, then every file for
     which ``compared(relative_path)`` is true."""
-    def listing(root: Path) -> set[str]:
-        return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    def listing(root: Path) -> set[str]:  # not the bookkeeping of verified arrays
+        return {p.relative_to(root).as_posix() for p in root.rglob("*")
+                if p.is_file() and p.name not in BOOKKEEPING}
 
     old_files, new_files = listing(old), listing(new)
     diffs = [f"{label}/{name}: only in old" for name in sorted(old_files - new_files)]

@@ -46,8 +46,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         out = build_index(config, source, args.out)
     manifest = read_manifest(out)
+    notes = [f"{manifest[key]} {what}" for key, what in (
+        ("num_skipped", "skipped"), ("num_featureless", "without features"))
+        if manifest.get(key)]
+    report = f"; {', '.join(notes)}: see {out / 'features' / 'skipped.tsv'}" if notes else ""
     print(f"indexed {manifest['num_images']} images ({manifest['kind']}, {method_name(config)}) "
-          f"-> {out}")
+          f"-> {out}{report}")
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from d2r.config import Config, available_presets, load_config
 from d2r.datasets.benchmarks import BENCHMARKS
+from d2r.methods import validate
 from d2r.sources import ImageSource
 
 __all__ = [
@@ -64,7 +65,11 @@ def add_config_args(parser: argparse.ArgumentParser, *, default_preset: Optional
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.config, files=args.config_file, overrides=args.overrides)
+    """The config of ``--config`` / ``--config-file`` / ``--set``, validated (ranges, names,
+    combinations) before any work starts."""
+    config = load_config(args.config, files=args.config_file, overrides=args.overrides)
+    validate(config)
+    return config
 
 
 def add_source_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Literal, Mapping, Optional
 import yaml
 
 __all__ = [
+    "RANGES",
+    "check_ranges",
     "ConfigError",
     "ImagesConfig",
     "RootSiftConfig",
@@ -460,3 +462,69 @@ def diff_configs(expected: Mapping, actual: Mapping, prefix: str = "") -> list[s
         elif a != b:
             out.append(f"{dotted}: {a!r} != {b!r}")
     return out
+
+
+RANGES: dict[str, str] = {
+    "images.max_side": "[16, inf)",
+    "images.max_pixels": "[1, inf)",
+    "features.rootsift.max_features": "[1, inf)",
+    "features.rootsift.contrast_threshold": "[0, inf)",
+    "features.rootsift.edge_threshold": "(0, inf)",
+    "features.rootsift.pca_dim": "[1, 128]",
+    "features.delf.scales": "(0, 16]",
+    "features.delf.score_threshold": "[0, inf)",
+    "features.delf.max_features": "[1, inf)",
+    "features.delf.pca_dim": "[1, 2048]",
+    "features.cnn.seed": "[0, inf)",
+    "features.cnn.levels": "[1, 10]",
+    "features.cnn.gem_p": "(0, inf)",
+    "features.cnn.resolutions": "[16, 8192]",
+    "features.cnn.cam_threshold": "[0, inf)",
+    "features.cnn.regional_clusters": "[1, 8]",
+    "features.cnn.salient_max": "[1, inf)",
+    "features.cnn.salient_min": "[1, inf)",
+    "regions.score_threshold": "[0, 1]",
+    "regions.max_boxes": "[0, inf)",
+    "regions.grid_levels": "[1, 8]",
+    "regions.selective_search_max_side": "[16, inf)",
+    "codebook.num_words": "[1, inf)",
+    "codebook.seed": "[0, inf)",
+    "codebook.max_points_per_word": "[1, inf)",
+    "codebook.niter": "[1, inf)",
+    "aggregation.num_assignments_db": "[1, inf)",
+    "aggregation.num_assignments_query": "[1, inf)",
+    "aggregation.alpha": "(0, inf)",
+    "aggregation.tau": "[-1, 1)",
+    "search.top_k": "[1, inf)",
+    "search.query_expansion": "[0, inf)",
+    "search.aml_rerank": "[0, inf)",
+    "search.aml_levels": "[2, inf)",
+    "verification.rerank": "[0, inf)",
+    "verification.descriptor_threshold": "(0, inf)",
+    "verification.ratio_test": "(0, 1]",
+    "verification.ransac_threshold": "(0, inf)",
+    "verification.max_trials": "[1, inf)",
+    "verification.min_inliers": "[0, inf)",
+}
+"""The declared range of every numeric setting, in interval notation (``[`` / ``]``
+inclusive, ``(`` / ``)`` exclusive); a null optional value is not checked, a tuple
+value is checked element by element.  :func:`check_ranges` applies it."""
+
+
+def _in_range(value: float, spec: str) -> bool:
+    low, high = (float(v) for v in spec[1:-1].split(","))
+    above = value >= low if spec[0] == "[" else value > low
+    below = value <= high if spec[-1] == "]" else value < high
+    return above and below
+
+
+def check_ranges(config: Config) -> None:
+    """Refuse a numeric setting outside its declared range (:data:`RANGES`), naming the key."""
+    for key, spec in RANGES.items():
+        node: Any = config
+        for part in key.split("."):
+            node = getattr(node, part)
+        values = node if isinstance(node, tuple) else () if node is None else (node,)
+        bad = [v for v in values if not _in_range(float(v), spec)]
+        if bad:
+            raise ConfigError(f"{key}={node!r} is out of range: it must be in {spec}")

@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 
 from d2r import cli
 from d2r.distributed.options import DEFAULT_CPUS_PER_SHARD
-from d2r.pipeline.run import run_dataset, run_image
+from d2r.pipeline.run import FeaturelessQueryError, run_dataset, run_image
 from d2r.pipeline.searcher import Searcher
 from d2r.results import format_table
 
@@ -104,7 +104,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   distractor_root=args.distractor_dir)
             print(format_table(metrics))
             return 0
-        rows = run_image(searcher, args.image, box=args.box)
+        try:
+            rows = run_image(searcher, args.image, box=args.box)
+        except FeaturelessQueryError as exc:
+            parser.exit(1, f"{parser.prog}: error: {exc}\n")
     for row in rows:
         extra = f"  inliers={row['inliers']}" if "inliers" in row else ""
         print(f"{row['rank']:4d}  {row['score']:.4f}  {row['name']}{extra}")

@@ -6,13 +6,16 @@ database; extraction, indexing and the Ray drivers all take one.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from d2r.datasets.benchmarks import load_benchmark
 
-__all__ = ["ImageSource"]
+__all__ = ["ImageSource", "OUTSIDE"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,10 +29,39 @@ class ImageSource:
     names: tuple[str, ...]
     paths: tuple[Path, ...]
     rotations: tuple[int, ...] = ()
+    rejected: tuple[tuple[str, str], ...] = ()
+    """Inputs left out, as (name, reason): duplicates of a listed file, unusable names."""
 
     def __post_init__(self) -> None:
         if self.rotations and len(self.rotations) != len(self.names):
             raise ValueError(f"{len(self.rotations)} rotations for {len(self.names)} images")
+
+    @classmethod
+    def checked(cls, names, paths, rotations=()) -> "ImageSource":
+        """The images ``names[i]`` at ``paths[i]``, each file once under a usable name.
+
+        A name that is not valid UTF-8 (an undecodable file name) is left out, and so is
+        a second occurrence of the same file (the same normalized absolute path) or of
+        the same name; each is listed in :attr:`rejected` with the reason.
+        """
+        kept, rejected, seen_paths, seen_names = [], [], {}, set()
+        for i, (name, path) in enumerate(zip(names, paths)):
+            key = os.path.normpath(os.path.abspath(path))
+            if not _usable_name(name):
+                rejected.append((_printable(name), "file name is not valid UTF-8 text"))
+            elif key in seen_paths:
+                rejected.append((name, f"duplicate: the same file as {seen_paths[key]!r}"))
+            elif name in seen_names:
+                rejected.append((name, "duplicate name: another file has the same name"))
+            else:
+                seen_paths[key] = name
+                seen_names.add(name)
+                kept.append(i)
+        if rejected:
+            logger.warning("%d of %d inputs left out (duplicates or unusable names), e.g. "
+                           "%s: %s", len(rejected), len(names), *rejected[0])
+        return cls(tuple(names[i] for i in kept), tuple(Path(paths[i]) for i in kept),
+                   tuple(rotations[i] for i in kept) if rotations else (), tuple(rejected))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -49,20 +81,27 @@ class ImageSource:
         names = list_images(root)
         if not names:
             raise ValueError(f"image directory {root} holds no images")
-        return cls(tuple(names), tuple(root / n for n in names))
+        return cls.checked(names, [root / n for n in names])
 
     @classmethod
     def from_list(cls, list_file: str | os.PathLike) -> "ImageSource":
-        """One image path per line; relative paths are relative to the list file's folder."""
+        """One image path per line; relative paths are relative to the list file's folder.
+
+        An image inside that folder is named by its normalized relative path
+        (``sub/a.jpg``); one outside it by its normalized absolute path under
+        ``_outside_/`` (``_outside_/home/me/photos/a.jpg``), so that no name holds ``..``
+        or starts with ``/`` and every file keeps one stable name.
+        """
         path = Path(list_file)
         try:
-            lines = path.read_text().splitlines()
+            lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
         except OSError as exc:
             raise FileNotFoundError(f"cannot read image list {path}: {exc}") from exc
-        names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-        if not names:
+        entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        if not entries:
             raise ValueError(f"image list {path} names no images")
-        return cls(tuple(names), tuple(path.parent / n for n in names))
+        files = [path.parent / entry for entry in entries]
+        return cls.checked([_list_name(file, path.parent) for file in files], files)
 
     @classmethod
     def from_dataset(
@@ -84,11 +123,38 @@ class ImageSource:
         dataset = load_benchmark(dataset_dir, kind=benchmark, rotations=rotations,
                                distractor_list=distractor_list, distractor_root=distractor_root)
         turns = tuple(dataset.rotation(i) for i in range(dataset.num_db))
-        return cls(tuple(dataset.db_names),
-                   tuple(dataset.db_path(i) for i in range(dataset.num_db)),
-                   turns if any(turns) else ())
+        return cls.checked(list(dataset.db_names),
+                           [dataset.db_path(i) for i in range(dataset.num_db)],
+                           turns if any(turns) else ())
 
     def shard(self, index: int, count: int) -> ImageSource:
         """Every ``count``-th image starting at ``index`` (``--shard index/count``)."""
         return ImageSource(self.names[index::count], self.paths[index::count],
-                           self.rotations[index::count])
+                           self.rotations[index::count], self.rejected if index == 0 else ())
+
+
+OUTSIDE = "_outside_"
+"""Name prefix of listed images outside the list file's folder."""
+
+
+def _list_name(file: Path, base: Path) -> str:
+    """The name of a listed ``file``: its path relative to ``base`` when inside it, else
+    its absolute path under :data:`OUTSIDE` (normalized, no ``..``, never absolute)."""
+    full = os.path.normpath(os.path.abspath(file))
+    relative = os.path.relpath(full, os.path.normpath(os.path.abspath(base)))
+    if relative != os.pardir and not relative.startswith(os.pardir + os.sep):
+        return Path(relative).as_posix()
+    return f"{OUTSIDE}/{Path(full).as_posix().lstrip('/')}"
+
+
+def _usable_name(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(name: str) -> str:
+    """``name`` with undecodable bytes as ``\\xNN`` escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -261,3 +261,19 @@ def test_verify_checks_the_feature_store(index):
         shard.unlink()
     proc = _verify(index)
     assert proc.returncode == 1 and "lacks" in proc.stdout
+
+
+def test_damaged_features_are_refused_naming_the_shard(index, tiny_dataset):
+    """Feature shards carry HDF5 Fletcher-32 checksums: flipped descriptor bytes raise an
+    error naming the shard instead of re-ranking with wrong features."""
+    import h5py
+
+    shard = next((index / "features" / "shards").iterdir())
+    with h5py.File(shard, "r") as f:
+        offset = f["descriptors"].id.get_chunk_info(0).byte_offset
+    _flip(shard, offset=offset + 100, count=16)
+    with Searcher(index, overrides=["verification.rerank=20"]) as searcher:
+        query = searcher.query(next((tiny_dataset / "jpg").glob("*.jpg")))
+        result = searcher.search([query.features])
+        with pytest.raises(OSError, match=f"{shard.name}.* the shard is damaged"):
+            searcher.rerank([query], result)

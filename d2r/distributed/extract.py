@@ -97,7 +97,8 @@ class _ExtractWorker:
         summary = extract_to_store(self.config, source, self.store_path, boxes_dir=self.boxes_dir,
                                    extractor=self.extractor, show_progress=False)
         return {"extracted": summary.extracted, "already_done": summary.already_done,
-                "skipped": list(summary.skipped), "seconds": summary.seconds}
+                "skipped": list(summary.skipped), "featureless": list(summary.featureless),
+                "seconds": summary.seconds}
 
 
 def run_extract_ray(
@@ -180,7 +181,8 @@ def run_extract_ray(
             described = ray.get(actors[0].describe.remote())
             _check_store(store_path, described)
             chunks = [todo[i:i + int(chunk_size)] for i in range(0, len(todo), int(chunk_size))]
-            skipped: list[tuple[str, str]] = []
+            skipped: list[tuple[str, str]] = list(source.rejected)
+            featureless: list[str] = []
 
             def submit(actor, i):
                 idx = chunks[i]
@@ -192,6 +194,7 @@ def run_extract_ray(
                 summary.extracted += value["extracted"]
                 summary.already_done += value["already_done"]
                 skipped.extend(value["skipped"])
+                featureless.extend(value["featureless"])
 
             run_on_actors(actors, len(chunks), submit, on_result, per_actor=2,
                           show_progress=show_progress, desc="extract")
@@ -199,6 +202,7 @@ def run_extract_ray(
             kill_actors(actors)
         order = {name: i for i, name in enumerate(source.names)}
         summary.skipped = sorted(skipped, key=lambda item: order.get(item[0], -1))
+        summary.featureless = sorted(featureless, key=order.__getitem__)
     parts = part_store_paths(parts_dir)
     if parts:
         merge_feature_stores(parts, store_path)

@@ -19,7 +19,9 @@ Inside a shard the entries are concatenated: ``names`` (S,) UTF-8 strings,
 ``offsets`` (S+1,) int64 row ranges, ``image_sizes`` (S, 2) int64 (W, H) and the
 row tables ``locations`` (T, 2) f4, ``descriptors`` (T, D) f4 or f2,
 ``scales`` (T,) f4, ``scores`` (T,) f4.  Names are data, not HDF5 paths, so
-``/``, spaces and any Unicode are stored verbatim.
+``/``, spaces and any Unicode are stored verbatim.  The numeric datasets carry HDF5's
+Fletcher-32 checksum (shards written before this check have none), verified by
+HDF5 at every read: a damaged shard raises an error naming it.
 
 A store holds one type of value, chosen by its opener (``value_type``):
 :class:`~d2r.types.LocalFeatures` (the row table itself),
@@ -369,7 +371,8 @@ class FeatureStore:
             else:
                 parts = [[ds[e.start:e.stop] for ds in handle.rows] for _, e in items]
         except (OSError, KeyError, ValueError) as exc:
-            raise OSError(f"cannot read {items[0][0]!r} from shard {handle.path!r} ({exc})") from exc
+            raise OSError(f"cannot read {items[0][0]!r} from shard {handle.path!r} ({exc}): the "
+                          f"shard is damaged; delete it and extract again") from exc
         return [
             LocalFeatures(
                 locations=loc,
@@ -481,12 +484,15 @@ class FeatureStore:
             f.attrs["version"] = VERSION
             f.attrs["dim"] = dim
             f.create_dataset("names", data=np.array([n for n, _ in items], dtype=object), dtype=_STR)
-            f.create_dataset("offsets", data=offsets)
-            f.create_dataset("image_sizes", data=np.array([feat.image_size for _, feat in items], np.int64))
-            f.create_dataset("locations", data=rows("locations", (2,), np.float32))
-            f.create_dataset("descriptors", data=rows("descriptors", (dim,), _DTYPES[self.dtype]))
-            f.create_dataset("scales", data=rows("scales", (), np.float32))
-            f.create_dataset("scores", data=rows("scores", (), np.float32))
+            checked = {"fletcher32": True}  # HDF5 verifies a checksum at every chunk read
+            f.create_dataset("offsets", data=offsets, **checked)
+            f.create_dataset("image_sizes", data=np.array([feat.image_size for _, feat in items],
+                                                          np.int64), **checked)
+            f.create_dataset("locations", data=rows("locations", (2,), np.float32), **checked)
+            f.create_dataset("descriptors", data=rows("descriptors", (dim,), _DTYPES[self.dtype]),
+                             **checked)
+            f.create_dataset("scales", data=rows("scales", (), np.float32), **checked)
+            f.create_dataset("scores", data=rows("scores", (), np.float32), **checked)
 
     # ------------------------------------------------------------------ merging
 

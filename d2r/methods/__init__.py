@@ -16,7 +16,7 @@ entry points, which every d2r command imports before it reads a config.
 
 from __future__ import annotations
 
-from d2r.config import Config, ConfigError
+from d2r.config import Config, ConfigError, check_ranges
 from d2r.features.registry import extractor_class
 from d2r.registry import Registry, load_plugins
 
@@ -58,10 +58,13 @@ def make_method(config: Config):
 def validate(config: Config):
     """Refuse a config whose parts do not go together; returns its method.
 
-    Checks that the extractor and the method exist, that the method takes what the
-    extractor produces, then the method's own rules (:meth:`RetrievalMethod.validate`).
+    Checks every numeric setting against its declared range
+    (:data:`d2r.config.RANGES`), that the extractor and the method exist, that the method
+    takes what the extractor produces, then the method's own rules
+    (:meth:`RetrievalMethod.validate`).
     Raises ConfigError naming the offending keys.
     """
+    check_ranges(config)
     extractor = extractor_class(config.features.backend)
     method = make_method(config)
     if method.input_type is not extractor.output_type:

@@ -118,14 +118,18 @@ def load_or_train_codebook(
 
 
 def encode_batches(method, config: Config, codebook: Optional[Codebook], store: FeatureStore,
-                   names: Sequence[str], boxes_dir: Path, *, show_progress: Optional[bool] = None):
-    """Yield ``(batch_names, entries)``: the method's index entries of ``names``, BATCH at a time."""
+                   names: Sequence[str], boxes_dir: Path, *, featureless: list[str],
+                   show_progress: Optional[bool] = None):
+    """Yield ``(batch_names, entries)``: the method's index entries of ``names``, BATCH at a
+    time; the names of images without features are appended to ``featureless``."""
     for lo in tqdm(range(0, len(names), BATCH), desc="aggregate", unit="batch",
                    disable=None if show_progress is None else not show_progress):
         batch = names[lo:lo + BATCH]
+        wholes = store.get_many(batch)
+        featureless += [name for name, whole in zip(batch, wholes) if len(whole) == 0]
         entries = [method.encode_database(image_regions(config, store, boxes_dir, name, whole),
                                           codebook)
-                   for name, whole in zip(batch, store.get_many(batch))]
+                   for name, whole in zip(batch, wholes)]
         yield batch, entries
 
 
@@ -148,12 +152,15 @@ def build_index(config: Config, source: ImageSource, out: str | os.PathLike,
             if method.uses_codebook else None
         crash_point("codebook")
         index = method.new_index(codebook, store.dim)
-        for batch, entries in encode_batches(method, config, codebook, store, names,
-                                             out / BOXES, show_progress=show_progress):
+        featureless: list[str] = []
+        for batch, entries in encode_batches(method, config, codebook, store, names, out / BOXES,
+                                             featureless=featureless, show_progress=show_progress):
             method.add(index, entries, batch)
         feature_config = store.config
     record = index_record(config, codebook, out, kind=index.kind, features=feature_config,
                           num_images=len(names), num_skipped=len(summary.skipped))
+    if featureless:
+        record["num_featureless"] = len(featureless)
     save_index(index, out, record)
     return finish_build(out, record, start)
 

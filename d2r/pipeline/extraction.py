@@ -58,6 +58,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SKIPPED_FILE = "skipped.tsv"
+FEATURELESS = "no features (blank image?): indexed, but no query can find it"
 
 
 def image_features(
@@ -96,7 +97,11 @@ def region_entry(name: str, region: int) -> str:
 
 
 def boxes_path(boxes_dir: str | Path, name: str) -> Path:
-    """Where the regions of image ``name`` are written (``name`` may contain ``/``)."""
+    """Where the regions of image ``name`` are written (``name`` may contain ``/``, never
+    ``..`` or a leading ``/``: nothing is written outside ``boxes_dir``)."""
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts:
+        raise ValueError(f"image name {name!r} would leave the boxes folder {boxes_dir}")
     return Path(boxes_dir) / f"{name}.boxes"
 
 
@@ -188,11 +193,17 @@ def comparable_store_config(recorded: Mapping) -> dict:
 
 @dataclass
 class ExtractionSummary:
-    """Outcome of one :func:`extract_to_store` run."""
+    """Outcome of one :func:`extract_to_store` run.
+
+    ``skipped``: (name, reason) of inputs not extracted (unreadable files, duplicates,
+    unusable names); ``featureless``: images extracted with no features (blank), which
+    are indexed but no query can find.
+    """
 
     extracted: int = 0
     already_done: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    featureless: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -246,8 +257,11 @@ def extract_to_store(
             count = _store_image(loaded.rotated(path_to_rotation[path]), name, extractor, store,
                                  maps, find_regions, crop_regions, boxes_dir)
             summary.extracted += 1
+            if count == 0:
+                summary.featureless.append(name)
             logger.debug("%s: %d features in %.3f s", name, count, time.perf_counter() - t0)
-        summary.skipped = [(path_to_name[Path(p)], reason) for p, reason in images.skipped]
+        summary.skipped = list(source.rejected) + [(path_to_name[Path(p)], reason)
+                                                   for p, reason in images.skipped]
     return finish_summary(summary, store_path, start)
 
 
@@ -291,12 +305,18 @@ def _open_maps(maps_path: Optional[str | Path], config: Config, extractor):
 
 def finish_summary(summary: ExtractionSummary, store_path: Path, start: float,
                    *, where: str = "") -> ExtractionSummary:
-    """List the skipped images in ``store_path/skipped.tsv``, time and log the run."""
-    if summary.skipped:
+    """List the skipped and the featureless images in ``store_path/skipped.tsv``, time and
+    log the run."""
+    report = summary.skipped + [(name, FEATURELESS) for name in summary.featureless]
+    if report:
         skipped_file = store_path / SKIPPED_FILE
-        write_skipped(summary.skipped, skipped_file)
-        logger.warning("%d unreadable images skipped, listed in %s", len(summary.skipped),
-                       skipped_file)
+        write_skipped(report, skipped_file)
+        if summary.skipped:
+            logger.warning("%d inputs skipped (unreadable, duplicate or unusable name), listed "
+                           "in %s", len(summary.skipped), skipped_file)
+        if summary.featureless:
+            logger.warning("%d images have no features (blank?); they are indexed but no query "
+                           "can find them; listed in %s", len(summary.featureless), skipped_file)
     summary.seconds = time.perf_counter() - start
     logger.info("extracted %d images in %.1f s%s (%d already done, %d skipped)",
                 summary.extracted, summary.seconds, where, summary.already_done,

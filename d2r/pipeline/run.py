@@ -25,15 +25,27 @@ from d2r.pipeline.searcher import Searcher
 from d2r.report import report_matches, write_report
 from d2r.results import write_metrics
 
-__all__ = ["run_dataset", "run_image"]
+__all__ = ["FeaturelessQueryError", "run_dataset", "run_image"]
 
 logger = logging.getLogger(__name__)
 
 
+class FeaturelessQueryError(ValueError):
+    """A query image (or box) in which the extractor found no features: any ranking of it
+    would be arbitrary."""
+
+
 def run_image(searcher: Searcher, image: str | os.PathLike,
               box: Optional[Sequence[float]] = None) -> list[dict]:
-    """Ranked database images for one query image: ``[{"rank", "name", "score", "inliers"}]``."""
+    """Ranked database images for one query image: ``[{"rank", "name", "score", "inliers"}]``.
+
+    Raises :class:`FeaturelessQueryError` when the image (or box) has no features.
+    """
     query = searcher.query(image, box=box)
+    if len(query.features) == 0:
+        where = "the box" if box is not None else "the image"
+        raise FeaturelessQueryError(f"{image}: no local features in {where} (a blank image, or "
+                                    f"a box outside the content); nothing to search with")
     result, reranked = searcher.rerank([query], searcher.search([query.features]),
                                        workers=os.cpu_count() or 1)
     rows = []
@@ -78,6 +90,10 @@ def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | o
                              disable=None if show_progress is None else not show_progress)]
     t1 = time.perf_counter()
     features = [q.features for q in queries]
+    blank = [i for i, f in enumerate(features) if len(f) == 0]
+    if blank:
+        logger.warning("%d queries have no features (e.g. query %d): their rankings are "
+                       "arbitrary (every score 0)", len(blank), blank[0])
     initial = searcher.search(features, k=len(searcher.names))
     t2 = time.perf_counter()
     result, reranked = searcher.rerank(queries, initial, workers=os.cpu_count() or 1)
