@@ -35,6 +35,7 @@ __all__ = [
     "save_codebook",
     "load_codebook",
     "load_tf_checkpoint",
+    "open_codebook",
     "quantize",
 ]
 
@@ -282,6 +283,14 @@ def load_codebook(
             f"{array_path}: SHA-256 {codebook.sha256} does not match the metadata's {meta['sha256']}"
         )
     return codebook
+
+
+def open_codebook(path: Union[str, os.PathLike]) -> Codebook:
+    """The codebook at ``path``: a directory written by :func:`save_codebook`, else the DELF
+    reference's TensorFlow checkpoint (:func:`load_tf_checkpoint`)."""
+    if (Path(path) / METADATA_FILE).is_file():
+        return load_codebook(path)
+    return load_tf_checkpoint(path)
 
 
 def load_tf_checkpoint(path: Union[str, os.PathLike], *, variable: str = "clusters") -> Codebook:

@@ -179,42 +179,39 @@ def build_index_ray(
         codebook = load_or_train_codebook(config, store, names, out) \
             if method.uses_codebook else None
         dim, feature_config = store.dim, store.config
-    writer = _IndexWriter(method, codebook, dim, out, num_shards=num_shards)
-    record = index_record(config, codebook, out, kind=writer.index.kind, features=feature_config,
-                          num_images=len(names), num_skipped=len(summary.skipped))
-    batches = writer.plan(names, int(batch_size), record)
-    encode_ray(config, out / FEATURES, out / BOXES, codebook, batches, writer.add,
+    record = index_record(config, codebook, out, kind=method.new_index(codebook, dim).kind,
+                          features=feature_config, num_images=len(names),
+                          num_skipped=len(summary.skipped))
+    writer = _IndexWriter(method, codebook, dim, out, record, names, int(batch_size),
+                          num_shards=num_shards)
+    encode_ray(config, out / FEATURES, out / BOXES, codebook, writer.batches, writer.add,
                address=address, num_workers=num_encoders, max_restarts=max_restarts,
                max_task_retries=max_task_retries, show_progress=show_progress)
-    writer.finish(record)
+    writer.finish()
     return finish_build(out, record, start, where=" on Ray")
 
 
 class _IndexWriter:
     """Adds encoded batches in order to one index, or to consecutive shards saved as they fill."""
 
-    def __init__(self, method, codebook: Optional[Codebook], dim: int, out: Path, *,
-                 num_shards: Optional[int]) -> None:
+    def __init__(self, method, codebook: Optional[Codebook], dim: int, out: Path, record: dict,
+                 names: list[str], batch_size: int, *, num_shards: Optional[int]) -> None:
         self.method, self.codebook, self.dim, self.out = method, codebook, dim, out
-        self.num_shards = num_shards
+        self.record, self.num_shards = record, num_shards
         self.shard_dir = out / "shards"
         self.index = method.new_index(codebook, dim)
         self.items = self.images = 0
-
-    def plan(self, names: list[str], batch_size: int, record: dict) -> list[list[str]]:
-        """The batches of ``names`` to encode; none crosses a shard boundary."""
-        self.record = record
-        self.bounds = shard_bounds(len(names), self.num_shards) if self.num_shards \
+        self.bounds = shard_bounds(len(names), num_shards) if num_shards \
             else np.array([0, len(names)])
         self.batches: list[list[str]] = []
+        """The batches of ``names`` to encode, in order; none crosses a shard boundary."""
         self.last_batch_of: dict[int, int] = {}  # batch index -> shard it completes
         for s in range(len(self.bounds) - 1):
             lo, hi = int(self.bounds[s]), int(self.bounds[s + 1])
             self.batches += [names[i:min(i + batch_size, hi)] for i in range(lo, hi, batch_size)]
             self.last_batch_of[len(self.batches) - 1] = s
-        if self.num_shards:
+        if num_shards:
             self.shard_dir.mkdir(exist_ok=True)
-        return self.batches
 
     def add(self, i: int, entries: list) -> None:
         """Add batch ``i``; save the shard it completes (sharded build)."""
@@ -229,9 +226,10 @@ class _IndexWriter:
         self.images += len(self.index)
         self.index = self.method.new_index(self.codebook, self.dim)
 
-    def finish(self, record: dict) -> None:
-        """Write the shards manifest, or save the single index under ``OUT/search``."""
-        out = self.out
+    def finish(self) -> None:
+        """Write the shards manifest, or save the single index as a new generation; both
+        note what they wrote in the record."""
+        out, record = self.out, self.record
         if not self.num_shards:
             if self.shard_dir.exists():
                 logger.warning("%s is from an earlier build; split the new index again "

@@ -160,7 +160,8 @@ def run_extract_ray(
     parts_dir = Path(parts_dir) if parts_dir is not None else parts_dir_for(store_path)
     done = _names_present([store_path, *part_store_paths(parts_dir)])
     todo = [i for i, name in enumerate(source.names) if name not in done]
-    summary = ExtractionSummary(already_done=len(source) - len(todo))
+    summary = ExtractionSummary(already_done=len(source) - len(todo),
+                                skipped=list(source.rejected))
     if summary.already_done:
         logger.info("%s: %d of %d images already extracted", store_path, summary.already_done,
                     len(source))
@@ -181,7 +182,7 @@ def run_extract_ray(
             described = ray.get(actors[0].describe.remote())
             _check_store(store_path, described)
             chunks = [todo[i:i + int(chunk_size)] for i in range(0, len(todo), int(chunk_size))]
-            skipped: list[tuple[str, str]] = list(source.rejected)
+            skipped: list[tuple[str, str]] = list(summary.skipped)
             featureless: list[str] = []
 
             def submit(actor, i):

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from d2r.index.names import EntryNames
-from d2r.index.ranges import IdRanges
+from d2r.index.ranges import IdRanges, RankedBySearch
 from d2r.index.storage import IndexFormatError, IndexWriter, read_index
 
 __all__ = ["DenseRows", "DenseIndex"]
@@ -108,7 +108,7 @@ class DenseRows:
         return rows, dict(stored.config)
 
 
-class DenseIndex:
+class DenseIndex(RankedBySearch):
     """Base of the exhaustive indexes over dense rows of shape ``(*slots, dim)`` per image.
 
     Subclasses set ``kind``, ``slots`` and ``metric`` and implement ``add`` / ``search``.
@@ -171,15 +171,6 @@ class DenseIndex:
             part._rows = self._rows.part(r.start, r.stop)
             out.append(part.save(r.path, config=r.config, overwrite=overwrite))
         return out
-
-    def ranking(self, queries: Any, *, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
-        """``search(queries, k=k)`` as (Q, k) float64 scores and (Q, k) int64 ids.
-
-        The scores are the float32 values the results were ranked by, so shards of this
-        index merge on them exactly.
-        """
-        result = self.search(queries, k=k)
-        return result.scores.astype(np.float64), result.ids
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False):

@@ -41,6 +41,7 @@ from typing import Any, Optional
 
 from d2r import __version__
 from d2r.config import Config, to_dict
+from d2r.io.feature_store import FeatureStore
 
 __all__ = [
     "MANIFEST", "FEATURES", "MAPS", "BOXES", "SEARCH", "FORMAT", "VERSION",
@@ -202,7 +203,7 @@ def check_output_dir(out: Path) -> None:
         except IndexManifestError as exc:
             raise IndexManifestError(f"--out {out} holds an {MANIFEST} that d2r did not write "
                                      f"({exc}); build into a new or empty directory") from None
-    if (out / FEATURES / "manifest.json").exists():
+    if FeatureStore.exists(out / FEATURES):
         return  # an interrupted build: its feature store is continued (and checked)
     raise IndexManifestError(f"--out {out} is not empty and is not a d2r index; build into a "
                              f"new or empty directory (d2r does not overwrite other files)")

@@ -18,7 +18,7 @@ import numpy as np
 
 from d2r.index.storage import IndexWriter
 
-__all__ = ["IdRange", "IdRanges"]
+__all__ = ["IdRange", "IdRanges", "RankedBySearch"]
 
 
 class IdRange(NamedTuple):
@@ -75,3 +75,13 @@ class IdRanges:
         with contextlib.ExitStack() as stack:
             yield [stack.enter_context(IndexWriter(path, kind=kind, overwrite=overwrite))
                    for path in self.paths]
+
+
+class RankedBySearch:
+    """``ranking`` of an index kind whose ``search`` ranks by its float32 scores (the flat
+    and region-vector kinds): shards of it merge on those scores exactly."""
+
+    def ranking(self, queries: Any, *, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """``search(queries, k=k)`` as (Q, k) float64 scores and (Q, k) int64 ids."""
+        result = self.search(queries, k=k)
+        return result.scores.astype(np.float64), result.ids

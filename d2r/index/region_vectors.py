@@ -28,7 +28,7 @@ import numpy as np
 
 from d2r.index.inverted import check_k
 from d2r.index.names import EntryNames
-from d2r.index.ranges import IdRanges
+from d2r.index.ranges import IdRanges, RankedBySearch
 from d2r.index.storage import IndexFormatError, IndexWriter, read_index
 from d2r.index.registry import register_index
 from d2r.types import SearchResult
@@ -66,7 +66,7 @@ def _top_columns(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 @register_index
-class RegionVectorIndex:
+class RegionVectorIndex(RankedBySearch):
     """Region vectors of N images searched by best region pair (inner product).
 
     Args:
@@ -285,15 +285,6 @@ class RegionVectorIndex:
             part._names.restore(self.names[r.start:r.stop], r.stop - r.start)
             out.append(part.save(r.path, config=r.config, overwrite=overwrite))
         return out
-
-    def ranking(self, queries: Sequence[np.ndarray], *, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
-        """``search(queries, k=k)`` as (Q, k) float64 scores and (Q, k) int64 ids.
-
-        The scores are the float32 values the results were ranked by, so shards of this
-        index merge on them exactly.
-        """
-        result = self.search(queries, k=k)
-        return result.scores.astype(np.float64), result.ids
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> RegionVectorIndex:

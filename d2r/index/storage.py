@@ -274,11 +274,15 @@ def _write_stamp(path: Path, stamp: Mapping[str, list]) -> None:
         logger.debug("cannot record verified arrays in %s: %s", path, exc)
 
 
+def _hash_mismatch(file: Path, manifest_file: Path) -> str:
+    return (f"{file} does not match the sha256 recorded in {manifest_file}: the file was "
+            "modified or damaged; rebuild the index")
+
+
 def _check_hash(file: Path, expected: Any, manifest_file: Path) -> str:
     digest = file_sha256(file)
     if digest != expected:
-        raise IndexFormatError(f"{file} does not match the sha256 recorded in {manifest_file}: "
-                               "the file was modified or damaged; rebuild the index")
+        raise IndexFormatError(_hash_mismatch(file, manifest_file))
     return digest
 
 
@@ -359,8 +363,13 @@ def read_index(path: str | os.PathLike, *, kind: str, mmap: bool = True,
     names_file = path / str(names_entry.get("file", NAMES_FILE))
     if not names_file.is_file():
         raise IndexFormatError(f"missing file {names_file}")
-    _check_hash(names_file, names_entry.get("sha256"), manifest_file)
-    names = _read_json(names_file)
+    data = names_file.read_bytes()  # read once: hashed, then parsed
+    if hashlib.sha256(data).hexdigest() != names_entry.get("sha256"):
+        raise IndexFormatError(_hash_mismatch(names_file, manifest_file))
+    try:
+        names = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexFormatError(f"{names_file} is not valid JSON: {exc}") from exc
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise IndexFormatError(f"{names_file} must hold a JSON list of strings")
     if len(names) != names_entry.get("count"):

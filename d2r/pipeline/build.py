@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from d2r.codebook import Codebook, load_codebook, load_tf_checkpoint, save_codebook, train_codebook
+from d2r.codebook import Codebook, load_codebook, open_codebook, save_codebook, train_codebook
 from d2r.config import Config
 from d2r.features.registry import make_extractor
 from d2r.index.layout import (
@@ -86,9 +86,7 @@ def load_or_train_codebook(
     """
     opts = config.codebook
     if opts.path:
-        path = Path(opts.path)
-        codebook = load_codebook(path) if path.is_dir() and (path / "codebook.json").exists() \
-            else load_tf_checkpoint(path)
+        codebook = open_codebook(opts.path)
     else:
         folder = codebook_dir(out, config)
         if (folder / "codebook.json").exists():

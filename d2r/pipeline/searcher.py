@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from d2r.codebook import load_codebook, load_tf_checkpoint
+from d2r.codebook import open_codebook
 from d2r.config import (
     Config,
     ConfigError,
@@ -173,8 +173,7 @@ class Searcher:
         if not location.exists() and not location.with_name(location.name + ".index").exists():
             raise IndexMismatchError(f"codebook {location} of index {self.path} is missing; "
                                      f"rebuild the index")
-        codebook = load_codebook(location) if (location / "codebook.json").exists() \
-            else load_tf_checkpoint(location)
+        codebook = open_codebook(location)
         if codebook.sha256 != record["sha256"]:
             raise IndexMismatchError(f"codebook {location} is not the one index {self.path} was "
                                      f"built with (sha256 {codebook.sha256[:12]} != "
