@@ -37,6 +37,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_ray_args(parser, shards=True)
     cli.add_common_args(parser)
     args = cli.parse(parser, argv)
+    with cli.user_errors(parser, args.verbose):
+        return _build(parser, args)
+
+
+def _build(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Build the index ``args`` describe; print what was indexed."""
     config = cli.config_from_args(args)
     source = cli.source_from_args(args)
     if ray_requested(args):

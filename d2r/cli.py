@@ -11,11 +11,17 @@ for R1M).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
-from d2r.config import Config, available_presets, load_config
+from d2r.codebook import CodebookFormatError
+from d2r.config import Config, ConfigError, available_presets, load_config
 from d2r.datasets.benchmarks import BENCHMARKS
+from d2r.index.layout import IndexMismatchError
+from d2r.index.storage import IndexFormatError
+from d2r.io.feature_store import StoreConfigError
+from d2r.io.images import ImageError
 from d2r.methods import validate
 from d2r.sources import ImageSource
 
@@ -118,6 +124,24 @@ def setup_logging(verbose: int = 0) -> None:
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+
+
+USER_ERRORS = (ConfigError, IndexFormatError, IndexMismatchError, StoreConfigError, ImageError,
+               CodebookFormatError, FileNotFoundError, NotADirectoryError)
+"""What a user's input can cause (a path, an image, a setting, a damaged index): reported
+in one line.  Anything else is a bug and keeps its traceback."""
+
+
+@contextlib.contextmanager
+def user_errors(parser: argparse.ArgumentParser, verbose: int = 0) -> Iterator[None]:
+    """Turn a :data:`USER_ERRORS` exception into ``PROG: error: MESSAGE`` and exit status 2
+    (with ``-v`` the traceback is kept)."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        if verbose:
+            raise
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
 def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:

@@ -41,6 +41,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_ray_args(parser)
     cli.add_common_args(parser)
     args = cli.parse(parser, argv)
+    with cli.user_errors(parser, args.verbose):
+        return _extract(parser, args)
+
+
+def _extract(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Extract the images ``args`` describe; print the counts."""
     config = cli.config_from_args(args)
     source = cli.source_from_args(args).shard(*args.shard)
     if ray_requested(args):

@@ -85,6 +85,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               "needs its actor running, so shards x C must fit the cluster)")
     cli.add_common_args(parser)
     args = cli.parse(parser, argv)
+    with cli.user_errors(parser, args.verbose):
+        return _query(parser, args)
+
+
+def _query(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Answer one image or a benchmark; print the ranking or the metrics."""
     if args.rotations and not args.dataset_dir:
         parser.error("--rotations needs --dataset-dir (a Holidays benchmark)")
     overrides = list(args.overrides)

@@ -276,3 +276,28 @@ def test_damaged_features_are_refused_naming_the_shard(index, tiny_dataset):
         result = searcher.search([query.features])
         with pytest.raises(OSError, match=f"{shard.name}.* the shard is damaged"):
             searcher.rerank([query], result)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("codes", "codes.npy does not match the sha256"),
+    ("codebook", "codebook .* is missing"),
+    ("record", "disagree"),
+])
+def test_the_query_cli_reports_a_damaged_index_in_one_line(index, tiny_dataset, damage, message):
+    """A damaged index ends in one ``error:`` line and exit status 2, never a traceback."""
+    import re
+
+    if damage == "codes":
+        _flip(_search(index) / "codes.npy", offset=200)
+    elif damage == "codebook":
+        shutil.rmtree(index / "codebooks")
+    else:
+        record = json.loads((index / "index.json").read_text())
+        record["num_images"] += 1
+        (index / "index.json").write_text(json.dumps(record))
+    proc = subprocess.run([sys.executable, "-m", "d2r.query", "--index", str(index), "--image",
+                           str(next((tiny_dataset / "jpg").glob("*.jpg")))],
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("python -m d2r.query: error: ") and re.search(message, lines[0])
