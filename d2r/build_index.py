@@ -1,4 +1,4 @@
-"""Build a searchable index from images: ``python -m d2r.build_index``.
+"""Build a searchable index from images: ``d2r build-index`` (``python -m d2r.build_index``).
 
 Stages, each writing into the index directory ``OUT``::
 
@@ -29,16 +29,14 @@ __all__ = ["main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m d2r.build_index", description=__doc__,
+    parser = argparse.ArgumentParser(prog="d2r build-index", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_source_args(parser)
     parser.add_argument("--out", required=True, metavar="INDEX", help="index directory")
     cli.add_config_args(parser, default_preset="rootsift-asmk-star")
     add_ray_args(parser, shards=True)
     cli.add_common_args(parser)
-    args = cli.parse(parser, argv)
-    with cli.user_errors(parser, args.verbose):
-        return _build(parser, args)
+    return cli.run(parser, argv, _build)
 
 
 def _build(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Argument parsing shared by the ``python -m d2r.<command>`` entry points.
+"""Argument parsing and error reporting shared by the ``d2r <command>`` entry points.
 
 Every command reads its configuration the same way (``--config PRESET``,
 ``--config-file FILE``, ``--set a.b=c``) and its images from one of
@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-from typing import Iterator, Optional, Sequence
+import sys
+from typing import Callable, Iterator, Optional, Sequence
 
-from d2r.codebook import CodebookFormatError
-from d2r.config import Config, ConfigError, available_presets, load_config
+from d2r import progress
+from d2r.config import Config, available_presets, load_config
 from d2r.datasets.benchmarks import BENCHMARKS
-from d2r.index.layout import IndexMismatchError
-from d2r.index.storage import IndexFormatError
-from d2r.io.feature_store import StoreConfigError
-from d2r.io.images import ImageError
+from d2r.errors import USER_ERRORS, InputError
 from d2r.methods import validate
 from d2r.sources import ImageSource
 
@@ -93,7 +91,7 @@ def add_source_args(parser: argparse.ArgumentParser, *, required: bool = True) -
 
 def source_from_args(args: argparse.Namespace) -> ImageSource:
     if not args.dataset_dir and args.rotations:
-        raise ValueError("--rotations needs --dataset-dir (a Holidays benchmark)")
+        raise InputError("--rotations needs --dataset-dir (a Holidays benchmark)")
     if args.images:
         return ImageSource.from_directory(args.images)
     if args.image_list:
@@ -115,37 +113,62 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def setup_logging(verbose: int = 0) -> None:
-    """Log to stderr: INFO by default, DEBUG with ``-v``."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Log to stderr through tqdm (so bars are not cut): INFO by default, DEBUG with ``-v``."""
+    handler = progress.TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler],
+                        force=True)
+    logging.captureWarnings(True)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
-
-
-USER_ERRORS = (ConfigError, IndexFormatError, IndexMismatchError, StoreConfigError, ImageError,
-               CodebookFormatError, FileNotFoundError, NotADirectoryError)
-"""What a user's input can cause (a path, an image, a setting, a damaged index): reported
-in one line.  Anything else is a bug and keeps its traceback."""
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="debug logging, and a traceback with every error")
+    parser.add_argument("--progress-interval", type=float, metavar="SECONDS",
+                        help="when stderr is not a terminal, log a progress line this often "
+                             f"(default {progress.DEFAULT_INTERVAL_S:g}, or "
+                             f"${progress.INTERVAL_ENV})")
 
 
 @contextlib.contextmanager
 def user_errors(parser: argparse.ArgumentParser, verbose: int = 0) -> Iterator[None]:
-    """Turn a :data:`USER_ERRORS` exception into ``PROG: error: MESSAGE`` and exit status 2
-    (with ``-v`` the traceback is kept)."""
+    """Turn a :data:`~d2r.errors.USER_ERRORS` exception into ``PROG: error: MESSAGE`` and
+    exit status 2 (with ``-v`` the traceback is kept)."""
     try:
         yield
     except USER_ERRORS as exc:
         if verbose:
             raise
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
 
 
-def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    """Parse ``argv`` and set up logging from ``--verbose``."""
-    args = parser.parse_args(argv)
+def join_negative_values(argv: Sequence[str], options: Sequence[str]) -> list[str]:
+    """``["--box", "-50,-5,20,20"]`` → ``["--box=-50,-5,20,20"]`` for each of ``options``, so
+    argparse does not take a value that starts with ``-`` for an option."""
+    out: list[str] = []
+    items = iter(argv)
+    for item in items:
+        if item in options:
+            value = next(items, None)
+            out.append(item if value is None else f"{item}={value}")
+        else:
+            out.append(item)
+    return out
+
+
+def run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+        body: Callable[[argparse.ArgumentParser, argparse.Namespace], int],
+        *, value_options: Sequence[str] = ()) -> int:
+    """Parse ``argv`` (``value_options`` may take values starting with ``-``), set up logging
+    and progress, and run ``body(parser, args)`` with user errors reported in one line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(join_negative_values(argv, value_options))
     setup_logging(args.verbose)
-    return args
+    if args.progress_interval is not None:
+        if args.progress_interval <= 0:
+            parser.error("--progress-interval must be > 0")
+        progress.set_interval(args.progress_interval)
+    with user_errors(parser, args.verbose):
+        return body(parser, args)

@@ -26,7 +26,10 @@ from typing import Literal, Optional, Union
 import faiss
 import numpy as np
 
+from d2r import extras
+from d2r.errors import InputError
 from d2r.io.atomic import atomic_write, atomic_write_json
+from d2r.progress import track
 
 __all__ = [
     "Codebook",
@@ -51,7 +54,7 @@ _INIT_METHODS = {
 }
 
 
-class CodebookFormatError(ValueError):
+class CodebookFormatError(InputError):
     """A stored codebook is missing, corrupt, or inconsistent with its metadata."""
 
 
@@ -155,8 +158,11 @@ def train_codebook(
     max_points_per_word: int = 256,
     niter: int = 20,
     init: Literal["random", "kmeans++"] = "random",
+    show_progress: Optional[bool] = None,
 ) -> Codebook:
-    """Train a codebook with faiss k-means.
+    """Train a codebook with faiss k-means, one iteration at a time (for progress; each
+    iteration starts from the previous centroids, which gives the centroids of one
+    ``niter``-iteration faiss run).
 
     Args:
         descriptors: (N, D) float32 training descriptors, N >= num_words.
@@ -169,6 +175,7 @@ def train_codebook(
         init: ``"random"`` descriptors as initial centroids (what the DELF
             reference's TF k-means does by default), or ``"kmeans++"``
             (better seeds, O(N K D) extra work: for small codebooks).
+        show_progress: a bar of the iterations (None: on a terminal, else log lines).
 
     Returns:
         the trained :class:`Codebook` (source ``"faiss-kmeans"``).
@@ -194,18 +201,20 @@ def train_codebook(
         rng = np.random.default_rng(int(seed))
         x = x[np.sort(rng.choice(x.shape[0], size=cap, replace=False))]
     logger.info("k-means: %d words over %d descriptors of dim %d", num_words, x.shape[0], x.shape[1])
-    kmeans = faiss.Kmeans(
-        x.shape[1],
-        num_words,
-        niter=int(niter),
-        seed=int(seed),
-        max_points_per_centroid=int(max_points_per_word),
-        min_points_per_centroid=1,
-        init_method=_INIT_METHODS[init],
-        verbose=False,
-    )
-    kmeans.train(x)
-    centroids = np.asarray(kmeans.centroids, dtype=np.float32).reshape(num_words, x.shape[1])
+    centroids = None
+    for _ in track(range(int(niter)), desc="k-means", unit="iter", show=show_progress):
+        kmeans = faiss.Kmeans(
+            x.shape[1],
+            num_words,
+            niter=1,
+            seed=int(seed),
+            max_points_per_centroid=int(max_points_per_word),
+            min_points_per_centroid=1,
+            init_method=_INIT_METHODS[init],
+            verbose=False,
+        )
+        kmeans.train(x, init_centroids=centroids)
+        centroids = np.asarray(kmeans.centroids, dtype=np.float32).reshape(num_words, x.shape[1])
     return Codebook(centroids, seed=int(seed), num_training=x.shape[0], source="faiss-kmeans")
 
 
@@ -307,8 +316,7 @@ def load_tf_checkpoint(path: Union[str, os.PathLike], *, variable: str = "cluste
             or a directory with a ``checkpoint`` state file.
         variable: the variable name.
     """
-    import tensorflow as tf
-
+    tf = extras.tensorflow("reading the DELF reference's codebook checkpoint")
     try:
         reader = tf.train.load_checkpoint(os.fspath(path))
     except (ValueError, tf.errors.OpError) as exc:

@@ -19,6 +19,8 @@ from typing import Any, Iterable, Literal, Mapping, Optional
 
 import yaml
 
+from d2r.errors import InputError
+
 __all__ = [
     "RANGES",
     "check_ranges",
@@ -51,7 +53,7 @@ __all__ = [
 PRESET_DIR = Path(__file__).with_name("presets")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration key or value is invalid; the message names the dotted key."""
 
 

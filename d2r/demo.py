@@ -1,4 +1,4 @@
-"""The whole system on the embedded synthetic benchmark: ``python -m d2r.demo``.
+"""The whole system on the embedded synthetic benchmark: ``d2r demo`` (``python -m d2r.demo``).
 
 Generates the synthetic landmark benchmark (from photographs shipped with
 scikit-image; nothing is downloaded), builds an index with a preset
@@ -54,7 +54,7 @@ def run_demo(out: str | Path, config: Optional[Config] = None, *, size: str = "d
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m d2r.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="d2r demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="d2r-demo", help="output directory (default: d2r-demo)")
     parser.add_argument("--size", choices=sorted(SIZES), default="default",
@@ -64,7 +64,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="re-rank the top N by spatial verification (0: skip)")
     cli.add_config_args(parser, default_preset="rootsift-asmk-star")
     cli.add_common_args(parser)
-    args = cli.parse(parser, argv)
+    return cli.run(parser, argv, _demo)
+
+
+def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the demo; print its tables and where the report is."""
     results = run_demo(args.out, cli.config_from_args(args), size=args.size, seed=args.seed,
                        rerank=args.rerank)
     for name, metrics in results.items():

@@ -1,8 +1,8 @@
-"""Evaluate rankings on a benchmark: ``python -m d2r.evaluate``.
+"""Evaluate rankings on a benchmark: ``d2r evaluate`` (``python -m d2r.evaluate``).
 
 Usage::
 
-    python -m d2r.evaluate --dataset-dir data/datasets/roxford5k --ranks out/ranks.npy --out out/
+    d2r evaluate --dataset-dir data/datasets/roxford5k --ranks out/ranks.npy --out out/
 
 The benchmark is detected from the directory or named with ``--benchmark``
 (``revisited``, ``oxford-paris``, ``holidays``, ``ukbench``; layouts in
@@ -31,12 +31,13 @@ Prints the metrics and, with ``--out``, writes them to ``metrics.json``:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from d2r import cli
 from d2r.datasets.benchmarks import BENCHMARKS, load_benchmark
+from d2r.errors import InputError
 from d2r.results import format_table, load_ranks, write_metrics
 
 __all__ = ["main"]
@@ -46,7 +47,7 @@ DEFAULT_KAPPAS = (1, 5, 10)
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m d2r.evaluate",
+        prog="d2r evaluate",
         description="Metrics of rankings on a benchmark: Revisited Oxford/Paris (Easy/Medium/"
                     "Hard mAP, mP@k), Oxford5k/Paris6k and Holidays (mAP, mP@k), UKBench (N-S).",
     )
@@ -67,27 +68,29 @@ def _parser() -> argparse.ArgumentParser:
                         help="k of mean precision at k (default: 1 5 10)")
     parser.add_argument("--layout", choices=("queries_first", "revisitop"), default="queries_first",
                         help="ranks shape: (Q, N) queries_first or (N, Q) revisitop")
+    cli.add_common_args(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        dataset = load_benchmark(args.dataset_dir, kind=args.benchmark,
-                                 rotations=args.rotations, name=args.name)
-        ranks = load_ranks(args.ranks)
-        if args.layout == "revisitop":
-            ranks = ranks.T
-        if ranks.shape[0] != dataset.num_queries:
-            raise ValueError(
-                f"{args.ranks}: {ranks.shape[0]} ranking rows for {dataset.num_queries} "
-                f"queries of {dataset.name}"
-            )
-        metrics = dataset.evaluate(ranks, args.kappas)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli.run(_parser(), argv, _evaluate)
+
+
+def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Evaluate the rankings ``args`` name; print (and write) the metrics."""
+    if any(k < 1 for k in args.kappas):
+        parser.error(f"--kappas must be >= 1, got {args.kappas}")
+    dataset = load_benchmark(args.dataset_dir, kind=args.benchmark,
+                             rotations=args.rotations, name=args.name)
+    ranks = load_ranks(args.ranks)
+    if args.layout == "revisitop":
+        ranks = ranks.T
+    if ranks.shape[0] != dataset.num_queries:
+        raise InputError(
+            f"{args.ranks}: {ranks.shape[0]} ranking rows for {dataset.num_queries} "
+            f"queries of {dataset.name}"
+        )
+    metrics = dataset.evaluate(ranks, args.kappas)
     print(f"{dataset.name}: {dataset.num_queries} queries, {dataset.num_db} database images, "
           f"ranking depth {ranks.shape[1]}")
     print(format_table(metrics))

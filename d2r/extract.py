@@ -29,7 +29,7 @@ __all__ = ["main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m d2r.extract", description=__doc__,
+    parser = argparse.ArgumentParser(prog="d2r extract", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_source_args(parser)
     parser.add_argument("--out", required=True, metavar="STORE", help="feature store directory")
@@ -40,9 +40,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cli.add_config_args(parser, default_preset="rootsift-asmk-star")
     add_ray_args(parser)
     cli.add_common_args(parser)
-    args = cli.parse(parser, argv)
-    with cli.user_errors(parser, args.verbose):
-        return _extract(parser, args)
+    return cli.run(parser, argv, _extract)
 
 
 def _extract(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

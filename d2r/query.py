@@ -1,14 +1,23 @@
-"""Query an index: ``python -m d2r.query --index INDEX``.
+"""Query an index: ``d2r query --index INDEX`` (``python -m d2r.query``).
 
 One image::
 
-    python -m d2r.query --index INDEX --image photo.jpg [--box x1,y1,x2,y2] [--rerank 100]
+    d2r query --index INDEX --image photo.jpg [--box x1,y1,x2,y2] [--rerank 100]
+        [--top 20] [--format table|json|csv] [--json FILE] [--out DIR [--report]]
 
-prints the ranked database images (and writes them as JSON with ``--json``).
+prints the best ``--top`` database images (default 20, 0 for all) under a header
+``rank  score  inliers  name``; after spatial re-ranking a line says how the list
+is ordered (verified images first).  ``--format json`` prints the same rows as
+a JSON list of ``{"rank", "name", "score", "inliers"?}`` (``inliers`` for the
+re-ranked head only), ``--format csv`` as CSV; ``--json FILE`` writes every
+result in that JSON shape.  ``--out DIR`` writes every result to
+``DIR/results.json``; with ``--report`` also ``DIR/report/index.html``, the query
+and its top results as thumbnails (database images are looked up in the folder
+the index was built from, or ``--images DIR``).
 
 A whole benchmark (every query cropped to its box, if it has one)::
 
-    python -m d2r.query --index INDEX --dataset-dir DIR --out RESULTS [--rerank 100]
+    d2r query --index INDEX --dataset-dir DIR --out RESULTS [--rerank 100] [--report]
         [--benchmark auto|revisited|oxford-paris|holidays|ukbench] [--rotations FILE]
 
 writes ``RESULTS/ranks.npy`` ((Q, N) database indices of the dataset, best
@@ -18,29 +27,40 @@ mAP and mP@1/5/10 in percent; for Oxford5k/Paris6k and Holidays mAP and
 mP@1/5/10 in percent; for UKBench the N-S score (0..4). The benchmark is
 detected from the directory (:mod:`d2r.datasets.benchmarks`); ``--rotations``
 turns the listed Holidays queries upright (build the index with the same list).
-Query-time settings can change with ``--set`` (``search.*``,
-``verification.*``, ``aggregation.alpha|tau|num_assignments_query|pooling``).
 
-An index built with ``--ray-shards N`` (or split by ``python -m
-d2r.distributed.shards``) is searched shard by shard on Ray actors and merged
-exactly; ``--shards DIR`` picks another sharded directory, ``--ray-address``
-the cluster.  Re-ranking reads the database features from ``INDEX/features``.
+The index's recorded configuration is the base; query-time settings can change
+with ``--config-file FILE.yaml`` and ``--set`` (``search.*``, ``verification.*``,
+``aggregation.alpha|tau|num_assignments_query|pooling|database_normalization``);
+any other key is refused because the index was built with it.
+
+An index built with ``--ray-shards N`` (or split by ``d2r shards``) is searched
+shard by shard on Ray actors and merged exactly; ``--shards DIR`` picks another
+sharded directory, ``--ray-address`` the cluster.  Re-ranking reads the database
+features from ``INDEX/features``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from d2r import cli
+from d2r.config import Config
 from d2r.distributed.options import DEFAULT_CPUS_PER_SHARD
 from d2r.pipeline.run import FeaturelessQueryError, run_dataset, run_image
 from d2r.pipeline.searcher import Searcher
+from d2r.result_page import write_result_page
 from d2r.results import format_table
+from d2r.sources import locate
 
 __all__ = ["main"]
+
+DEFAULT_TOP = 20
+"""Results ``d2r query --image`` prints unless ``--top`` says otherwise."""
 
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:
@@ -53,8 +73,8 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m d2r.query", description=__doc__,
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="d2r query", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True, metavar="INDEX", help="index directory")
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -62,16 +82,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mode.add_argument("--dataset-dir", metavar="DIR", help="run every query of this benchmark")
     cli.add_benchmark_args(parser)
     cli.add_distractor_args(parser)
-    parser.add_argument("--box", type=_parse_box, help="query box x1,y1,x2,y2 (pixels)")
-    parser.add_argument("--out", metavar="DIR", help="results directory (dataset mode)")
-    parser.add_argument("--json", metavar="FILE", help="also write the ranked list here")
+    parser.add_argument("--box", type=_parse_box, metavar="X1,Y1,X2,Y2",
+                        help="query box in pixels of the image (negative values allowed)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="results directory: ranks, metrics (dataset mode) or results.json "
+                             "(one image)")
+    parser.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="N",
+                        help=f"results to print (default {DEFAULT_TOP}; 0: all)")
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                        help="how to print the results (default: table)")
+    parser.add_argument("--json", metavar="FILE", help="also write every result here as JSON")
     parser.add_argument("--report", action="store_true",
-                        help="dataset mode: write the HTML report to OUT/report/index.html")
-    parser.add_argument("--top", type=int, help="results to show (default search.top_k)")
+                        help="also write an HTML page to OUT/report/index.html: the benchmark "
+                             "report, or one image's results with thumbnails")
+    parser.add_argument("--images", metavar="DIR",
+                        help="with --report for one image: the folder of the database images "
+                             "(default: the --images / --image-list folder the index was "
+                             "built from)")
     parser.add_argument("--rerank", type=int, metavar="N",
-                        help="spatially verify the top N (sets verification.rerank)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="query-time override, e.g. aggregation.tau=0.2")
+                        help="spatially verify the top N (sets verification.rerank; 0: off)")
+    group = parser.add_argument_group("query-time configuration (on top of the index's record)")
+    group.add_argument("--config-file", action="append", default=[], metavar="FILE",
+                       help="YAML file of query-time settings (repeatable)")
+    group.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="query-time override, e.g. aggregation.tau=0.2")
     sharded = parser.add_argument_group("sharded index (Ray; pip install 'd2r[ray]')")
     sharded.add_argument("--shards", metavar="DIR",
                          help="search this sharded directory (default: INDEX/shards when the "
@@ -84,26 +118,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          help="CPUs reserved by each shard actor (default %(default)g; every shard "
                               "needs its actor running, so shards x C must fit the cluster)")
     cli.add_common_args(parser)
-    args = cli.parse(parser, argv)
-    with cli.user_errors(parser, args.verbose):
-        return _query(parser, args)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return cli.run(_parser(), argv, _query, value_options=("--box",))
 
 
 def _query(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Answer one image or a benchmark; print the ranking or the metrics."""
     if args.rotations and not args.dataset_dir:
         parser.error("--rotations needs --dataset-dir (a Holidays benchmark)")
+    if args.dataset_dir and not args.out:
+        parser.error("--dataset-dir needs --out")
+    if args.box is not None and not args.image:
+        parser.error("--box applies to --image (benchmark queries use their own boxes)")
+    if args.top < 0:
+        parser.error(f"--top must be >= 0, got {args.top}")
+    if args.report and not args.out:
+        parser.error("--report needs --out DIR (the page is written to DIR/report/index.html)")
+    if args.images and not (args.image and args.report):
+        parser.error("--images applies to --image with --report")
     overrides = list(args.overrides)
     if args.rerank is not None:
         overrides.append(f"verification.rerank={args.rerank}")
-    if args.top is not None:
-        overrides.append(f"search.top_k={args.top}")
-    with Searcher(args.index, overrides=overrides, shards=args.shards,
+    with Searcher(args.index, files=args.config_file, overrides=overrides, shards=args.shards,
                   shard_options={"address": args.ray_address,
                                  "num_cpus_per_shard": args.ray_cpus_per_shard}) as searcher:
         if args.dataset_dir:
-            if not args.out:
-                parser.error("--dataset-dir needs --out")
             metrics = run_dataset(searcher, args.dataset_dir, args.out,
                                   benchmark=args.benchmark, rotations=args.rotations,
                                   report=args.report, distractor_list=args.distractors,
@@ -114,12 +156,58 @@ def _query(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             rows = run_image(searcher, args.image, box=args.box)
         except FeaturelessQueryError as exc:
             parser.exit(1, f"{parser.prog}: error: {exc}\n")
-    for row in rows:
-        extra = f"  inliers={row['inliers']}" if "inliers" in row else ""
-        print(f"{row['rank']:4d}  {row['score']:.4f}  {row['name']}{extra}")
+        config = searcher.config
+        if args.out:
+            _write_image_results(Path(args.out), args, rows, searcher)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    shown = rows[:args.top] if args.top else rows
+    if args.format == "json":
+        print(json.dumps(shown, indent=2))
+    elif args.format == "csv":
+        _print_csv(shown)
+    else:
+        _print_table(shown, rows, config)
     return 0
+
+
+def _write_image_results(out: Path, args: argparse.Namespace, rows: list[dict],
+                         searcher: Searcher) -> None:
+    """``OUT/results.json`` (every row) and, with ``--report``, ``OUT/report/index.html``
+    with the top ``--top`` results."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if not args.report:
+        return
+    root = args.images or searcher.manifest.get("images_root")
+    write_result_page(
+        out / "report", query=args.image, box=args.box,
+        rows=rows[:args.top] if args.top else rows,
+        locate=(lambda name: locate(root, name)) if root else (lambda name: None),
+        min_inliers=searcher.config.verification.min_inliers, index=str(args.index))
+
+
+def _print_table(shown: list[dict], rows: list[dict], config: Config) -> None:
+    """The ``rank  score  inliers  name`` table, with how the list was ordered."""
+    verified = [row for row in rows if row.get("inliers", -1) >= config.verification.min_inliers]
+    if any("inliers" in row for row in rows):
+        checked = sum("inliers" in row for row in rows)
+        print(f"# re-ranked: the top {checked} were spatially verified; the {len(verified)} with "
+              f">= {config.verification.min_inliers} inliers come first (most inliers first), "
+              f"the others keep their search order")
+    print(f"{'rank':>4}  {'score':>7}  {'inliers':>7}  name")
+    for row in shown:
+        inliers = str(row["inliers"]) if "inliers" in row else "-"
+        print(f"{row['rank']:4d}  {row['score']:7.4f}  {inliers:>7}  {row['name']}")
+    if len(shown) < len(rows):
+        print(f"# {len(rows) - len(shown)} more (--top 0 shows all)")
+
+
+def _print_csv(rows: list[dict]) -> None:
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["rank", "score", "inliers", "name"])
+    for row in rows:
+        writer.writerow([row["rank"], f"{row['score']:.6g}", row.get("inliers", ""), row["name"]])
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from d2r.errors import InputError
 from d2r.evaluation import scores_to_ranks
 
 __all__ = ["load_ranks", "write_metrics", "format_table"]
@@ -27,6 +29,16 @@ def load_ranks(path: str | Path) -> np.ndarray:
         (Q, N) int64 database indices best first (queries first).
     """
     path = Path(path)
+    try:
+        return _read_ranks(path)
+    except (InputError, FileNotFoundError):
+        raise
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a readable rankings file ({' '.join(str(exc).split())})"
+                         ) from exc
+
+
+def _read_ranks(path: Path) -> np.ndarray:
     if path.is_dir():
         if (path / "ranks.npy").is_file():
             return _int_ranks(np.load(path / "ranks.npy", allow_pickle=False), path / "ranks.npy")
@@ -45,32 +57,32 @@ def load_ranks(path: str | Path) -> np.ndarray:
                     return _int_ranks(archive[key], path)
             if "scores" in archive:
                 return scores_to_ranks(archive["scores"])
-            raise ValueError(
+            raise InputError(
                 f"{path} has none of the arrays 'ranks', 'ids', 'scores': {archive.files}"
             )
     if suffix == ".json":
         data = json.loads(path.read_text())
         if isinstance(data, dict):
             if "ranks" not in data:
-                raise ValueError(f"{path}: JSON object has no 'ranks' key")
+                raise InputError(f"{path}: JSON object has no 'ranks' key")
             data = data["ranks"]
         try:
             arr = np.array(data, dtype=np.int64)
         except (TypeError, ValueError) as exc:
-            raise ValueError(
+            raise InputError(
                 f"{path}: 'ranks' must be a list of equal-length integer lists"
             ) from exc
         return _int_ranks(arr, path)
-    raise ValueError(
+    raise InputError(
         f"{path}: unsupported ranks format {suffix!r} (use .npy, .npz, .json or a directory)"
     )
 
 
 def _int_ranks(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.ndim != 2:
-        raise ValueError(f"{path}: ranks must be a (Q, N) array, got shape {arr.shape}")
+        raise InputError(f"{path}: ranks must be a (Q, N) array, got shape {arr.shape}")
     if arr.size and arr.dtype.kind not in "iu":
-        raise ValueError(
+        raise InputError(
             f"{path}: ranks hold {arr.dtype} values, expected integer database indices "
             "(store similarities as scores.npy or as 'scores' in an .npz)"
         )

@@ -10,10 +10,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from d2r.datasets.benchmarks import load_benchmark
+from d2r.errors import InputError
 
-__all__ = ["ImageSource", "OUTSIDE"]
+__all__ = ["ImageSource", "OUTSIDE", "locate"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +33,16 @@ class ImageSource:
     rotations: tuple[int, ...] = ()
     rejected: tuple[tuple[str, str], ...] = ()
     """Inputs left out, as (name, reason): duplicates of a listed file, unusable names."""
+    root: Optional[Path] = None
+    """For a directory or a list: the absolute folder the names are relative to (see
+    :func:`locate`); None for a benchmark."""
 
     def __post_init__(self) -> None:
         if self.rotations and len(self.rotations) != len(self.names):
-            raise ValueError(f"{len(self.rotations)} rotations for {len(self.names)} images")
+            raise InputError(f"{len(self.rotations)} rotations for {len(self.names)} images")
 
     @classmethod
-    def checked(cls, names, paths, rotations=()) -> "ImageSource":
+    def checked(cls, names, paths, rotations=(), root: Optional[Path] = None) -> "ImageSource":
         """The images ``names[i]`` at ``paths[i]``, each file once under a usable name.
 
         A name that is not valid UTF-8 (an undecodable file name) is left out, and so is
@@ -61,7 +66,8 @@ class ImageSource:
             logger.warning("%d of %d inputs left out (duplicates or unusable names), e.g. "
                            "%s: %s", len(rejected), len(names), *rejected[0])
         return cls(tuple(names[i] for i in kept), tuple(Path(paths[i]) for i in kept),
-                   tuple(rotations[i] for i in kept) if rotations else (), tuple(rejected))
+                   tuple(rotations[i] for i in kept) if rotations else (), tuple(rejected),
+                   root)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -80,8 +86,8 @@ class ImageSource:
             raise FileNotFoundError(f"image directory {root} does not exist")
         names = list_images(root)
         if not names:
-            raise ValueError(f"image directory {root} holds no images")
-        return cls.checked(names, [root / n for n in names])
+            raise InputError(f"image directory {root} holds no images")
+        return cls.checked(names, [root / n for n in names], root=root.resolve())
 
     @classmethod
     def from_list(cls, list_file: str | os.PathLike) -> "ImageSource":
@@ -99,9 +105,10 @@ class ImageSource:
             raise FileNotFoundError(f"cannot read image list {path}: {exc}") from exc
         entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
         if not entries:
-            raise ValueError(f"image list {path} names no images")
+            raise InputError(f"image list {path} names no images")
         files = [path.parent / entry for entry in entries]
-        return cls.checked([_list_name(file, path.parent) for file in files], files)
+        return cls.checked([_list_name(file, path.parent) for file in files], files,
+                           root=path.parent.resolve())
 
     @classmethod
     def from_dataset(
@@ -130,11 +137,20 @@ class ImageSource:
     def shard(self, index: int, count: int) -> ImageSource:
         """Every ``count``-th image starting at ``index`` (``--shard index/count``)."""
         return ImageSource(self.names[index::count], self.paths[index::count],
-                           self.rotations[index::count], self.rejected if index == 0 else ())
+                           self.rotations[index::count], self.rejected if index == 0 else (),
+                           self.root)
 
 
 OUTSIDE = "_outside_"
 """Name prefix of listed images outside the list file's folder."""
+
+
+def locate(root: str | os.PathLike, name: str) -> Path:
+    """The file of image ``name`` of a source whose :attr:`ImageSource.root` was ``root``:
+    ``root/name``, or the absolute path a ``_outside_/...`` name holds."""
+    if name.startswith(OUTSIDE + "/"):
+        return Path("/" + name[len(OUTSIDE) + 1:])
+    return Path(root) / name
 
 
 def _list_name(file: Path, base: Path) -> str:

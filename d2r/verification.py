@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 
 from d2r.config import VerificationConfig
+from d2r.progress import track
 from d2r.types import LocalFeatures, SearchResult
 
 __all__ = [
@@ -546,7 +547,8 @@ def rerank_batch(
     try:
         return [
             _rerank_one(q, ids, scores, fetch, top_n, min_inliers, pool, pair_options)
-            for q, ids, scores in rows
+            for q, ids, scores in track(rows, desc="re-rank", unit="query",
+                                        show=None if len(rows) > 1 else False)
         ]
     finally:
         if pool is not None:

@@ -1,4 +1,4 @@
-"""Verify an index: ``python -m d2r.verify INDEX [INDEX ...]``.
+"""Verify an index: ``d2r verify INDEX [INDEX ...]`` (``python -m d2r.verify``).
 
 Hashes every array and record of the search structure against its manifest, checks
 that ``index.json``, the search structure, the codebook and the feature store belong
@@ -20,11 +20,15 @@ __all__ = ["main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m d2r.verify", description=__doc__,
+    parser = argparse.ArgumentParser(prog="d2r verify", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("indexes", nargs="+", metavar="INDEX", help="index directories")
     cli.add_common_args(parser)
-    args = cli.parse(parser, argv)
+    return cli.run(parser, argv, _verify)
+
+
+def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Print OK or the problems of each index; 1 if any has a problem."""
     status = 0
     for index in args.indexes:
         problems = verify_index(index)

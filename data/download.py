@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Download the retrieval benchmarks used by d2r (standard library only).
+"""Download the retrieval benchmarks and released model weights used by d2r (standard library only).
 
     python data/download.py --list
     python data/download.py roxford5k rparis6k --root data/datasets
     python data/download.py revisitop1m --root data/datasets
+    python data/download.py delf_gld_20190411 d2r_frcnn_20190411   # into parameters/
 
 Downloads are resumable: bytes go to ``<file>.part`` and an interrupted run
 continues with an HTTP ``Range`` request (servers without range support, ftp
@@ -11,7 +12,9 @@ and file URLs restart from zero). Files with a published checksum are verified
 against it; the others get their sha256 recorded in ``<root>/checksums.json``
 on first download and are verified against that record afterwards. Archives
 are extracted next to them; a ``.done-<archive>`` marker makes reruns skip
-finished work. See data/README.md for the layouts produced.
+finished work. Model weights unpack to ``<root>/<name>/`` (default root
+``parameters/``), are checked to hold the files d2r loads, and the ``--set``
+options that use them are printed. See data/README.md for the layouts produced.
 """
 
 from __future__ import annotations
@@ -147,6 +150,76 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
+@dataclass(frozen=True)
+class Weights:
+    """A released model archive that unpacks to ``<root>/<name>/``.
+
+    required: files (relative to ``<root>/<name>``) that d2r loads; their absence
+    after unpacking is an error. settings: ``(config key, path relative to
+    <root>/<name>)`` pairs, printed as ``--set key=path``. presets: the presets
+    that need those settings. size: archive bytes, when known.
+    """
+
+    name: str
+    description: str
+    url: str
+    required: tuple[str, ...]
+    settings: tuple[tuple[str, str], ...]
+    presets: tuple[str, ...] = ()
+    size: int | None = None
+    sha256: str | None = None
+
+    @property
+    def archive(self) -> str:
+        return PurePosixPath(urllib.parse.urlsplit(self.url).path).name
+
+    def set_options(self, root: Path) -> list[str]:
+        """``--set KEY=PATH`` options that point d2r at these weights under ``root``."""
+        base = root / self.name
+        return [f"--set {key}={(base / rel) if rel != '.' else base}" for key, rel in self.settings]
+
+
+_D2R = "http://storage.googleapis.com/delf"
+_DETECTOR_PRESETS = ("delf-d2r-r-asmk-star", "delf-d2r-asmk-star-regional-search",
+                     "rootsift-d2r-r-asmk-star")
+
+# Detect-to-Retrieve releases (tensorflow/models research/delf, DETECT_TO_RETRIEVE_INSTRUCTIONS.md).
+# No checksums are published: the sha256 is recorded at first download (checksums.json).
+WEIGHTS: dict[str, Weights] = {
+    w.name: w
+    for w in (
+        Weights("delf_gld_20190411",
+                "DELF (ResNet-50) trained on Google Landmarks v1, with its PCA (D2R paper)",
+                f"{_D2R}/delf_gld_20190411.tar.gz",
+                required=("model/saved_model.pb", "pca/mean.datum", "pca/pca_proj_mat.datum"),
+                settings=(("features.delf.model_path", "model"), ("features.delf.pca_path", "pca")),
+                presets=("delf-asmk-star", "delf-d2r-r-asmk-star",
+                         "delf-d2r-asmk-star-regional-search")),
+        Weights("d2r_frcnn_20190411",
+                "Faster R-CNN landmark detector trained on Google Landmark Boxes (D2R paper)",
+                f"{_D2R}/d2r_frcnn_20190411.tar.gz",
+                required=("saved_model.pb",),
+                settings=(("regions.detector_path", "."),),
+                presets=_DETECTOR_PRESETS),
+        Weights("d2r_mnetssd_20190411",
+                "MobileNet-SSD landmark detector trained on Google Landmark Boxes (faster, D2R paper)",
+                f"{_D2R}/d2r_mnetssd_20190411.tar.gz",
+                required=("saved_model.pb",),
+                settings=(("regions.detector_path", "."),),
+                presets=_DETECTOR_PRESETS),
+        *(Weights(f"{trained_on}_codebook_{k}",
+                  f"{k}-word DELF-GLD codebook trained on {trained_on} (the paper searches "
+                  f"{'roxford5k' if trained_on == 'rparis6k' else 'rparis6k'} with it)",
+                  f"{_D2R}/{trained_on}_codebook_{k}.tar.gz",
+                  required=(f"k{k}_codebook_tfckpt/codebook.index",),
+                  settings=(("codebook.path", f"k{k}_codebook_tfckpt/codebook"),),
+                  presets=("delf-asmk-star", "delf-d2r-r-asmk-star",
+                           "delf-d2r-asmk-star-regional-search"))
+          for k in (65536, 1024) for trained_on in ("rparis6k", "roxford5k")),
+    )
+}
+
+
 class ChecksumRegistry:
     """sha256 of downloaded files without a published checksum (``checksums.json``)."""
 
@@ -243,8 +316,8 @@ def fetch(url: str, dest: Path, *, md5: str | None = None, sha256: str | None = 
         host = urllib.parse.urlsplit(url).netloc or url
         reason = getattr(exc, "reason", exc)
         raise DownloadError(
-            f"cannot reach {host} ({reason}); are you offline? "
-            + (f"{offset} bytes are kept in {part} and the next run resumes." if offset else "")
+            f"cannot reach {host} ({reason}); are you offline?"
+            + (f" {offset} bytes are kept in {part} and the next run resumes." if offset else "")
         ) from exc
     with response:
         status = getattr(response, "status", None)
@@ -311,9 +384,16 @@ def extract(archive: Path, dest: Path, *, mode: str) -> int:
     written: set[str] = set()
     count = 0
     for name, is_file, opener in _members(archive):
-        if not is_file:
-            continue
         pure = PurePosixPath(name)
+        if not is_file:
+            if mode == "tree" and opener is None and pure.parts:  # a folder (kept even if empty)
+                target = (dest / pure).resolve()
+                if pure.is_absolute() or ".." in pure.parts or not (
+                        target == root or root in target.parents):
+                    raise DownloadError(
+                        f"{archive}: member {name!r} would be written outside {dest}")
+                target.mkdir(parents=True, exist_ok=True)
+            continue
         relative = PurePosixPath(pure.name) if mode == "flat" else pure
         target = (dest / relative).resolve()
         if pure.is_absolute() or ".." in pure.parts or root not in target.parents:
@@ -329,16 +409,22 @@ def extract(archive: Path, dest: Path, *, mode: str) -> int:
 
 
 def _members(archive: Path):
-    """(name, is regular file, open function) of each archive member."""
+    """(name, is regular file, open function) of each archive member.
+
+    Folders have no open function (``None``); links and other special members
+    have one that is never called.
+    """
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
-                yield info.filename, not info.is_dir(), (lambda i=info: zf.open(i))
+                yield (info.filename, not info.is_dir(),
+                       None if info.is_dir() else (lambda i=info: zf.open(i)))
         return
     try:
         with tarfile.open(archive) as tf:
             for member in tf:
-                yield member.name, member.isfile(), (lambda m=member: tf.extractfile(m))
+                yield (member.name, member.isfile(),
+                       None if member.isdir() else (lambda m=member: tf.extractfile(m)))
     except tarfile.TarError as exc:
         raise DownloadError(f"{archive}: not a readable archive ({exc})") from exc
 
@@ -370,24 +456,116 @@ def download_dataset(name: str, root: Path, *, do_extract: bool = True,
     return base
 
 
+def check_layout(spec: Weights, directory: Path) -> None:
+    """Raise a one-line :class:`DownloadError` naming the files d2r needs that are missing."""
+    missing = [rel for rel in spec.required if not (directory / rel).is_file()]
+    if missing:
+        raise DownloadError(
+            f"{spec.name}: {', '.join(str(directory / rel) for rel in missing)} missing after "
+            f"unpacking {spec.archive} (d2r loads {', '.join(key for key, _ in spec.settings)} "
+            f"from there); the archive's layout is not the released one: delete {directory} "
+            f"and the archive, then rerun"
+        )
+
+
+def _top_folders(archive: Path) -> set[str]:
+    """First path component of every member (``./`` prefixes dropped)."""
+    return {PurePosixPath(name).parts[0] for name, _, _ in _members(archive)
+            if PurePosixPath(name).parts}
+
+
+def download_weights(name: str, root: Path, *, do_extract: bool = True,
+                     keep_archives: bool = True) -> Path:
+    """Fetch the model archive ``name`` and unpack it to ``root/name`` (checked, see :class:`Weights`).
+
+    The archive is kept in ``root/_downloads/``; its sha256 is recorded in
+    ``root/checksums.json`` at first download. A ``.done-<archive>`` marker in
+    ``root/name`` makes reruns skip the work while the required files are there.
+    """
+    if name not in WEIGHTS:
+        raise DownloadError(f"unknown model weights {name!r}; choose from {sorted(WEIGHTS)}")
+    spec = WEIGHTS[name]
+    base = root / name
+    marker = base / f".done-{spec.archive}"
+    if marker.is_file():
+        try:
+            check_layout(spec, base)
+            return base
+        except DownloadError:
+            log(f"{name}: files are missing since the last run; unpacking again")
+    archive = root / "_downloads" / spec.archive
+    log(f"[{name}] {spec.url}")
+    fetch(spec.url, archive, sha256=spec.sha256, registry=ChecksumRegistry(root / "checksums.json"),
+          key=f"{name}/{spec.archive}")
+    if not do_extract:
+        return archive
+    # The releases hold a folder named like the archive; unpack a bare archive into one.
+    into = root if name in _top_folders(archive) else base
+    n = extract(archive, into, mode="tree")
+    check_layout(spec, base)
+    marker.write_text(f"{n} files from {spec.archive}\n")
+    log(f"  extracted {n} files into {base}")
+    if not keep_archives:
+        archive.unlink()
+    return base
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "size unknown"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _print_list(dataset_root: Path, weights_root: Path) -> None:
+    print(f"Datasets (into {dataset_root}/<name>, --root or $D2R_DATA to change):")
+    for spec in DATASETS.values():
+        print(f"  {spec.name:<12} {spec.description}")
+    print(f"\nModel weights (into {weights_root}/<name>, --root or $D2R_PARAMETERS to change):")
+    for w in WEIGHTS.values():
+        local = weights_root / "_downloads" / w.archive
+        size = _size(local.stat().st_size) + " (downloaded)" if local.is_file() else _size(w.size)
+        print(f"  {w.name:<21} {size:<14} {w.description}")
+        print(f"  {'':<21} {' '.join(w.set_options(weights_root))}")
+        print(f"  {'':<21} used by presets: {', '.join(w.presets)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("datasets", nargs="*", help="dataset names (see --list)")
-    default_root = Path(os.environ.get("D2R_DATA", "data/datasets"))
-    parser.add_argument("--root", type=Path, default=default_root,
-                        help="destination root (default: $D2R_DATA or data/datasets)")
-    parser.add_argument("--list", action="store_true", help="list the datasets and exit")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="dataset or model-weights names (see --list)")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="destination root (default: $D2R_DATA or data/datasets for datasets, "
+                             "$D2R_PARAMETERS or parameters for model weights)")
+    parser.add_argument("--list", action="store_true",
+                        help="list the datasets and model weights and exit")
     parser.add_argument("--no-extract", action="store_true", help="download archives only")
     parser.add_argument("--delete-archives", action="store_true",
                         help="remove each archive once extracted")
     args = parser.parse_args(argv)
-    if args.list or not args.datasets:
-        for spec in DATASETS.values():
-            print(f"{spec.name:<12} {spec.description}")
+    dataset_root = args.root or Path(os.environ.get("D2R_DATA", "data/datasets"))
+    weights_root = args.root or Path(os.environ.get("D2R_PARAMETERS", "parameters"))
+    if args.list or not args.names:
+        _print_list(dataset_root, weights_root)
         return 0
+    unknown = [n for n in args.names if n not in DATASETS and n not in WEIGHTS]
+    if unknown:
+        print(f"error: unknown name(s) {', '.join(unknown)}; datasets: {', '.join(DATASETS)}; "
+              f"model weights: {', '.join(WEIGHTS)}", file=sys.stderr)
+        return 2
     try:
-        for name in args.datasets:
-            path = download_dataset(name, args.root, do_extract=not args.no_extract,
+        for name in args.names:
+            if name in WEIGHTS:
+                path = download_weights(name, weights_root, do_extract=not args.no_extract,
+                                        keep_archives=not args.delete_archives)
+                print(f"{name}: {path}")
+                if not args.no_extract:
+                    print(f"  use with: {' '.join(WEIGHTS[name].set_options(weights_root))}")
+                continue
+            path = download_dataset(name, dataset_root, do_extract=not args.no_extract,
                                     keep_archives=not args.delete_archives)
             print(f"{name}: {path}")
     except DownloadError as exc:

@@ -1,6 +1,8 @@
 """Tests of d2r.codebook: k-means, storage, TF checkpoint reading, quantization."""
 
 import json
+import subprocess
+import sys
 
 import faiss
 import numpy as np
@@ -231,3 +233,23 @@ def test_quantize_errors():
         quantize(np.zeros((2, 2), np.float32), CENTRES, mode="approximate", ef_search=0)
     with pytest.raises(ValueError, match="NaN"):
         quantize(np.array([[np.nan, 0]], np.float32), CENTRES)
+
+
+def test_build_index_with_the_references_checkpoint_codebook(tiny_dataset, tmp_path):
+    """``--set codebook.path=.../k<K>_codebook_tfckpt/codebook`` (what ``data/download.py
+    rparis6k_codebook_65536`` unpacks) builds an index on that codebook, trained nowhere."""
+    tf = pytest.importorskip("tensorflow")
+    centroids = np.random.default_rng(1).random((24, 128)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    prefix = str(tmp_path / "k24_codebook_tfckpt" / "codebook")
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=["clusters"], shape_and_slices=[""],
+                      tensors=[tf.constant(centroids)])
+    out = tmp_path / "index"
+    proc = subprocess.run(
+        [sys.executable, "-m", "d2r", "build-index", "--dataset-dir", str(tiny_dataset),
+         "--out", str(out), "--set", "features.rootsift.max_features=50",
+         "--set", f"codebook.path={prefix}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((out / "index.json").read_text())["codebook"]
+    assert record["num_words"] == 24 and record["dim"] == 128
+    assert "training a" not in proc.stderr

@@ -63,10 +63,16 @@ def test_single_image_query_finds_its_landmark(tiny_dataset, built_index, tmp_pa
     dataset = load_revisited(tiny_dataset)
     out = tmp_path / "rows.json"
     box = ",".join(str(float(v)) for v in dataset.query_boxes[0])
-    _run("d2r.query", "--index", str(built_index), "--image", str(dataset.query_path(0)),
-         "--box", box, "--top", "3", "--rerank", "3", "--json", str(out))
+    printed = _run("d2r.query", "--index", str(built_index), "--image",
+                   str(dataset.query_path(0)), "--box", box, "--top", "3", "--rerank", "3",
+                   "--json", str(out)).stdout.splitlines()
     rows = json.loads(out.read_text())
-    assert [r["rank"] for r in rows] == [1, 2, 3] and all("inliers" in r for r in rows)
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) > 3
+    assert ["inliers" in r for r in rows[:4]] == [True, True, True, False]
+    assert printed[0].startswith("# re-ranked: the top 3 were spatially verified")
+    assert printed[1].split() == ["rank", "score", "inliers", "name"]
+    assert [line.split()[0] for line in printed[2:5]] == ["1", "2", "3"]
+    assert printed[5] == f"# {len(rows) - 3} more (--top 0 shows all)"
     positives = set(dataset.gnd[0].easy) | set(dataset.gnd[0].hard)
     assert dataset.db_names.index(rows[0]["name"]) in positives
 

@@ -300,4 +300,4 @@ def test_the_query_cli_reports_a_damaged_index_in_one_line(index, tiny_dataset, 
                           capture_output=True, text=True, timeout=300)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("python -m d2r.query: error: ") and re.search(message, lines[0])
+    assert lines[0].startswith("d2r query: error: ") and re.search(message, lines[0])

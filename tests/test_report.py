@@ -1,7 +1,11 @@
-"""Tests for d2r.report: files, relative links, frame colours, PR curves, browser rendering."""
+"""Tests for d2r.report: files, relative links, border colours, PR curves, metrics before and
+after re-ranking, the settings block, thumbnail sizes, browser rendering."""
 
 from __future__ import annotations
 
+import datetime
+import json
+import logging
 import re
 import shutil
 import subprocess
@@ -12,10 +16,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from d2r import report as R
 from d2r import verification as V
+from d2r.config import load_config
 from d2r.datasets.revisited import load_revisited
 from d2r.evaluation import compute_map, protocol_gnd
 from d2r.types import Boxes, LocalFeatures
@@ -30,6 +35,9 @@ class _Page(HTMLParser):
         super().__init__()
         self.links: list[str] = []
         self.figures: list[dict[str, str]] = []
+        self.cells: list[tuple[dict[str, str], str]] = []
+        self.ids: list[str] = []
+        self._cell: dict[str, str] | None = None
         self.styles = ""
         self._in_style = False
         self.text = ""
@@ -41,15 +49,32 @@ class _Page(HTMLParser):
                 self.links.append(attrs[key])
         if tag == "figure":
             self.figures.append(attrs)
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
+        if tag == "td" and "data-metric" in attrs:
+            self._cell = attrs
+            self.cells.append((attrs, ""))
         self._in_style = tag == "style"
 
     def handle_endtag(self, tag):
         self._in_style = False
+        if tag == "td":
+            self._cell = None
 
     def handle_data(self, data):
         if self._in_style:
             self.styles += data
+        elif self._cell is not None:
+            attrs, text = self.cells[-1]
+            self.cells[-1] = (attrs, text + data)
         self.text += data
+
+    def metric(self, cls: str, protocol: str, metric: str) -> str:
+        """Text of the metrics table cell of column group ``cls`` (before, after, change)."""
+        found = [text for attrs, text in self.cells if cls in attrs["class"].split()
+                 and attrs["data-protocol"] == protocol and attrs["data-metric"] == metric]
+        assert len(found) == 1, (cls, protocol, metric, found)
+        return found[0]
 
 
 def _parse(path: Path) -> _Page:
@@ -101,13 +126,18 @@ def test_files_exist(written, dataset, ranking):
             assert png.format == "PNG" and png.size[0] > 100
     for q in range(dataset.num_queries):
         assert (out / "thumbs" / f"q_{q:04d}.jpg").is_file()
-    for db_id in np.unique(ranking[:, :TOP_K]):
+    for db_id in np.unique(ranking[:, :TOP_K]):  # stored once, at the match-view size
         with Image.open(out / "thumbs" / f"db_{db_id:06d}.jpg") as jpeg:
-            assert jpeg.format == "JPEG" and max(jpeg.size) <= 192
+            assert jpeg.format == "JPEG" and max(jpeg.size) <= 256
     assert len(list((out / "thumbs").glob("db_*.jpg"))) == len(np.unique(ranking[:, :TOP_K]))
+    page = index.read_text(encoding="utf-8")
+    shown = [(int(w), int(h)) for w, h in
+             re.findall(r'src="thumbs/db_\d+\.jpg" width="(\d+)" height="(\d+)"', page)]
+    assert len(shown) == dataset.num_queries * TOP_K and max(max(s) for s in shown) == 192
+    assert not list((out / "matches").glob("*.jpg"))  # lines are SVG over the thumbnails
     for q, db_id in verification:
-        assert (out / "matches" / f"q{q:04d}_db{db_id:06d}.html").is_file()
-        assert (out / "matches" / f"q{q:04d}_db{db_id:06d}.jpg").is_file()
+        match = out / "matches" / f"q{q:04d}.html"
+        assert f"db{db_id:06d}" in _parse(match).ids
 
 
 def test_links_are_relative_and_resolve(written):
@@ -148,7 +178,9 @@ def test_aps_and_match_counts_shown(written, dataset, ranking):
     aps = compute_map(ranking, protocol_gnd(dataset.gnd, "medium"))[1]
     shown = [float(v) for v in re.findall(r"AP \(medium\) ([0-9.]+)", text)]
     np.testing.assert_allclose(shown, 100 * aps, atol=0.051)
-    assert "12 inliers" in text and "0 inliers" in text
+    assert "12 matched points" in text and "0 matched points" in text
+    match = _parse(written[0] / "matches" / "q0000.html")
+    assert "12 matched points" in match.text
 
 
 def test_hard_protocol_labels(dataset, ranking, tmp_path):
@@ -214,12 +246,185 @@ def test_rejects_bad_input(dataset, ranking, tmp_path):
                        verification={(0, int(ranking[0, 0])): np.zeros((3, 4))})
 
 
+def _expected_metrics(ranks, gnd, protocol):
+    """mAP and mP@1/5/10 in percent, straight from compute_map."""
+    mean_ap, _, mean_pr, _ = compute_map(ranks, protocol_gnd(gnd, protocol), [1, 5, 10])
+    return {"mAP": 100 * mean_ap, **{f"mP@{k}": 100 * v for k, v in zip((1, 5, 10), mean_pr)}}
+
+
+def test_metrics_before_and_after_reranking(dataset, ranking, tmp_path):
+    before_ranks = ranking[:, ::-1].copy()
+    after = R._as_benchmark(dataset).evaluate(ranking)
+    before = R._as_benchmark(dataset).evaluate(before_ranks)
+    index = R.write_report(tmp_path, dataset=dataset, ranks=ranking, top_k=2, metrics=after,
+                           initial_metrics=before)
+    page = _parse(index)
+    for protocol in ("easy", "medium", "hard"):
+        want_after = _expected_metrics(ranking, dataset.gnd, protocol)
+        want_before = _expected_metrics(before_ranks, dataset.gnd, protocol)
+        for metric in ("mAP", "mP@1", "mP@5", "mP@10"):
+            shown_before = float(page.metric("before", protocol, metric))
+            shown_after = float(page.metric("after", protocol, metric))
+            shown_change = float(page.metric("change", protocol, metric))
+            assert shown_before == pytest.approx(want_before[metric], abs=0.006)
+            assert shown_after == pytest.approx(want_after[metric], abs=0.006)
+            assert shown_change == pytest.approx(want_after[metric] - want_before[metric],
+                                                 abs=0.011)
+    assert "Before re-ranking" in page.text and "After re-ranking" in page.text
+    # without initial metrics: one column group, nothing about a before
+    single = _parse(R.write_report(tmp_path / "single", dataset=dataset, ranks=ranking, top_k=2))
+    assert float(single.metric("after", "medium", "mAP")) == pytest.approx(
+        _expected_metrics(ranking, dataset.gnd, "medium")["mAP"], abs=0.006)
+    assert not [a for a, _ in single.cells if "before" in a["class"]]
+    assert "Before re-ranking" not in single.text
+
+
+def test_classic_metrics_before_and_after(tmp_path):
+    table = R._metrics_table({"mAP": 60.0, "mP@1": 80.0}, {"mAP": 50.5, "mP@1": 80.0})
+    page = _Page()
+    page.feed(table)
+    assert page.metric("before", "all", "mAP") == "50.50"
+    assert page.metric("after", "all", "mAP") == "60.00"
+    assert page.metric("change", "all", "mAP") == "+9.50"
+    assert page.metric("change", "all", "mP@1") == "+0.00"
+    assert "All queries" in page.text
+
+
+def test_settings_block_is_shown_and_escaped(dataset, ranking, tmp_path):
+    settings = [("Index", "/data/<script>alert(1)</script> & co"), ("Re-ranking", "top 100")]
+    index = R.write_report(tmp_path, dataset=dataset, ranks=ranking, top_k=2, settings=settings)
+    raw = index.read_text(encoding="utf-8")
+    assert "<script>" not in raw
+    assert "/data/&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in raw
+    text = _parse(index).text
+    assert "How this was produced" in text and "top 100" in text
+
+
+def test_run_settings_in_plain_words():
+    config = load_config("rootsift-asmk-star", overrides=["verification.rerank=100"])
+    built = load_config("rootsift-asmk-star")
+    from d2r.config import to_dict
+
+    manifest = {"config": to_dict(built), "num_images": 200, "d2r_version": "0.1.0",
+                "codebook": {"sha256": "ab" * 32, "num_words": 1024, "dim": 128,
+                             "path": "codebooks/0123456789abcdef"}}
+    rows = dict(R.run_settings(config, manifest, index="/x/index", num_queries=40, num_db=200,
+                               when=datetime.datetime(2024, 5, 6, 7, 8)))
+    assert rows["Index"] == "/x/index"
+    assert rows["Preset"].startswith("rootsift-asmk-star")
+    assert rows["Changed for this run"] == "verification.rerank=100"
+    assert "1024 words" in rows["Visual words (codebook)"]
+    assert "abababababab" in rows["Visual words (codebook)"]
+    assert "codebooks/0123456789abcdef" in rows["Visual words (codebook)"]
+    assert "ASMK*" in rows["Image similarity"]
+    assert "top 100" in rows["Re-ranking"] and str(config.verification.min_inliers) in \
+        rows["Re-ranking"]
+    assert rows["Queries"] == "40" and rows["Database images"] == "200"
+    assert rows["Date"].startswith("2024-05-06 07:08")
+    # a build that is no preset: the closest one and what differs
+    other = to_dict(load_config("rootsift-asmk-star", overrides=["codebook.num_words=64"]))
+    rows = dict(R.run_settings(built, {"config": other}))
+    assert rows["Preset"] == "rootsift-asmk-star, changed: codebook.num_words=64"
+    assert rows["Re-ranking"] == "none (initial ranking only)"
+
+
+def test_plain_words(written):
+    out, index, _ = written
+    for page in [index, *(out / "matches").glob("*.html")]:
+        text = _parse(page).text
+        assert not re.search(r"\bframes?\b", text, re.IGNORECASE), page.name
+        assert "inlier" not in text.lower(), page.name
+    text = _parse(index).text
+    assert "Green border: correct match (positive under the Medium protocol)" in text
+    assert "red: wrong" in text and "grey: ignored" in text
+
+
+def test_thumbnails_are_small(written, dataset):
+    """Every JPEG is plain (no EXIF / ICC) and a few KB for its size."""
+    out, _, _ = written
+    jpegs = sorted((out / "thumbs").glob("*.jpg"))
+    assert len(jpegs) > dataset.num_queries
+    for path in jpegs:
+        with Image.open(path) as jpeg:
+            assert max(jpeg.size) <= 256
+            assert "exif" not in jpeg.info and "icc_profile" not in jpeg.info
+            assert JpegImagePlugin.get_sampling(jpeg) == 2  # 4:2:0: chroma at half resolution
+            limit = 3 * 1024 + 0.3 * jpeg.width * jpeg.height  # ~2.4 bits per pixel
+        assert path.stat().st_size < limit, (path.name, path.stat().st_size)
+        assert path.stat().st_size < 20 * 1024, path.name
+
+
+def test_report_progress_is_logged(dataset, ranking, tmp_path, caplog):
+    """Off a terminal the loop over queries logs progress lines (``report: 2/4 query ...``)."""
+    from d2r.progress import set_interval
+
+    set_interval(1e-9)  # a line at every query
+    try:
+        with caplog.at_level(logging.INFO, logger="d2r.progress"):
+            R.write_report(tmp_path, dataset=dataset, ranks=ranking, top_k=1)
+    finally:
+        set_interval(None)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("report: ")]
+    assert any(f"/{dataset.num_queries} query" in line for line in lines), lines
+
+
+@pytest.fixture(scope="module")
+def reranked_run(tiny_dataset, tmp_path_factory):
+    """run_dataset on a tiny index without and with spatial re-ranking (the second one with
+    the report)."""
+    from d2r.pipeline.build import build_index
+    from d2r.pipeline.run import run_dataset
+    from d2r.pipeline.searcher import Searcher
+    from d2r.sources import ImageSource
+
+    root = tmp_path_factory.mktemp("run")
+    config = load_config("rootsift-asmk-star", overrides=["codebook.num_words=64"])
+    build_index(config, ImageSource.from_dataset(tiny_dataset), root / "index")
+    with Searcher(root / "index", overrides=["verification.rerank=0"]) as searcher:
+        run_dataset(searcher, tiny_dataset, root / "plain", show_progress=False)
+    with Searcher(root / "index", overrides=["verification.rerank=10"]) as searcher:
+        run_dataset(searcher, tiny_dataset, root / "reranked", report=True, show_progress=False)
+    return root
+
+
+def test_run_dataset_reports_initial_and_reranked(reranked_run, tiny_dataset):
+    plain, reranked = reranked_run / "plain", reranked_run / "reranked"
+    assert not (plain / "metrics_initial.json").exists()  # no re-ranking, nothing before it
+    after = json.loads((reranked / "metrics.json").read_text())
+    before = json.loads((reranked / "metrics_initial.json").read_text())
+    # metrics.json keeps its shape; the initial metrics are those of the run without re-ranking
+    assert set(after) == {"easy", "medium", "hard"}
+    assert all(set(v) == {"mAP", "mP@1", "mP@5", "mP@10"} for v in after.values())
+    assert before == json.loads((plain / "metrics.json").read_text())
+    gnd = load_revisited(tiny_dataset).gnd
+    for name, ranks in (("plain", np.load(plain / "ranks.npy")),
+                        ("reranked", np.load(reranked / "ranks.npy"))):
+        want = {p: _expected_metrics(ranks, gnd, p) for p in ("easy", "medium", "hard")}
+        got = before if name == "plain" else after
+        for p in want:
+            for metric, value in want[p].items():
+                assert got[p][metric] == pytest.approx(value)
+    page = _parse(reranked / "report" / "index.html")
+    for p in ("easy", "medium", "hard"):
+        for metric in ("mAP", "mP@10"):
+            assert float(page.metric("before", p, metric)) == pytest.approx(
+                before[p][metric], abs=0.006)
+            assert float(page.metric("after", p, metric)) == pytest.approx(
+                after[p][metric], abs=0.006)
+    text = page.text
+    assert "How this was produced" in text
+    assert str((reranked_run / "index").resolve()) in text
+    assert "rootsift-asmk-star" in text and "codebook.num_words=64" in text
+    assert "top 10 results" in text and "64 words" in text
+    assert list((reranked / "report" / "matches").glob("q*.html"))
+
+
 _CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(_CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_report_renders_in_headless_browser(written, tmp_path):
-    """Chromium loads the page from file:// and paints thumbnails and coloured frames."""
+    """Chromium loads the page from file:// and paints thumbnails and coloured borders."""
     _, index, _ = written
     shot = tmp_path / "index.png"
     with tempfile.TemporaryDirectory() as profile:

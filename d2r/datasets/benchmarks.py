@@ -45,6 +45,7 @@ from d2r.datasets.revisited import (
     load_revisited,
     with_distractors,
 )
+from d2r.errors import InputError
 from d2r.evaluation import PROTOCOLS, compute_map, evaluate_protocols
 from d2r.evaluation import protocol_gnd as revisited_protocol_gnd
 
@@ -151,7 +152,7 @@ class Benchmark:
     def protocol_gnd(self, protocol: str) -> list[dict[str, np.ndarray]]:
         """Per query ``{"ok": (P,) int64, "junk": (J,) int64}`` database indices of ``protocol``."""
         if protocol not in self.protocols:
-            raise ValueError(f"protocol must be one of {self.protocols} for {self.name}, "
+            raise InputError(f"protocol must be one of {self.protocols} for {self.name}, "
                              f"got {protocol!r}")
         if isinstance(self.dataset, RevisitedDataset):
             return revisited_protocol_gnd(self.dataset.gnd, protocol)
@@ -238,7 +239,7 @@ def detect_benchmark(dataset_dir: str | os.PathLike) -> str:
         if all(_UKBENCH_NAME.fullmatch(s) for s in stems):
             return "ukbench"
     where = ", ".join(str(d) for d in _image_dir_candidates(root))
-    raise ValueError(
+    raise InputError(
         f"cannot tell which benchmark {root} holds; looked for gnd_<name>.pkl or .mat "
         f"(revisited), a gt_files/ folder (oxford-paris), and *.jpg images in {where} named "
         "only like 100000.jpg (holidays) or ukbench00000.jpg (ukbench)"
@@ -282,18 +283,18 @@ def load_benchmark(
     """
     root = Path(dataset_dir)
     if kind not in ("auto", *BENCHMARKS):
-        raise ValueError(f"benchmark kind must be 'auto' or one of {BENCHMARKS}, got {kind!r}")
+        raise InputError(f"benchmark kind must be 'auto' or one of {BENCHMARKS}, got {kind!r}")
     if (distractor_list is None) != (distractor_root is None):
-        raise ValueError("give both the distractor list and the distractor image folder, or neither")
+        raise InputError("give both the distractor list and the distractor image folder, or neither")
     if kind == "auto":
         kind = detect_benchmark(root)
     if kind != "revisited":
         for given, what in ((distractor_list, "R1M distractors (--distractors)"),
                             (name, "a ground-truth name (--name)")):
             if given is not None:
-                raise ValueError(f"{what} apply to revisited benchmarks only; {root} is {kind}")
+                raise InputError(f"{what} apply to revisited benchmarks only; {root} is {kind}")
     if rotations is not None and kind != "holidays":
-        raise ValueError(f"image rotations (--rotations) apply to Holidays only; {root} is {kind}")
+        raise InputError(f"image rotations (--rotations) apply to Holidays only; {root} is {kind}")
 
     if kind == "revisited":
         dataset = load_revisited(root, name)

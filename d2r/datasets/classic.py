@@ -30,6 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from d2r.errors import InputError
 from d2r.evaluation import compute_map
 
 __all__ = [
@@ -86,12 +87,12 @@ class ClassicDataset:
         boxes = np.array(self.query_boxes, dtype=np.float32).reshape(-1, 4)
         n_q = len(self.query_labels)
         if ids.shape != (n_q,) or boxes.shape != (n_q, 4) or len(self.gnd) != n_q:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: {n_q} queries but query_ids {ids.shape}, "
                 f"query_boxes {boxes.shape}, {len(self.gnd)} ground-truth entries"
             )
         if ids.size and (ids.min() < 0 or ids.max() >= len(self.db_names)):
-            raise ValueError(f"{self.name}: query_ids outside the database")
+            raise InputError(f"{self.name}: query_ids outside the database")
         ids.flags.writeable = False
         boxes.flags.writeable = False
         object.__setattr__(self, "query_ids", ids)
@@ -163,14 +164,14 @@ def load_oxford_paris(
         The dataset, queries sorted by label.
     """
     if missing not in ("error", "drop"):
-        raise ValueError(f"missing must be 'error' or 'drop', got {missing!r}")
+        raise InputError(f"missing must be 'error' or 'drop', got {missing!r}")
     gt_dir, image_dir = Path(gt_dir), Path(image_dir)
     if not gt_dir.is_dir():
         raise FileNotFoundError(f"ground-truth directory not found: {gt_dir}")
     names = list(db_names) if db_names is not None else _image_stems(image_dir, ".jpg")
     index = {n: i for i, n in enumerate(names)}
     if len(index) != len(names):
-        raise ValueError(f"{name}: db_names has duplicates")
+        raise InputError(f"{name}: db_names has duplicates")
     query_files = sorted(gt_dir.glob("*_query.txt"))
     if not query_files:
         raise FileNotFoundError(f"no *_query.txt files in {gt_dir}")
@@ -182,21 +183,21 @@ def load_oxford_paris(
         lines = _read_lines(qf)
         parts = lines[0].split() if len(lines) == 1 else []
         if len(parts) != 5:
-            raise ValueError(f"{qf}: expected one line '<image> x1 y1 x2 y2', got {lines!r}")
+            raise InputError(f"{qf}: expected one line '<image> x1 y1 x2 y2', got {lines!r}")
         qname = parts[0][len(_QUERY_PREFIX):] if parts[0].startswith(_QUERY_PREFIX) else parts[0]
         try:
             box = [float(v) for v in parts[1:]]
         except ValueError:
-            raise ValueError(f"{qf}: box values {parts[1:]} are not numbers") from None
+            raise InputError(f"{qf}: box values {parts[1:]} are not numbers") from None
         if qname not in index:
-            raise ValueError(f"{qf}: query image {qname!r} is not in the database")
+            raise InputError(f"{qf}: query image {qname!r} is not in the database")
         lists = {}
         for kind in ("good", "ok", "junk"):
             path = gt_dir / f"{label}_{kind}.txt"
             entries = _read_lines(path)
             absent = [e for e in entries if e not in index]
             if absent and missing == "error":
-                raise ValueError(
+                raise InputError(
                     f"{path}: {len(absent)} images not in the database, e.g. {absent[0]!r} "
                     "(pass missing='drop' to ignore them)"
                 )
@@ -267,7 +268,7 @@ def read_rotations(path: str | Path) -> dict[str, int]:
             continue
         parts = text.split()
         if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
-            raise ValueError(f"{path}:{n}: expected '<image> <degrees>', got {text!r}")
+            raise InputError(f"{path}:{n}: expected '<image> <degrees>', got {text!r}")
         out[Path(parts[0]).stem] = int(parts[1])
     return _check_rotations(out, str(path))
 
@@ -277,7 +278,7 @@ def _check_rotations(rotations: Mapping[str, int], source: str) -> dict[str, int
     for name, deg in rotations.items():
         deg = int(deg)
         if deg % 90:
-            raise ValueError(f"{source}: rotation of {name!r} is {deg}, not a multiple of 90")
+            raise InputError(f"{source}: rotation of {name!r} is {deg}, not a multiple of 90")
         out[Path(str(name)).stem] = deg % 360
     return out
 
@@ -286,9 +287,9 @@ def rotate_image(image: np.ndarray, degrees: int) -> np.ndarray:
     """Rotate an (H, W[, C]) image clockwise by a multiple of 90 degrees."""
     image = np.asarray(image)
     if image.ndim not in (2, 3):
-        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {image.shape}")
+        raise InputError(f"image must be (H, W) or (H, W, C), got shape {image.shape}")
     if int(degrees) % 90:
-        raise ValueError(f"degrees must be a multiple of 90, got {degrees}")
+        raise InputError(f"degrees must be a multiple of 90, got {degrees}")
     return np.rot90(image, k=-(int(degrees) // 90) % 4, axes=(0, 1))
 
 
@@ -312,7 +313,7 @@ def load_holidays(
     stems = _image_stems(image_dir, ".jpg")
     bad = [s for s in stems if not s.isdigit()]
     if bad:
-        raise ValueError(f"{image_dir}: Holidays image names must be numbers, got {bad[0]!r}")
+        raise InputError(f"{image_dir}: Holidays image names must be numbers, got {bad[0]!r}")
     stems.sort(key=int)
     numbers = np.array([int(s) for s in stems], dtype=np.int64)
     groups = numbers // 100
@@ -320,7 +321,7 @@ def load_holidays(
     query_groups = groups[is_query]
     orphan = np.setdiff1d(groups, query_groups)
     if orphan.size:
-        raise ValueError(
+        raise InputError(
             f"{image_dir}: group {int(orphan[0])} has no query image {int(orphan[0]) * 100}.jpg"
         )
     query_ids = np.flatnonzero(is_query)
@@ -336,7 +337,7 @@ def load_holidays(
         rot = _check_rotations(rotations, "rotations")
     unknown = sorted(set(rot) - set(stems))
     if unknown:
-        raise ValueError(f"rotations name images not in {image_dir}: {unknown[:5]}")
+        raise InputError(f"rotations name images not in {image_dir}: {unknown[:5]}")
     return ClassicDataset(
         name="holidays",
         image_dir=image_dir,
@@ -360,15 +361,15 @@ def load_ukbench(image_dir: str | Path) -> ClassicDataset:
     parsed = [re.fullmatch(r"ukbench(\d+)", s) for s in stems]
     bad = [s for s, m in zip(stems, parsed) if m is None]
     if bad:
-        raise ValueError(f"{image_dir}: unexpected UKBench image name {bad[0]!r}")
+        raise InputError(f"{image_dir}: unexpected UKBench image name {bad[0]!r}")
     numbers = np.array([int(m.group(1)) for m in parsed if m is not None], dtype=np.int64)
     order = np.argsort(numbers, kind="stable")
     numbers = numbers[order]
     stems = [stems[i] for i in order]
     if not np.array_equal(numbers, np.arange(numbers.size)):
-        raise ValueError(f"{image_dir}: UKBench images must be numbered 0..N-1 without gaps")
+        raise InputError(f"{image_dir}: UKBench images must be numbered 0..N-1 without gaps")
     if numbers.size % 4:
-        raise ValueError(f"{image_dir}: {numbers.size} images is not a multiple of 4")
+        raise InputError(f"{image_dir}: {numbers.size} images is not a multiple of 4")
     ids = np.arange(numbers.size, dtype=np.int64)
     gnd = tuple(
         {"ok": np.arange(4 * (i // 4), 4 * (i // 4) + 4), "junk": np.zeros(0, np.int64)}
@@ -395,17 +396,17 @@ def ukbench_ns_score(ranks, *, query_ids=None) -> float:
     """
     ranks = np.asarray(ranks)
     if ranks.ndim != 2 or ranks.shape[1] < 4:
-        raise ValueError(f"ranks must be (Q, N) with N >= 4, got shape {ranks.shape}")
+        raise InputError(f"ranks must be (Q, N) with N >= 4, got shape {ranks.shape}")
     if ranks.dtype.kind not in "iu":
         raise TypeError(f"ranks must be integers, got dtype {ranks.dtype}")
     if ranks.shape[0] == 0:
-        raise ValueError("ranks has no queries")
+        raise InputError("ranks has no queries")
     q_ids = np.arange(ranks.shape[0]) if query_ids is None else np.asarray(query_ids).reshape(-1)
     if q_ids.shape[0] != ranks.shape[0]:
-        raise ValueError(f"{q_ids.shape[0]} query_ids for {ranks.shape[0]} ranking rows")
+        raise InputError(f"{q_ids.shape[0]} query_ids for {ranks.shape[0]} ranking rows")
     top = ranks[:, :4].astype(np.int64)
     ordered = np.sort(top, axis=1)
     if np.any((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)):
-        raise ValueError("a ranking lists the same image twice in its top 4")
+        raise InputError("a ranking lists the same image twice in its top 4")
     hits = (top >= 0) & (top // 4 == (q_ids[:, None] // 4))
     return float(hits.sum(axis=1).mean())

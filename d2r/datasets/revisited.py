@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from d2r.datasets.safe_pickle import load_pickle
+from d2r.errors import InputError
 
 __all__ = [
     "GroundTruth",
@@ -50,7 +51,7 @@ def _index_array(value: Any, what: str) -> np.ndarray:
         raise TypeError(f"{what} must hold integer indices, got dtype {arr.dtype}")
     arr = arr.astype(np.int64)
     if arr.min() < 0:
-        raise ValueError(f"{what} has negative index {int(arr.min())}")
+        raise InputError(f"{what} has negative index {int(arr.min())}")
     arr.flags.writeable = False
     return arr
 
@@ -116,30 +117,30 @@ class RevisitedDataset:
             boxes = np.zeros((0, 4), np.float32)
         n_q = len(self.query_names)
         if boxes.shape != (n_q, 4):
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: query_boxes has shape {boxes.shape}, expected ({n_q}, 4)"
             )
         if not np.all(np.isfinite(boxes)):
-            raise ValueError(f"{self.name}: query_boxes contain NaN or infinite values")
+            raise InputError(f"{self.name}: query_boxes contain NaN or infinite values")
         bad = np.flatnonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
         if bad.size:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: query box {int(bad[0])} {boxes[bad[0]].tolist()} "
                 "is empty (need x1 < x2 and y1 < y2)"
             )
         boxes.flags.writeable = False
         object.__setattr__(self, "query_boxes", boxes)
         if len(self.gnd) != n_q:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: {len(self.gnd)} ground-truth entries for {n_q} queries"
             )
         if not 0 <= self.num_distractors <= len(self.db_names):
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: num_distractors={self.num_distractors} outside "
                 f"[0, {len(self.db_names)}]"
             )
         if self.num_distractors and self.distractor_dir is None:
-            raise ValueError(f"{self.name}: distractors need a distractor_dir")
+            raise InputError(f"{self.name}: distractors need a distractor_dir")
         if self.distractor_dir is not None:
             object.__setattr__(self, "distractor_dir", Path(self.distractor_dir))
         n_base = self.num_base
@@ -147,7 +148,7 @@ class RevisitedDataset:
             if not isinstance(g, GroundTruth):
                 raise TypeError(f"{self.name}: gnd[{q}] is {type(g).__name__}, not GroundTruth")
             if g.max_index() >= n_base:
-                raise ValueError(
+                raise InputError(
                     f"{self.name}: ground truth of query {q} references database index "
                     f"{g.max_index()} but the base database has {n_base} images"
                 )
@@ -216,7 +217,7 @@ def load_revisited(dataset_dir: str | Path, name: str | None = None) -> Revisite
         if not found:
             raise FileNotFoundError(f"no gnd_<name>.pkl or gnd_<name>.mat in {root}")
         if len(found) > 1:
-            raise ValueError(f"{root} holds several ground truths {found}; pass name=")
+            raise InputError(f"{root} holds several ground truths {found}; pass name=")
         name = found[0]
     pkl, mat = root / f"gnd_{name}.pkl", root / f"gnd_{name}.mat"
     if pkl.is_file():
@@ -228,7 +229,7 @@ def load_revisited(dataset_dir: str | Path, name: str | None = None) -> Revisite
     else:
         raise FileNotFoundError(f"neither {pkl.name} nor {mat.name} found in {root}")
     if len(entries) != len(qimlist):
-        raise ValueError(
+        raise InputError(
             f"{source}: {len(entries)} ground-truth entries for {len(qimlist)} query images"
         )
     boxes = np.zeros((len(entries), 4), np.float32)
@@ -238,11 +239,11 @@ def load_revisited(dataset_dir: str | Path, name: str | None = None) -> Revisite
             bbx = np.asarray(entry["bbx"], dtype=np.float64).reshape(-1)
             gnd.append(GroundTruth(easy=entry["easy"], hard=entry["hard"], junk=entry["junk"]))
         except KeyError as exc:
-            raise ValueError(f"{source}: ground truth of query {q} lacks {exc}") from None
+            raise InputError(f"{source}: ground truth of query {q} lacks {exc}") from None
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{source}: ground truth of query {q}: {exc}") from None
+            raise InputError(f"{source}: ground truth of query {q}: {exc}") from None
         if bbx.size != 4:
-            raise ValueError(f"{source}: bbx of query {q} has {bbx.size} values, expected 4")
+            raise InputError(f"{source}: bbx of query {q} has {bbx.size} values, expected 4")
         boxes[q] = bbx
     image_dir = root / "jpg"
     if not image_dir.is_dir():
@@ -257,19 +258,19 @@ def load_revisited(dataset_dir: str | Path, name: str | None = None) -> Revisite
             gnd=tuple(gnd),
         )
     except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from None
+        raise InputError(f"{source}: {exc}") from None
 
 
 def _read_pkl(path: Path) -> tuple[list[str], list[str], list[Any]]:
     cfg = load_pickle(path)
     if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a dict, got {type(cfg).__name__}")
+        raise InputError(f"{path}: expected a dict, got {type(cfg).__name__}")
     missing = [k for k in ("imlist", "qimlist", "gnd") if k not in cfg]
     if missing:
-        raise ValueError(f"{path}: missing keys {missing}")
+        raise InputError(f"{path}: missing keys {missing}")
     entries = list(cfg["gnd"])
     if not all(isinstance(e, dict) for e in entries):
-        raise ValueError(f"{path}: 'gnd' must be a list of dicts")
+        raise InputError(f"{path}: 'gnd' must be a list of dicts")
     return _names(cfg["imlist"], path, "imlist"), _names(cfg["qimlist"], path, "qimlist"), entries
 
 
@@ -277,7 +278,7 @@ def _names(values: Any, path: Path, key: str) -> list[str]:
     names = [v.decode() if isinstance(v, bytes) else v for v in list(values)]
     bad = [v for v in names if not isinstance(v, str)]
     if bad:
-        raise ValueError(f"{path}: {key} must hold strings, got {type(bad[0]).__name__}")
+        raise InputError(f"{path}: {key} must hold strings, got {type(bad[0]).__name__}")
     return [str(v) for v in names]
 
 
@@ -287,17 +288,17 @@ def _read_mat(path: Path) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     try:
         gt = loadmat(str(path), squeeze_me=False, struct_as_record=True)
     except (ValueError, TypeError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable .mat file ({exc})") from exc
+        raise InputError(f"{path}: not a readable .mat file ({exc})") from exc
     missing = [k for k in ("imlist", "qimlist", "gnd") if k not in gt]
     if missing:
-        raise ValueError(f"{path}: missing variables {missing}")
+        raise InputError(f"{path}: missing variables {missing}")
     imlist = [_mat_string(c) for c in np.asarray(gt["imlist"], dtype=object).ravel()]
     qimlist = [_mat_string(c) for c in np.asarray(gt["qimlist"], dtype=object).ravel()]
     structs = np.asarray(gt["gnd"]).ravel()
     fields = structs.dtype.names or ()
     absent = [f for f in ("bbx", "easy", "hard", "junk") if f not in fields]
     if absent:
-        raise ValueError(f"{path}: gnd struct lacks fields {absent}")
+        raise InputError(f"{path}: gnd struct lacks fields {absent}")
     entries = []
     for s in structs:
         entries.append(
@@ -317,7 +318,7 @@ def _mat_string(cell: Any) -> str:
 def _mat_indices(value: Any, path: Path, field_name: str) -> np.ndarray:
     arr = np.asarray(value, dtype=np.float64).ravel()
     if arr.size and arr.min() < 1:
-        raise ValueError(f"{path}: {field_name} holds index {arr.min()}; MATLAB indices start at 1")
+        raise InputError(f"{path}: {field_name} holds index {arr.min()}; MATLAB indices start at 1")
     return arr.astype(np.int64) - 1
 
 
@@ -331,9 +332,9 @@ def load_distractors(list_file: str | Path) -> tuple[str, ...]:
         raise FileNotFoundError(f"distractor list not found: {path}")
     names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     if not names:
-        raise ValueError(f"distractor list {path} is empty")
+        raise InputError(f"distractor list {path} is empty")
     if len(set(names)) != len(names):
-        raise ValueError(f"distractor list {path} has duplicate entries")
+        raise InputError(f"distractor list {path} has duplicate entries")
     return names
 
 
@@ -355,10 +356,10 @@ def with_distractors(
         distractor_root: directory of the distractor images (``revisitop1m/jpg``).
     """
     if dataset.num_distractors:
-        raise ValueError(f"{dataset.name} already has {dataset.num_distractors} distractors")
+        raise InputError(f"{dataset.name} already has {dataset.num_distractors} distractors")
     names = tuple(str(n) for n in distractor_names)
     if not names:
-        raise ValueError("distractor_names is empty")
+        raise InputError("distractor_names is empty")
     return replace(
         dataset,
         db_names=dataset.db_names + names,
@@ -380,12 +381,12 @@ def query_crop_box(bbx, width: int, height: int) -> tuple[int, int, int, int]:
     """
     box = np.asarray(bbx, dtype=np.float64).reshape(-1)
     if box.size != 4 or not np.all(np.isfinite(box)):
-        raise ValueError(f"bbx must be 4 finite numbers x1, y1, x2, y2, got {bbx!r}")
+        raise InputError(f"bbx must be 4 finite numbers x1, y1, x2, y2, got {bbx!r}")
     x1, y1, x2, y2 = (int(v) for v in np.round(box))
     x1, x2 = min(max(x1, 0), width), min(max(x2, 0), width)
     y1, y2 = min(max(y1, 0), height), min(max(y2, 0), height)
     if x2 <= x1 or y2 <= y1:
-        raise ValueError(f"bbx {box.tolist()} is empty inside a {width}x{height} image")
+        raise InputError(f"bbx {box.tolist()} is empty inside a {width}x{height} image")
     return x1, y1, x2, y2
 
 
@@ -401,6 +402,6 @@ def crop_query(image: np.ndarray, bbx) -> np.ndarray:
     """
     image = np.asarray(image)
     if image.ndim not in (2, 3):
-        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {image.shape}")
+        raise InputError(f"image must be (H, W) or (H, W, C), got shape {image.shape}")
     x1, y1, x2, y2 = query_crop_box(bbx, image.shape[1], image.shape[0])
     return image[y1:y2, x1:x2]

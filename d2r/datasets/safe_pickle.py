@@ -18,10 +18,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from d2r.errors import InputError
+
 __all__ = ["UnsafePickleError", "load_pickle", "ALLOWED_GLOBALS"]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, InputError):
     """A pickle asked for a global outside :data:`ALLOWED_GLOBALS`."""
 
 

@@ -30,6 +30,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from d2r.config import RegionsConfig
+from d2r.errors import InputError
 from d2r.types import Boxes
 
 __all__ = ["DetectorError", "DetectFn", "Detector", "load_detector", "normalized_to_pixels"]
@@ -46,7 +47,7 @@ _OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes")
 _NUM_KEY = "num_detections"
 
 
-class DetectorError(ValueError):
+class DetectorError(InputError):
     """A detector model that cannot be loaded or run; the message names the path."""
 
 

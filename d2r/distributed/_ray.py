@@ -10,7 +10,8 @@ import logging
 import os
 from typing import Any, Callable, Optional, Sequence
 
-from tqdm import tqdm
+from d2r.extras import require
+from d2r.progress import progress
 
 __all__ = ["require_ray", "init_ray", "run_on_actors", "kill_actors"]
 
@@ -18,13 +19,10 @@ logger = logging.getLogger(__name__)
 
 
 def require_ray():
-    """The ``ray`` module, or an ImportError that says how to install it."""
-    try:
-        import ray
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the distributed stages need Ray: pip install 'ray==2.60.*' (or the d2r[ray] extra)"
-        ) from exc
+    """The ``ray`` module, or a MissingExtraError that says how to install it."""
+    require("ray", "the distributed stages (--ray, --ray-shards, sharded search)")
+    import ray
+
     return ray
 
 
@@ -93,8 +91,7 @@ def run_on_actors(
     held: dict[int, Any] = {}
     next_task = 0
     next_result = 0  # ordered: next task index to hand to on_result
-    bar = tqdm(total=num_tasks, desc=desc, unit="task",
-               disable=None if show_progress is None else not show_progress)
+    bar = progress(desc, num_tasks, unit="task", show=show_progress)
     try:
         while next_task < num_tasks or pending:
             while next_task < num_tasks and (not ordered or next_task < next_result + max_ahead):

@@ -181,7 +181,7 @@ def build_index_ray(
         dim, feature_config = store.dim, store.config
     record = index_record(config, codebook, out, kind=method.new_index(codebook, dim).kind,
                           features=feature_config, num_images=len(names),
-                          num_skipped=len(summary.skipped))
+                          num_skipped=len(summary.skipped), images_root=source.root)
     writer = _IndexWriter(method, codebook, dim, out, record, names, int(batch_size),
                           num_shards=num_shards)
     encode_ray(config, out / FEATURES, out / BOXES, codebook, writer.batches, writer.add,

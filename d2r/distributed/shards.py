@@ -61,7 +61,7 @@ __all__ = [
     "main",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("d2r.distributed.shards")
 
 SHARDS_MANIFEST = "shards.json"
 FORMAT = "d2r-sharded-index"
@@ -125,7 +125,7 @@ def read_shards_manifest(path: str | os.PathLike) -> dict[str, Any]:
     manifest = read_versioned_json(
         file, format=FORMAT, version=VERSION, error=IndexFormatError,
         missing=f"{Path(path)} is not a sharded index (no {SHARDS_MANIFEST}); make one with "
-                "split_index or build_index_ray(num_shards=N)")
+                "d2r shards or d2r build-index --ray-shards N")
     bounds = np.asarray(manifest.get("bounds", []), np.int64)
     shards = manifest.get("shards", [])
     if (not isinstance(manifest.get("kind"), str) or bounds.ndim != 1
@@ -347,7 +347,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m d2r.distributed.shards INDEX --shards N [--out DIR]``: split a built index."""
     from d2r import cli
 
-    parser = argparse.ArgumentParser(prog="python -m d2r.distributed.shards",
+    parser = argparse.ArgumentParser(prog="d2r shards",
                                      description="Split a built index into N shard indexes "
                                                  "for sharded search on Ray.")
     parser.add_argument("index", help="index directory (index.json + search/) or a bare index")
@@ -355,7 +355,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", metavar="DIR", help="sharded directory (default INDEX/shards)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing shards")
     cli.add_common_args(parser)
-    args = cli.parse(parser, argv)
+    return cli.run(parser, argv, _split)
+
+
+def _split(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Split the index ``args`` names; print the shards."""
     try:
         out = split_index(args.index, num_shards=args.shards, out=args.out,
                           overwrite=args.overwrite)

@@ -19,12 +19,14 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from d2r.errors import InputError
 from d2r.types import LocalFeatures
 
 __all__ = [
     "LocalFeatureExtractor",
     "BaseExtractor",
     "check_image",
+    "check_box",
     "crop_box",
     "resize_max_side",
     "to_original_pixels",
@@ -64,18 +66,29 @@ def crop_box(image: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, tuple
     ``(u + x0, v + y0)`` in ``image``.  Raises ``ValueError`` for a malformed box or one
     that covers no pixel of the image.
     """
-    values = np.asarray(box, dtype=np.float64).reshape(-1)
-    if values.shape != (4,) or not np.all(np.isfinite(values)):
-        raise ValueError(f"box must be four finite numbers (x1, y1, x2, y2), got {box!r}")
-    x1, y1, x2, y2 = values
-    if x2 <= x1 or y2 <= y1:
-        raise ValueError(f"box {tuple(values)} must satisfy x1 < x2 and y1 < y2")
     height, width = image.shape[:2]
+    x1, y1, x2, y2 = check_box(box, (width, height))
     x0, y0 = max(0, math.floor(x1)), max(0, math.floor(y1))
     xe, ye = min(width, math.ceil(x2)), min(height, math.ceil(y2))
-    if xe <= x0 or ye <= y0:
-        raise ValueError(f"box {tuple(values)} lies outside the {width}x{height} image")
     return image[y0:ye, x0:xe], (int(x0), int(y0))
+
+
+def check_box(box: Sequence[float], size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """``box`` (x1, y1, x2, y2) as four floats, refused (:class:`~d2r.errors.InputError`,
+    plain numbers) unless finite, ordered and covering at least one pixel of an image of
+    ``size`` (width, height)."""
+    values = np.asarray(box, dtype=np.float64).reshape(-1)
+    if values.shape != (4,) or not np.all(np.isfinite(values)):
+        raise InputError(f"box must be four finite numbers x1,y1,x2,y2, got {box!r}")
+    x1, y1, x2, y2 = (float(v) for v in values)
+    shown = ",".join(f"{v:g}" for v in (x1, y1, x2, y2))
+    if x2 <= x1 or y2 <= y1:
+        raise InputError(f"box {shown} is empty: need x1 < x2 and y1 < y2")
+    width, height = size
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        raise InputError(f"box {shown} misses the {width}x{height} image (x runs from 0 to "
+                         f"{width}, y from 0 to {height}, in pixels of the original image)")
+    return x1, y1, x2, y2
 
 
 def resize_max_side(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, tuple[float, float]]:

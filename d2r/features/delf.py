@@ -475,6 +475,7 @@ class DelfExtractor(BaseExtractor):
         return cls(_hub_runner(directory, signature), **params)
 
     name = "delf"
+    extra = "tf"
     output_type = LocalFeatures
     record_type = "delf"
     method_key = "aggregation.method"

@@ -4,7 +4,8 @@ An extractor class declares ``name`` (its ``features.backend`` value and its con
 section ``features.<name>``), ``output_type`` (:class:`~d2r.types.LocalFeatures` or
 :class:`~d2r.types.GlobalDescriptors`), ``record_type`` (the ``"type"`` of its
 ``config()`` description), ``method_key`` (the config key naming the retrieval
-method that takes its output, e.g. ``aggregation.method``) and one classmethod
+method that takes its output, e.g. ``aggregation.method``), optionally ``extra`` (the
+pip extra of d2r it needs, e.g. ``"tf"``: checked before any work) and one classmethod
 ``from_config(section)``; it registers with ``@register_extractor``.  Built-in
 extractors are imported only when looked up, so TensorFlow loads only for an
 extractor that needs it::

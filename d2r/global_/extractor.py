@@ -51,6 +51,7 @@ class GlobalDescriptorExtractor:
     """``extract(image, box=None) -> GlobalDescriptors``: the image's CNN descriptor row(s)."""
 
     name = "cnn"
+    extra = "tf"
     output_type = GlobalDescriptors
     record_type = "cnn_global"
     method_key = "features.cnn.method"

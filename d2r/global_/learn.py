@@ -23,20 +23,21 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from d2r import cli
 from d2r.sources import ImageSource
 from d2r.config import Config
+from d2r.errors import InputError
 from d2r.global_.extractor import make_global_extractor
 from d2r.global_.pfa import learn_pfa
 from d2r.global_.rmac import mac_descriptor, rmac_training_vectors
 from d2r.global_.whitening import learn_whitening
 from d2r.io.images import iter_images
+from d2r.progress import track
 
 __all__ = ["learn", "main"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("d2r.global_.learn")
 
 
 _CELLS_PER_IMAGE = 256
@@ -49,9 +50,9 @@ def learn(config: Config, source: ImageSource, out: str | Path, *,
     reduction + region whitening (``regional``) into ``out``."""
     cnn = config.features.cnn
     if cnn.method not in ("mac", "rmac", "multires", "regional"):
-        raise ValueError(f"features.cnn.method={cnn.method!r} has nothing to learn")
+        raise InputError(f"features.cnn.method={cnn.method!r} has nothing to learn")
     if cnn.method == "multires" and pfa_dim is None:
-        raise ValueError("multires descriptors learn a PFA selection: give pfa_dim")
+        raise InputError("multires descriptors learn a PFA selection: give --pfa DIM")
     plain = replace(cnn, whitening_path=None, pfa_path=None, reduction_path=None, cam=False)
     if cnn.method == "regional":
         return _learn_regional(config, source, Path(out), plain, dim=dim, reduction_dim=reduction_dim)
@@ -82,7 +83,7 @@ def _images(config: Config, source: ImageSource):
     rotation = {path: source.rotation(i) for i, path in enumerate(source.paths)}
     images = iter_images(source.paths, max_side=config.images.max_side,
                          max_pixels=config.images.max_pixels, on_error="skip")
-    for path, loaded in tqdm(images, total=len(source), desc="learn", unit="img", disable=None):
+    for path, loaded in track(images, total=len(source), desc="learn", unit="img"):
         yield loaded.rotated(rotation[path])
 
 
@@ -98,7 +99,7 @@ def _learn_regional(config: Config, source: ImageSource, out: Path, plain, *,
         flat = amap.reshape(-1, amap.shape[2])
         cells.append(flat[rng.permutation(flat.shape[0])[:_CELLS_PER_IMAGE]])
     if not cells:
-        raise ValueError(f"none of the {len(source)} images could be read")
+        raise InputError(f"none of the {len(source)} images could be read")
     local = np.concatenate(cells)
     reduction = learn_whitening(local, dim=min(reduction_dim, local.shape[1]), whiten=False)
     reduction.save(out / "reduction")
@@ -113,7 +114,7 @@ def _learn_regional(config: Config, source: ImageSource, out: Path, plain, *,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m d2r.global_.learn", description=__doc__,
+    parser = argparse.ArgumentParser(prog="d2r learn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_source_args(parser)
     parser.add_argument("--out", required=True, metavar="DIR")
@@ -123,7 +124,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="regional: PCA dimension K' of local features (default 128)")
     cli.add_config_args(parser, default_preset="rmac-vgg16")
     cli.add_common_args(parser)
-    args = cli.parse(parser, argv)
+    return cli.run(parser, argv, _learn)
+
+
+def _learn(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Learn what ``args`` asks for; print where it went."""
     target = learn(cli.config_from_args(args), cli.source_from_args(args), args.out,
                    dim=args.dim, pfa_dim=args.pfa, reduction_dim=args.reduction_dim)
     print(f"learned -> {target}")

@@ -41,6 +41,7 @@ from typing import Any, Optional
 
 from d2r import __version__
 from d2r.config import Config, to_dict
+from d2r.errors import InputError
 from d2r.io.feature_store import FeatureStore
 
 __all__ = [
@@ -61,7 +62,7 @@ FORMAT = "d2r-index"
 VERSION = 1
 
 
-class IndexMismatchError(ValueError):
+class IndexMismatchError(InputError):
     """An index directory whose parts do not fit together, or a config it was not built with."""
 
 
@@ -76,12 +77,15 @@ def codebook_dir(out: Path, config: Config) -> Path:
 
 
 def index_record(config: Config, codebook, out: Path, *, kind: str, features: dict,
-                 num_images: int, num_skipped: int) -> dict[str, Any]:
+                 num_images: int, num_skipped: int,
+                 images_root: Optional[Path] = None) -> dict[str, Any]:
     """The ``index.json`` content (without timing) of an index built into ``out``.
 
-    ``codebook`` is the :class:`~d2r.codebook.Codebook` used, or None.
+    ``codebook`` is the :class:`~d2r.codebook.Codebook` used, or None; ``images_root`` the
+    folder the image names are relative to (:attr:`d2r.sources.ImageSource.root`), kept
+    so that result pages can show the images.
     """
-    return {
+    record = {
         "format": FORMAT,
         "version": VERSION,
         "d2r_version": __version__,
@@ -94,6 +98,9 @@ def index_record(config: Config, codebook, out: Path, *, kind: str, features: di
         "num_images": num_images,
         "num_skipped": num_skipped,
     }
+    if images_root is not None:
+        record["images_root"] = str(images_root)
+    return record
 
 
 def read_versioned_json(path: Path, *, format: str, version: int, missing: str,
@@ -109,18 +116,26 @@ def read_versioned_json(path: Path, *, format: str, version: int, missing: str,
         raise FileNotFoundError(missing) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise error(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(content, dict) or content.get("format") != format \
-            or content.get("version") != version:
-        raise error(f"{path}: not a {format} v{version} manifest")
+    if not isinstance(content, dict) or content.get("format") != format:
+        raise error(f"{path}: not a {format} manifest")
+    if content.get("version") != version:
+        writer = content.get("d2r_version")
+        written = f"d2r {writer}" if writer else "another d2r"
+        raise error(f"{path}: {format} v{content.get('version')} (written by {written}); "
+                    f"this d2r {__version__} reads v{version}: rebuild it with this version")
     return content
 
 
 def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
     """The manifest of index directory ``index_dir``, checked for format and version."""
+    if not Path(index_dir).exists():
+        raise FileNotFoundError(f"no index at {index_dir}: no such directory")
+    if not Path(index_dir).is_dir():
+        raise NotADirectoryError(f"{index_dir} is a file, not an index directory")
     return read_versioned_json(
         Path(index_dir) / MANIFEST, format=FORMAT, version=VERSION, error=IndexManifestError,
-        missing=f"{Path(index_dir)} is not a d2r index (no {MANIFEST}); was the build "
-                "interrupted? Run build_index again")
+        missing=f"{Path(index_dir)} is not a d2r index (no {MANIFEST}); if a build into it "
+                "was interrupted, run it again")
 
 
 GENERATION_PREFIX = "gen-"

@@ -41,6 +41,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from d2r.errors import InputError
 from d2r.io.atomic import atomic_write_json, fsync_path
 
 __all__ = [
@@ -71,7 +72,7 @@ _HASH_CHUNK = 1 << 24
 _RACY_NS = 2_000_000_000
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(InputError):
     """An index directory is missing, corrupt, of another format version, or of the wrong kind."""
 
 

@@ -46,6 +46,7 @@ from typing import Callable, Iterable, Literal, Mapping
 import h5py
 import numpy as np
 
+from d2r.errors import InputError
 from d2r.io.atomic import atomic_write_json, fsync_path
 from d2r.types import ActivationMap, GlobalDescriptors, LocalFeatures
 
@@ -68,7 +69,7 @@ StoredValue = LocalFeatures | GlobalDescriptors | ActivationMap
 _OWN_FILES = {_MANIFEST, _MANIFEST + ".tmp", _CATALOG, _CATALOG + ".tmp", _LOCK, _SHARDS}
 
 
-class StoreConfigError(ValueError):
+class StoreConfigError(InputError):
     """A store reopened with a config, descriptor dim or dtype other than the recorded one."""
 
 

@@ -34,6 +34,8 @@ from typing import Iterable, Iterator, Literal, Sequence
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from d2r.errors import InputError
+
 __all__ = [
     "DEFAULT_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
@@ -62,7 +64,7 @@ _TRUNCATION_LOCK = threading.Lock()
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image file that cannot be used; ``path`` and ``reason`` are attributes."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:

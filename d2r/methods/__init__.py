@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from d2r.config import Config, ConfigError, check_ranges
 from d2r.features.registry import extractor_class
+from d2r.extras import require
 from d2r.registry import Registry, load_plugins
 
 __all__ = [
@@ -66,6 +67,10 @@ def validate(config: Config):
     """
     check_ranges(config)
     extractor = extractor_class(config.features.backend)
+    if getattr(extractor, "extra", None):
+        require(extractor.extra, f"features.backend={config.features.backend}")
+    if config.regions.source == "detector":
+        require("tf", "regions.source=detector (the landmark detector)")
     method = make_method(config)
     if method.input_type is not extractor.output_type:
         raise ConfigError(

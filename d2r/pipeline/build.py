@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from d2r.codebook import Codebook, load_codebook, open_codebook, save_codebook, train_codebook
 from d2r.config import Config
@@ -43,6 +42,7 @@ from d2r.io.atomic import atomic_write_json
 from d2r.io.feature_store import FeatureStore
 from d2r.methods import validate
 from d2r.pipeline.extraction import extract_to_store, image_regions
+from d2r.progress import progress
 from d2r.sources import ImageSource
 
 __all__ = [
@@ -120,15 +120,17 @@ def encode_batches(method, config: Config, codebook: Optional[Codebook], store: 
                    show_progress: Optional[bool] = None):
     """Yield ``(batch_names, entries)``: the method's index entries of ``names``, BATCH at a
     time; the names of images without features are appended to ``featureless``."""
-    for lo in tqdm(range(0, len(names), BATCH), desc="aggregate", unit="batch",
-                   disable=None if show_progress is None else not show_progress):
-        batch = names[lo:lo + BATCH]
-        wholes = store.get_many(batch)
-        featureless += [name for name, whole in zip(batch, wholes) if len(whole) == 0]
-        entries = [method.encode_database(image_regions(config, store, boxes_dir, name, whole),
-                                          codebook)
-                   for name, whole in zip(batch, wholes)]
-        yield batch, entries
+    with progress("aggregate", len(names), show=show_progress) as bar:
+        for lo in range(0, len(names), BATCH):
+            batch = names[lo:lo + BATCH]
+            wholes = store.get_many(batch)
+            featureless += [name for name, whole in zip(batch, wholes) if len(whole) == 0]
+            entries = []
+            for name, whole in zip(batch, wholes):
+                entries.append(method.encode_database(
+                    image_regions(config, store, boxes_dir, name, whole), codebook))
+                bar.update()
+            yield batch, entries
 
 
 def build_index(config: Config, source: ImageSource, out: str | os.PathLike,
@@ -156,7 +158,8 @@ def build_index(config: Config, source: ImageSource, out: str | os.PathLike,
             method.add(index, entries, batch)
         feature_config = store.config
     record = index_record(config, codebook, out, kind=index.kind, features=feature_config,
-                          num_images=len(names), num_skipped=len(summary.skipped))
+                          num_images=len(names), num_skipped=len(summary.skipped),
+                          images_root=source.root)
     if featureless:
         record["num_featureless"] = len(featureless)
     save_index(index, out, record)
@@ -176,7 +179,10 @@ def save_index(index, out: Path, record: dict) -> None:
     """Write the search structure into a new generation of ``out`` (named in ``record``,
     not yet current) and note its size."""
     record["search"] = f"{new_generation(out)}/{SEARCH}"
+    start = time.perf_counter()
+    logger.info("writing the %s index of %d images", index.kind, len(index))
     index.save(out / record["search"], config=record)
+    logger.info("index written in %.1f s", time.perf_counter() - start)
     if hasattr(index, "items_per_image"):
         record["items_per_image"] = float(index.items_per_image)
     crash_point("search-saved")

@@ -24,14 +24,15 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
-from tqdm import tqdm
 
 from d2r.config import Config, to_dict, upgrade_record
 from d2r.detection.regions import select_regions_for
+from d2r.features.base import check_box
 from d2r.features.registry import comparable_extractor_config, make_extractor
 from d2r.io.delf_files import read_boxes, write_boxes
 from d2r.io.feature_store import FeatureStore
 from d2r.io.images import LoadedImage, iter_images, write_skipped
+from d2r.progress import progress
 from d2r.sources import ImageSource
 from d2r.types import ActivationMap, Boxes, GlobalDescriptors, LocalFeatures
 
@@ -87,7 +88,7 @@ def _scaled_box(image: LoadedImage, box: Optional[Sequence[float]]):
     if box is None:
         return None
     sx, sy = image.scale_xy
-    x1, y1, x2, y2 = (float(v) for v in box)
+    x1, y1, x2, y2 = check_box(box, image.original_size)
     return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
 
 
@@ -246,20 +247,25 @@ def extract_to_store(
                         summary.already_done, len(source))
         path_to_name = {source.paths[i]: source.names[i] for i in todo}
         path_to_rotation = {source.paths[i]: source.rotation(i) for i in todo}
+        skipped_before = 0
         images = iter_images(
             [source.paths[i] for i in todo], max_side=config.images.max_side,
             max_pixels=config.images.max_pixels, on_error=config.images.on_error,
         )
-        for path, loaded in tqdm(images, total=len(todo), disable=_no_bar(show_progress),
-                                 desc="extract", unit="img"):
-            t0 = time.perf_counter()
-            name = path_to_name[path]
-            count = _store_image(loaded.rotated(path_to_rotation[path]), name, extractor, store,
-                                 maps, find_regions, crop_regions, boxes_dir)
-            summary.extracted += 1
-            if count == 0:
-                summary.featureless.append(name)
-            logger.debug("%s: %d features in %.3f s", name, count, time.perf_counter() - t0)
+        with progress("extract", len(todo), show=show_progress) as bar:
+            for path, loaded in images:
+                bar.skip(len(images.skipped) - skipped_before)
+                skipped_before = len(images.skipped)
+                t0 = time.perf_counter()
+                name = path_to_name[path]
+                count = _store_image(loaded.rotated(path_to_rotation[path]), name, extractor,
+                                     store, maps, find_regions, crop_regions, boxes_dir)
+                summary.extracted += 1
+                if count == 0:
+                    summary.featureless.append(name)
+                logger.debug("%s: %d features in %.3f s", name, count, time.perf_counter() - t0)
+                bar.update()
+            bar.skip(len(images.skipped) - skipped_before)
         summary.skipped = list(source.rejected) + [(path_to_name[Path(p)], reason)
                                                    for p, reason in images.skipped]
     return finish_summary(summary, store_path, start)
@@ -323,7 +329,3 @@ def finish_summary(summary: ExtractionSummary, store_path: Path, start: float,
                 len(summary.skipped))
     return summary
 
-
-def _no_bar(show_progress: Optional[bool]) -> Optional[bool]:
-    """tqdm's ``disable``: None hides the bar when stderr is not a terminal."""
-    return None if show_progress is None else not show_progress

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from d2r.datasets.benchmarks import load_benchmark
+from d2r.errors import InputError
 from d2r.pipeline.extraction import read_regions
 from d2r.pipeline.searcher import Searcher
-from d2r.report import report_matches, write_report
+from d2r.progress import track
+from d2r.report import report_matches, run_settings, write_report
 from d2r.results import write_metrics
 
 __all__ = ["FeaturelessQueryError", "run_dataset", "run_image"]
@@ -30,7 +31,7 @@ __all__ = ["FeaturelessQueryError", "run_dataset", "run_image"]
 logger = logging.getLogger(__name__)
 
 
-class FeaturelessQueryError(ValueError):
+class FeaturelessQueryError(InputError):
     """A query image (or box) in which the extractor found no features: any ranking of it
     would be arbitrary."""
 
@@ -71,6 +72,9 @@ def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | o
     directory's files); queries are turned upright and cropped to their box.
     With ``report`` also write the visual report to ``out/report/index.html``;
     with the distractor list and folder the database is the dataset + R1M.
+    When a re-ranking changed the ranking, the metrics of the ranking before it
+    are written to ``metrics_initial.json`` (same shape as ``metrics.json``) and
+    shown next to the re-ranked ones in the report.
 
     Returns:
         The metrics of :meth:`~d2r.datasets.benchmarks.Benchmark.evaluate`.
@@ -86,8 +90,8 @@ def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | o
     t0 = time.perf_counter()
     queries = [searcher.query(dataset.query_path(i), box=dataset.query_box(i),
                               rotation=dataset.query_rotation(i))
-               for i in tqdm(range(dataset.num_queries), desc="query features", unit="img",
-                             disable=None if show_progress is None else not show_progress)]
+               for i in track(range(dataset.num_queries), desc="query features",
+                              show=show_progress)]
     t1 = time.perf_counter()
     features = [q.features for q in queries]
     blank = [i for i, f in enumerate(features) if len(f) == 0]
@@ -100,11 +104,19 @@ def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | o
     t3 = time.perf_counter()
     ranks = to_dataset[result.ids]
     metrics = dataset.evaluate(ranks)
+    initial_metrics = None
+    if reranked is not None or result is not initial:
+        initial_metrics = dataset.evaluate(to_dataset[initial.ids])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "ranks.npy", ranks)
     np.save(out / "scores.npy", result.scores)
     write_metrics(metrics, out)
+    if initial_metrics is not None:  # NaN (no query with positives) becomes null
+        plain = json.loads(json.dumps(initial_metrics), parse_constant=lambda _: None)
+        (out / "metrics_initial.json").write_text(json.dumps(plain, indent=2) + "\n")
+    else:
+        (out / "metrics_initial.json").unlink(missing_ok=True)  # not a stale one of another run
     timing = {
         "queries": dataset.num_queries,
         "extract_s_per_query": (t1 - t0) / max(1, dataset.num_queries),
@@ -113,12 +125,15 @@ def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | o
     }
     (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     if report:
-        _write_report(searcher, dataset, ranks, metrics, features, reranked, to_dataset, out)
+        _write_report(searcher, dataset, ranks, metrics, features, reranked, to_dataset, out,
+                      initial_metrics=initial_metrics, show_progress=show_progress)
     return metrics
 
 
-def _write_report(searcher, dataset, ranks, metrics, queries, reranked, to_dataset, out) -> None:
-    """The visual report of a dataset run (inlier matches of re-ranked pairs, regions if any)."""
+def _write_report(searcher, dataset, ranks, metrics, queries, reranked, to_dataset, out, *,
+                  initial_metrics=None, show_progress=None) -> None:
+    """The visual report of a dataset run: how it was produced, metrics before and after
+    re-ranking, inlier matches of re-ranked pairs, regions if any."""
     verification = None
     if reranked is not None:
         matches = report_matches(reranked, queries, searcher.database_features)
@@ -128,6 +143,10 @@ def _write_report(searcher, dataset, ranks, metrics, queries, reranked, to_datas
         regions = {int(to_dataset[i]): read_regions(
             searcher.path / "boxes", name, searcher.database_features(i).image_size)
             for i, name in enumerate(searcher.names)}
+    settings = run_settings(searcher.config, getattr(searcher, "manifest", None),
+                            index=Path(searcher.path).resolve(), num_queries=dataset.num_queries,
+                            num_db=dataset.num_db)
     page = write_report(out / "report", dataset=dataset, ranks=ranks, metrics=metrics,
-                        regions=regions, verification=verification)
+                        initial_metrics=initial_metrics, settings=settings,
+                        regions=regions, verification=verification, show_progress=show_progress)
     logger.info("report written to %s", page)

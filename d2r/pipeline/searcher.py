@@ -24,9 +24,11 @@ from d2r.config import (
     from_dict,
     merge_values,
     parse_override,
+    read_yaml,
     to_dict,
     upgrade_record,
 )
+from d2r.extras import require
 from d2r.features.registry import comparable_extractor_config, make_extractor
 from d2r.index.layout import FEATURES, MANIFEST, MAPS, IndexMismatchError, read_manifest, search_dir
 from d2r.index.registry import index_class
@@ -81,6 +83,7 @@ class Searcher:
 
     Args:
         path: the index directory.
+        files: YAML files of query-time settings, applied before ``overrides``.
         overrides: ``"a.b=c"`` strings changing query-time settings
             (:data:`QUERY_TIME_KEYS`); other keys are refused.
         mmap: memory-map the index arrays.
@@ -91,13 +94,16 @@ class Searcher:
             (``address``, ``num_cpus_per_shard``, ...).
     """
 
-    def __init__(self, path: str | os.PathLike, *, overrides: Sequence[str] = (),
+    def __init__(self, path: str | os.PathLike, *, files: Sequence[str | os.PathLike] = (),
+                 overrides: Sequence[str] = (),
                  mmap: bool = True, shards: Optional[str | os.PathLike] = None,
                  shard_options: Optional[dict] = None) -> None:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         built = upgrade_record(self.manifest["config"])
         values = built
+        for file in files:
+            values = merge_values(values, read_yaml(Path(file)))
         for text in overrides:
             values = merge_values(values, parse_override(text))
         self.config: Config = from_dict(values)
@@ -135,6 +141,7 @@ class Searcher:
         if self.codebook is None:
             raise IndexMismatchError(f"sharded search serves codebook indexes (local features); "
                                      f"index {self.path} holds CNN descriptors")
+        require("ray", "sharded search (--shards, an index built with --ray-shards)")
         from d2r.distributed.shards import ShardedIndex
 
         index = ShardedIndex(shards, mmap=mmap, **shard_options)

@@ -1,0 +1,102 @@
+"""A static HTML page of one query's results (``d2r query --image Q --out DIR --report``).
+
+:func:`write_result_page` writes, under ``out_dir``::
+
+    index.html          the query (its box drawn), how the list was ordered, and the
+                        top results as thumbnails with rank, score, inliers and name
+    thumbs/query.jpg    the query thumbnail
+    thumbs/r<rank>.jpg  one thumbnail per shown result
+
+Database images are found through ``locate(name)`` (for an index built from
+``--images`` / ``--image-list``: the folder recorded at build time); a result whose
+file is gone or unreadable gets a card with its name and the reason instead of a
+picture.  Links are relative, so the folder can be moved or opened from ``file://``.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from d2r.errors import InputError
+from d2r.report import draw_boxes, save_jpeg, thumbnail
+
+__all__ = ["write_result_page"]
+
+logger = logging.getLogger(__name__)
+
+_VERIFIED = "#1a9850"
+_QUERY_BOX = (255, 200, 0)
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+.query img { max-width: 360px; border: 3px solid #ffc800; }
+.results { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { width: 200px; border: 3px solid #ddd; padding: 4px; font-size: 13px; }
+.card.verified { border-color: %s; }
+.card img { max-width: 100%%; display: block; margin: auto; }
+.card .name { word-break: break-all; }
+.missing { height: 120px; background: #f3f3f3; color: #777; padding: 6px; font-size: 12px; }
+""" % _VERIFIED
+
+
+def write_result_page(out_dir: str | os.PathLike, *, query: str | os.PathLike,
+                      box: Optional[Sequence[float]], rows: Sequence[dict],
+                      locate: Callable[[str], Optional[Path]], min_inliers: int,
+                      index: str, max_side: int = 320) -> Path:
+    """Write the page of one query; returns the path of ``index.html``.
+
+    ``rows`` are :func:`d2r.pipeline.run.run_image` results (``rank``, ``name``,
+    ``score``, ``inliers`` for the re-ranked head), shown in order; ``locate`` maps a
+    database name to its file (None when unknown).
+    """
+    out = Path(out_dir)
+    (out / "thumbs").mkdir(parents=True, exist_ok=True)
+    image, scale = thumbnail(Path(query), max_side * 2, 0)
+    if box is not None:
+        draw_boxes(image, box, scale, _QUERY_BOX, 3)
+    save_jpeg(image, out / "thumbs" / "query.jpg")
+    cards = [_card(out, row, locate, min_inliers, max_side) for row in rows]
+    checked = sum("inliers" in row for row in rows)
+    verified = sum(row.get("inliers", -1) >= min_inliers for row in rows)
+    order = (f"The top {checked} were spatially verified: the {verified} with at least "
+             f"{min_inliers} matched points come first (green border, most matched points "
+             f"first); the others keep their search order." if checked else
+             "Ordered by search score (no spatial verification; use --rerank N).")
+    page = out / "index.html"
+    page.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>d2r: {html.escape(Path(query).name)}</title><style>{_STYLE}</style></head>"
+        f"<body><h1>Results for {html.escape(str(query))}</h1>"
+        f"<p>Index: {html.escape(index)}. {order}</p>"
+        "<div class='query'><img src='thumbs/query.jpg' alt='query'></div>"
+        f"<h2>Top {len(rows)}</h2><div class='results'>{''.join(cards)}</div>"
+        "</body></html>\n", encoding="utf-8")
+    logger.info("wrote result page %s (%d results)", page, len(rows))
+    return page
+
+
+def _card(out: Path, row: dict, locate: Callable[[str], Optional[Path]], min_inliers: int,
+          max_side: int) -> str:
+    """One result as an HTML card, writing its thumbnail when the image can be read."""
+    name = html.escape(row["name"])
+    inliers = row.get("inliers")
+    verified = inliers is not None and inliers >= min_inliers
+    caption = (f"<div>#{row['rank']} · score {row['score']:.4f}"
+               + (f" · {inliers} matched points" if inliers is not None else "")
+               + f"</div><div class='name'>{name}</div>")
+    path = locate(row["name"])
+    if path is None:
+        picture = "<div class='missing'>image location unknown (give --images DIR)</div>"
+    else:
+        try:
+            image, _ = thumbnail(path, max_side, 0)
+            file = f"r{row['rank']:04d}.jpg"
+            save_jpeg(image, out / "thumbs" / file)
+            picture = f"<img src='thumbs/{file}' alt='{name}'>"
+        except (InputError, OSError) as exc:
+            picture = f"<div class='missing'>{html.escape(str(exc))}</div>"
+    return f"<div class='card{' verified' if verified else ''}'>{picture}{caption}</div>"
