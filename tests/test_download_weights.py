@@ -161,6 +161,9 @@ def test_printed_settings_are_valid_for_the_presets_that_use_them():
                 assert config.features.backend == "delf"
                 assert config.features.delf.model_path == f"parameters/{DELF}/model"
                 assert config.features.delf.pca_path == f"parameters/{DELF}/pca"
+            elif "codebook" in w.name:
+                k = w.name.rsplit("_", 1)[1]
+                assert config.codebook.path == f"parameters/{w.name}/k{k}_codebook_tfckpt/codebook"
             else:
                 assert config.regions.source == "detector"
                 assert config.regions.detector_path == f"parameters/{w.name}"
