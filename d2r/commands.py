@@ -11,6 +11,9 @@ Each command is a module with ``main(argv)``, loaded only when it runs (so
     d2r verify        hash-check an index (d2r.verify)
     d2r learn         learn whitening / PFA for the CNN baselines (d2r.global_.learn)
     d2r shards        split an index for sharded search on Ray (d2r.distributed.shards)
+    d2r add           add images to an index (d2r.add)
+    d2r remove        remove images from an index (d2r.remove)
+    d2r compact       merge an updated index's segments (d2r.compact)
 
 ``python -m d2r.<module>`` runs the same code.
 """
@@ -34,6 +37,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("d2r.verify", "hash every file of an index and check its parts agree"),
     "learn": ("d2r.global_.learn", "learn whitening / PFA for the CNN baselines"),
     "shards": ("d2r.distributed.shards", "split a built index into shards for Ray"),
+    "add": ("d2r.add", "add images to an index without rebuilding it"),
+    "remove": ("d2r.remove", "remove images from an index"),
+    "compact": ("d2r.compact", "merge an updated index's segments, drop removed images"),
 }
 """``d2r`` subcommands: name -> (module with ``main(argv)``, one-line description)."""
 

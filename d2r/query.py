@@ -179,11 +179,10 @@ def _write_image_results(out: Path, args: argparse.Namespace, rows: list[dict],
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     if not args.report:
         return
-    root = args.images or searcher.manifest.get("images_root")
     write_result_page(
         out / "report", query=args.image, box=args.box,
         rows=rows[:args.top] if args.top else rows,
-        locate=(lambda name: locate(root, name)) if root else (lambda name: None),
+        locate=(lambda name: locate(args.images, name)) if args.images else searcher.image_file,
         min_inliers=searcher.config.verification.min_inliers, index=str(args.index))
 
 

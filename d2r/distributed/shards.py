@@ -42,6 +42,7 @@ from d2r.distributed.options import (
     DEFAULT_MAX_TASK_RETRIES,
 )
 from d2r.index.inverted import check_k
+from d2r.index.merge import merge_topk
 from d2r.index.layout import read_versioned_json
 from d2r.index.registry import index_class, open_index
 from d2r.index.storage import IndexFormatError
@@ -191,42 +192,6 @@ def remove_extra_shards(out: Path, num_shards: int) -> None:
 
 
 # ------------------------------------------------------------------------ searching
-
-
-def merge_topk(scores: Sequence[np.ndarray], ids: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-shard top-k lists into one top-``k`` per query.
-
-    Args:
-        scores: per shard (Q, k_s) scores (float64 for exact ties), -inf padded.
-        ids: per shard (Q, k_s) int64 global ids, -1 padded.
-        k: results per query.
-
-    Returns:
-        (Q, k) float32 scores and (Q, k) int64 ids, by score descending and, among
-        equal scores, global id ascending (the order of the unsharded index); -inf / -1
-        pad rows with fewer than ``k`` results.
-    """
-    k = check_k(k)
-    if not scores:
-        raise ValueError("merge_topk needs at least one shard's results")
-    all_scores = np.concatenate([np.asarray(s, np.float64) for s in scores], axis=1)
-    all_ids = np.concatenate([np.asarray(i, np.int64) for i in ids], axis=1)
-    if all_scores.shape != all_ids.shape:
-        raise ValueError(f"scores {all_scores.shape} and ids {all_ids.shape} differ in shape")
-    num_queries = all_scores.shape[0]
-    out_scores = np.full((num_queries, k), -np.inf, np.float32)
-    out_ids = np.full((num_queries, k), -1, np.int64)
-    if all_scores.shape[1] == 0 or num_queries == 0:
-        return out_scores, out_ids
-    id_key = np.where(all_ids < 0, np.iinfo(np.int64).max, all_ids)
-    order = np.lexsort((id_key, -all_scores), axis=-1)[:, :k]
-    kk = order.shape[1]
-    best_ids = np.take_along_axis(all_ids, order, axis=1)
-    best_scores = np.take_along_axis(all_scores, order, axis=1)
-    best_scores[best_ids < 0] = -np.inf
-    out_scores[:, :kk] = best_scores
-    out_ids[:, :kk] = best_ids
-    return out_scores, out_ids
 
 
 def _rss_bytes() -> int:

@@ -30,6 +30,8 @@ directory of an earlier release.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -37,7 +39,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from d2r import __version__
 from d2r.config import Config, to_dict
@@ -48,7 +50,7 @@ __all__ = [
     "MANIFEST", "FEATURES", "MAPS", "BOXES", "SEARCH", "FORMAT", "VERSION",
     "IndexMismatchError", "IndexManifestError", "codebook_dir", "index_record", "read_manifest",
     "read_versioned_json", "new_generation", "search_dir", "retire_generations",
-    "check_output_dir",
+    "check_output_dir", "segments", "is_segmented", "inside", "UPDATE_LOCK", "writer_lock",
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,6 +141,24 @@ def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 GENERATION_PREFIX = "gen-"
+UPDATE_LOCK = ".d2r-writer.lock"
+
+
+@contextlib.contextmanager
+def writer_lock(out: Path) -> Iterator[None]:
+    """Hold the one-writer lock of index directory ``out`` (builds and updates); another
+    process holding it is refused at once with an :class:`~d2r.errors.InputError`."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / UPDATE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"index {out} is being built or updated by another d2r process; "
+                             f"run this again when it has finished") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def new_generation(out: Path) -> str:
@@ -158,6 +178,43 @@ def search_dir(index_dir: Path, manifest: dict[str, Any]) -> Path:
         raise IndexManifestError(f"{index_dir / MANIFEST}: 'search' must be a path inside the "
                                  f"index, got {relative!r}")
     return index_dir / path
+
+
+def segments(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The search segments of an index, oldest first: ``{"search", "data", "num_images"?,
+    "images_root"?}`` with ``search`` the structure's path and ``data`` the directories
+    holding the segment's ``features/``, ``boxes/`` and ``maps/``, newest first (``"."``:
+    the index directory itself).  The first is the build's (``manifest["search"]``), the
+    others were appended by :mod:`d2r.pipeline.update`."""
+    base = {"search": manifest.get("search", SEARCH), "data": manifest.get("data", ["."])}
+    if "images_root" in manifest:
+        base["images_root"] = manifest["images_root"]
+    return [base, *manifest.get("segments", [])]
+
+
+def is_segmented(manifest: dict[str, Any]) -> bool:
+    """Whether the index has appended segments or deleted images (an updated index)."""
+    return bool(manifest.get("segments")) or any(manifest.get("deleted", {}).values())
+
+
+def inside(index_dir: Path, relative: object, what: str) -> Path:
+    """``index_dir / relative``, refused unless ``relative`` is a path inside the index."""
+    path = Path(str(relative))
+    if path.is_absolute() or ".." in path.parts:
+        raise IndexManifestError(f"{index_dir / MANIFEST}: {what} must be a path inside the "
+                                 f"index, got {relative!r}")
+    return index_dir / path
+
+
+def _referenced(manifest: dict[str, Any]) -> set[str]:
+    """The top-level entries of an index directory its manifest uses (generations)."""
+    used = set()
+    for segment in segments(manifest):
+        for relative in (segment["search"], *segment["data"]):
+            parts = Path(str(relative)).parts
+            if parts and parts[0] != ".":
+                used.add(parts[0])
+    return used
 
 
 def _owned_leftover(entry: Path, keep: set[str]) -> bool:
@@ -181,7 +238,7 @@ def retire_generations(out: Path, manifest: dict[str, Any]) -> None:
         keep: set[str] = set()
     else:
         current = search_dir(out, manifest)
-        keep = {current.relative_to(out).parts[0]}
+        keep = _referenced(manifest)
     for entry in out.iterdir():
         if _owned_leftover(entry, keep):
             logger.info("removing %s (not part of the current index)", entry)
@@ -209,7 +266,7 @@ def check_output_dir(out: Path) -> None:
         return
     if not out.is_dir():
         raise IndexManifestError(f"--out {out} is a file, not a directory")
-    if not any(out.iterdir()):
+    if not any(entry.name != UPDATE_LOCK for entry in out.iterdir()):
         return
     if (out / MANIFEST).exists():
         try:

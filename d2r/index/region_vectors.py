@@ -33,7 +33,7 @@ from d2r.index.storage import IndexFormatError, IndexWriter, read_index
 from d2r.index.registry import register_index
 from d2r.types import SearchResult
 
-__all__ = ["RegionVectorIndex"]
+__all__ = ["RegionVectorIndex", "expand_regions"]
 
 # Bytes of float32 inner products computed at once (query regions x database regions).
 _BLOCK_BYTES = 1 << 26
@@ -63,6 +63,15 @@ def _top_columns(scores: np.ndarray, k: int) -> np.ndarray:
     needed = k - above.sum(axis=1, keepdims=True)
     keep = above | (tied & (np.cumsum(tied, axis=1) <= needed))
     return np.nonzero(keep)[1].reshape(num_rows, k).astype(np.int64)
+
+
+def expand_regions(query: np.ndarray, blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """Every row of ``query`` (R_q, D) plus its best-matching row (inner product) of each
+    block (R_i, D), best image first, l2-normalized: (R_q, D) float32."""
+    total = query.astype(np.float64)
+    for block in blocks:
+        total += block[np.argmax(query @ block.T, axis=1)]
+    return _l2_normalize(total)
 
 
 @register_index
@@ -249,12 +258,12 @@ class RegionVectorIndex(RankedBySearch):
         bad = ids[(ids < 0) | (ids >= self.num_images)]
         if bad.size:
             raise ValueError(f"ids holds image id {int(bad[0])} outside [0, {self.num_images})")
-        vectors, offsets = self.vectors, self.offsets
-        total = q.astype(np.float64)
-        for i in ids:
-            block = vectors[offsets[i]:offsets[i + 1]]
-            total += block[np.argmax(q @ block.T, axis=1)]
-        return _l2_normalize(total)
+        return expand_regions(q, [self.regions_of(int(i)) for i in ids])
+
+    def regions_of(self, image_id: int) -> np.ndarray:
+        """(R_i, D) float32 region vectors of image ``image_id``."""
+        offsets = self.offsets
+        return self.vectors[offsets[image_id]:offsets[image_id + 1]]
 
     def save(self, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
              overwrite: bool = False) -> Path:

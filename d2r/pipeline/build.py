@@ -36,6 +36,7 @@ from d2r.index.layout import (
     new_generation,
     read_manifest,
     retire_generations,
+    writer_lock,
 )
 from d2r.io.crash import crash_point
 from d2r.io.atomic import atomic_write_json
@@ -139,6 +140,13 @@ def build_index(config: Config, source: ImageSource, out: str | os.PathLike,
     ``source`` into ``out``; returns ``out``."""
     method = validate(config)
     out = Path(out)
+    check_output_dir(out)
+    with writer_lock(out):
+        return _build(config, method, source, out, show_progress)
+
+
+def _build(config: Config, method, source: ImageSource, out: Path,
+           show_progress: Optional[bool]) -> Path:
     start_build(out)
     start = time.perf_counter()
     extractor = make_extractor(config)

@@ -30,12 +30,24 @@ from d2r.config import (
 )
 from d2r.extras import require
 from d2r.features.registry import comparable_extractor_config, make_extractor
-from d2r.index.layout import FEATURES, MANIFEST, MAPS, IndexMismatchError, read_manifest, search_dir
+from d2r.index.layout import (
+    FEATURES,
+    MANIFEST,
+    MAPS,
+    IndexMismatchError,
+    inside,
+    is_segmented,
+    read_manifest,
+    search_dir,
+    segments,
+)
 from d2r.index.registry import index_class
+from d2r.index.segmented import SegmentedIndex
 from d2r.io.feature_store import FeatureStore
 from d2r.io.images import load_image_with_info
 from d2r.methods import validate
 from d2r.pipeline.extraction import image_features, image_features_and_map
+from d2r.sources import locate
 from d2r.types import ActivationMap, SearchResult
 
 __all__ = ["IndexMismatchError", "QUERY_TIME_KEYS", "Query", "Searcher"]
@@ -68,14 +80,14 @@ class Query:
 class _StoredMaps:
     """Database activation maps by image id ((H', W', C) float32), read on access."""
 
-    def __init__(self, store: FeatureStore, names: Sequence[str]) -> None:
-        self.store, self.names = store, names
+    def __init__(self, searcher: "Searcher") -> None:
+        self.searcher = searcher
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.searcher.names)
 
     def __getitem__(self, image_id: int):
-        return self.store.get(self.names[image_id]).values
+        return self.searcher._stored(MAPS, ActivationMap, image_id).values
 
 
 class Searcher:
@@ -117,9 +129,9 @@ class Searcher:
         self.index = self._open_index(shards, mmap, shard_options or {})
         self.names: tuple[str, ...] = tuple(self.index.names)
         self._extractor = None
-        self._store: Optional[FeatureStore] = None
-        self._maps: Optional[FeatureStore] = None
+        self._stores: dict[tuple[str, str], FeatureStore] = {}
         self._db_features: dict[int, Any] = {}
+        self._ids: Optional[dict[str, int]] = None
         if self.method.uses_maps and not (self.path / MAPS).is_dir():
             raise ConfigError(f"search.aml_rerank needs the database activation maps, but index "
                               f"{self.path} was built without them (features.cnn.store_maps=false)")
@@ -131,11 +143,10 @@ class Searcher:
         location = search_dir(self.path, self.manifest)
         if shards is None and record and not location.is_dir():
             shards = self.path / record["path"]
+        if shards is None and is_segmented(self.manifest):
+            return self._open_segments(mmap)
         if shards is None:
-            if not location.is_dir():
-                raise IndexMismatchError(f"index {self.path}: its search structure {location} "
-                                         f"is missing; rebuild the index")
-            index = index_class(kind).load(location, mmap=mmap)
+            index = self._load_structure(location, mmap)
             self._check_binding(index, location)
             return index
         if self.codebook is None:
@@ -151,19 +162,53 @@ class Searcher:
                                      f"built as {kind}")
         return index
 
-    _UNBOUND_KEYS = ("seconds", "items_per_image", "shards")
+    def _load_structure(self, location: Path, mmap: bool):
+        if not location.is_dir():
+            raise IndexMismatchError(f"index {self.path}: its search structure {location} "
+                                     f"is missing; rebuild the index")
+        return index_class(self.manifest["kind"]).load(location, mmap=mmap)
+
+    def _open_segments(self, mmap: bool) -> SegmentedIndex:
+        """The segments of an updated index, each checked against ``index.json``."""
+        deleted = self.manifest.get("deleted", {})
+        parts, gone = [], []
+        for segment in segments(self.manifest):
+            location = inside(self.path, segment["search"], "a segment")
+            index = self._load_structure(location, mmap)
+            self._check_binding(index, location, segment=True)
+            parts.append(index)
+            gone.append(deleted.get(segment["search"], []))
+        try:
+            index = SegmentedIndex(parts, gone)
+        except ValueError as exc:
+            raise IndexMismatchError(f"{self.path / MANIFEST}: {exc}; rebuild the index") from None
+        if index.num_live != self.manifest.get("num_images"):
+            raise IndexMismatchError(
+                f"{self.path / MANIFEST} records {self.manifest.get('num_images')} images, its "
+                f"segments hold {index.num_live}; rebuild the index")
+        return index
+
+    _UNBOUND_KEYS = ("seconds", "items_per_image", "shards", "data", "images_roots", "updated")
     """``index.json`` keys written after the search structure (not in its manifest)."""
 
-    def _check_binding(self, index, location: Path) -> None:
+    _SEGMENT_KEYS = ("search", "segments", "deleted", "num_images", "num_skipped",
+                     "num_featureless", "images_root")
+    """Keys a segment's record and an updated ``index.json`` may differ in."""
+
+    def _check_binding(self, index, location: Path, *, segment: bool = False) -> None:
         """Refuse an ``index.json`` that does not describe the structure at ``location``:
-        both record the same build (config, codebook, features, counts)."""
+        both record the same build (config, codebook, features, counts; for a
+        ``segment`` of an updated index, all but its counts and location)."""
+        ignored = self._UNBOUND_KEYS + (self._SEGMENT_KEYS if segment else ())
+
         def comparable(record: dict) -> dict:  # keys added since an older d2r filled in
-            out = {k: v for k, v in record.items() if k not in self._UNBOUND_KEYS}
+            out = {k: v for k, v in record.items() if k not in ignored}
             out["config"] = upgrade_record(out.get("config", {}))
             return out
 
         recorded, expected = comparable(index.config), comparable(self.manifest)
-        if recorded != expected or len(index) != self.manifest.get("num_images"):
+        if recorded != expected or (
+                not segment and len(index) != self.manifest.get("num_images")):
             keys = sorted(k for k in set(recorded) | set(expected)
                           if recorded.get(k) != expected.get(k))
             details = diff_configs(expected.get("config", {}), recorded.get("config", {}))
@@ -233,33 +278,78 @@ class Searcher:
         """Whole-image features of database image ``image_id``, cached in memory."""
         feats = self._db_features.get(image_id)
         if feats is None:
-            if self._store is None:
-                self._store = self._open_features()
-            feats = self._db_features[image_id] = self._store.get(self.names[image_id])
+            feats = self._db_features[image_id] = self._stored(
+                FEATURES, self.method.input_type, image_id)
         return feats
 
-    def _open_features(self) -> FeatureStore:
-        """The index's feature store, refused unless it holds every indexed image."""
-        store = FeatureStore.open(self.path / FEATURES, value_type=self.method.input_type)
-        missing = [name for name in self.names if name not in store]
-        if missing:
-            store.close()
-            raise IndexMismatchError(f"feature store {self.path / FEATURES} lacks {len(missing)} "
-                                     f"indexed images (e.g. {missing[0]!r}): its files were "
-                                     f"removed or damaged; rebuild the index")
-        return store
+    def _stored(self, part: str, value_type: type, image_id: int):
+        """The stored ``part`` (``features`` or ``maps``) of database image ``image_id``,
+        from the data directories of its segment, newest first."""
+        name = self.names[image_id]
+        for relative in self._segment(image_id)["data"]:
+            store = self._open_store(relative, part, value_type)
+            if name in store:
+                return store.get(name)
+        raise IndexMismatchError(f"the {part} of indexed image {name!r} are missing from index "
+                                 f"{self.path}: its files were removed or damaged; rebuild it")
+
+    def _open_store(self, relative: str, part: str, value_type: type) -> FeatureStore:
+        """The feature store ``part`` of data directory ``relative`` (opened once); the
+        build's own store is refused unless it holds every image of an unsegmented index."""
+        key = (relative, part)
+        if key not in self._stores:
+            path = inside(self.path, relative, "a data directory") / part
+            store = FeatureStore.open(path, value_type=value_type)
+            if part == FEATURES and not is_segmented(self.manifest) and relative == ".":
+                missing = [name for name in self.names if name not in store]
+                if missing:
+                    store.close()
+                    raise IndexMismatchError(
+                        f"feature store {path} lacks {len(missing)} indexed images (e.g. "
+                        f"{missing[0]!r}): its files were removed or damaged; rebuild the index")
+            self._stores[key] = store
+        return self._stores[key]
 
     def database_maps(self) -> _StoredMaps:
         """The stored activation maps by image id (a lazy sequence of (H', W', C) arrays)."""
-        if self._maps is None:
-            self._maps = FeatureStore.open(self.path / MAPS, value_type=ActivationMap)
-        return _StoredMaps(self._maps, self.names)
+        return _StoredMaps(self)
+
+    def _segment(self, image_id: int) -> dict[str, Any]:
+        """The :func:`~d2r.index.layout.segments` record holding database image ``image_id``."""
+        position = self.index.segment_of(image_id)[0] \
+            if isinstance(self.index, SegmentedIndex) else 0
+        return segments(self.manifest)[position]
+
+    def image_roots(self, image_id: int) -> list[str]:
+        """The folders database image ``image_id`` may have been indexed from, most likely
+        first (none for a benchmark's images)."""
+        segment = self._segment(image_id)
+        roots = [segment["images_root"]] if "images_root" in segment else []
+        if not isinstance(self.index, SegmentedIndex):
+            roots = self.manifest.get("images_roots", roots)
+        return list(roots)
+
+    def image_file(self, name: str) -> Optional[Path]:
+        """The file searchable database image ``name`` was indexed from: the first of its
+        possible locations that exists, else the most likely one (it may have moved);
+        None for an unknown name or a benchmark's image."""
+        if self._ids is None:
+            alive = getattr(self.index, "alive", None)
+            self._ids = {n: i for i, n in enumerate(self.names) if alive is None or alive[i]}
+        image_id = self._ids.get(name)
+        paths = [locate(root, name) for root in
+                 ([] if image_id is None else self.image_roots(image_id))]
+        return next((path for path in paths if path.is_file()), paths[0] if paths else None)
+
+    @property
+    def num_images(self) -> int:
+        """Searchable images (deleted ones not counted)."""
+        return int(self.manifest["num_images"])
 
     def close(self) -> None:
-        for store in (self._store, self._maps):
-            if store is not None:
-                store.close()
-        self._store = self._maps = None
+        for store in self._stores.values():
+            store.close()
+        self._stores = {}
         if hasattr(self.index, "close"):
             self.index.close()
 
