@@ -14,6 +14,7 @@ Each command is a module with ``main(argv)``, loaded only when it runs (so
     d2r add           add images to an index (d2r.add)
     d2r remove        remove images from an index (d2r.remove)
     d2r compact       merge an updated index's segments (d2r.compact)
+    d2r serve         HTTP API and web page over an index (d2r.serve)
 
 ``python -m d2r.<module>`` runs the same code.
 """
@@ -40,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "add": ("d2r.add", "add images to an index without rebuilding it"),
     "remove": ("d2r.remove", "remove images from an index"),
     "compact": ("d2r.compact", "merge an updated index's segments, drop removed images"),
+    "serve": ("d2r.serve", "serve an index: HTTP API and web page (d2r[serve])"),
 }
 """``d2r`` subcommands: name -> (module with ``main(argv)``, one-line description)."""
 

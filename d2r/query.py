@@ -49,8 +49,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from d2r import cli
+from d2r.checks import parse_box
 from d2r.config import Config
 from d2r.distributed.options import DEFAULT_CPUS_PER_SHARD
+from d2r.errors import InputError
 from d2r.pipeline.run import FeaturelessQueryError, run_dataset, run_image
 from d2r.pipeline.searcher import Searcher
 from d2r.result_page import write_result_page
@@ -65,12 +67,9 @@ DEFAULT_TOP = 20
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:
     try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"--box must be x1,y1,x2,y2 in pixels, got {text!r}")
-    return values  # type: ignore[return-value]
+        return parse_box(text, "--box")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:

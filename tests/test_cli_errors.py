@@ -20,9 +20,11 @@ SMALL = ("--config", "rootsift-asmk-star", "--set", "features.rootsift.max_featu
          "--set", "codebook.num_words=32")
 
 BLOCK_HEAVY = ("import sys\n"
-               "for name in ('tensorflow', 'tf_keras', 'tensorflow_hub', 'ray'):\n"
+               "for name in ('tensorflow', 'tf_keras', 'tensorflow_hub', 'ray', 'fastapi',\n"
+               "             'uvicorn', 'multipart'):\n"
                "    sys.modules[name] = None\n")
-"""A ``sitecustomize`` that makes TensorFlow and Ray unimportable, as in the core install."""
+"""A ``sitecustomize`` that makes TensorFlow, Ray and the server's libraries unimportable,
+as in the core install."""
 
 
 def d2r(*args, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -194,6 +196,11 @@ def test_core_build_and_query_need_neither_tensorflow_nor_ray(tiny_dataset, tmp_
     assert rows[0]["name"] == query_image.stem
     sharded = d2r("query", "--index", out, "--shards", tmp_path, "--image", query_image, env=env)
     assert_user_error(sharded, "query", r"needs ray.*pip install 'd2r\[ray\]'")
+    served = d2r("serve", "--index", out, env=env)
+    assert_user_error(served, "serve", r"d2r serve needs fastapi, uvicorn, multipart, not "
+                                       r"installed here: pip install 'd2r\[serve\]'")
+    added = d2r("add", "--index", out, "--images", query_image.parent, env=env)
+    assert added.returncode == 0, added.stderr  # updates are core
 
 
 def test_progress_lines_when_stderr_is_not_a_terminal(tiny_dataset, tmp_path):

@@ -26,14 +26,14 @@ CORE = [
     "d2r.extract", "d2r.build_index", "d2r.query", "d2r.evaluate", "d2r.report",
     "d2r.demo", "d2r.cli", "d2r.commands", "d2r.progress", "d2r.extras", "d2r.errors",
     "d2r.verify", "d2r.index.segmented", "d2r.index.merge", "d2r.pipeline.update",
-    "d2r.add", "d2r.remove", "d2r.compact",
+    "d2r.add", "d2r.remove", "d2r.compact", "d2r.serve", "d2r.server",
 ]
 """Modules that RootSIFT indexing, search and evaluation import (the CNN methods' module
 imports TensorFlow only when a model is built)."""
 
 CLI_MODULES = {"d2r.cli", "d2r.extract", "d2r.build_index", "d2r.query", "d2r.evaluate",
                "d2r.demo", "d2r.global_.learn", "d2r.verify", "d2r.commands", "d2r.__main__",
-               "d2r.add", "d2r.remove", "d2r.compact"}
+               "d2r.add", "d2r.remove", "d2r.compact", "d2r.serve"}
 """Command-line entry modules (``python -m ...``) and their argparse helpers."""
 
 

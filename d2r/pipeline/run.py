@@ -37,18 +37,31 @@ class FeaturelessQueryError(InputError):
 
 
 def run_image(searcher: Searcher, image: str | os.PathLike,
-              box: Optional[Sequence[float]] = None) -> list[dict]:
+              box: Optional[Sequence[float]] = None, *, k: Optional[int] = None,
+              timing: Optional[dict] = None, matches: int = 0) -> list[dict]:
     """Ranked database images for one query image: ``[{"rank", "name", "score", "inliers"}]``.
 
+    ``k``: results searched (default ``search.top_k``).  ``timing``, when given, receives
+    the seconds of ``extract``, ``search`` and ``rerank``.  ``matches`` > 0 adds to each
+    verified row ``"matches"``: up to that many inlier pairs ``[xq, yq, xd, yd]`` (pixels
+    of the original images) and the database image's ``"image_size"`` ``[W, H]``.
     Raises :class:`FeaturelessQueryError` when the image (or box) has no features.
     """
+    clock = time.perf_counter()
     query = searcher.query(image, box=box)
     if len(query.features) == 0:
         where = "the box" if box is not None else "the image"
         raise FeaturelessQueryError(f"{image}: no local features in {where} (a blank image, or "
                                     f"a box outside the content); nothing to search with")
-    result, reranked = searcher.rerank([query], searcher.search([query.features]),
-                                       workers=os.cpu_count() or 1)
+    stages = {"extract": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    result = searcher.search([query.features], k=k)
+    stages["search"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    result, reranked = searcher.rerank([query], result, workers=os.cpu_count() or 1)
+    stages["rerank"] = time.perf_counter() - clock
+    if timing is not None:
+        timing.update(stages)
     rows = []
     for rank, (image_id, score) in enumerate(zip(result.ids[0], result.scores[0]), 1):
         if image_id < 0:
@@ -56,8 +69,23 @@ def run_image(searcher: Searcher, image: str | os.PathLike,
         row = {"rank": rank, "name": searcher.names[image_id], "score": float(score)}
         if reranked is not None and rank <= len(reranked[0].inliers):
             row["inliers"] = int(reranked[0].inliers[rank - 1])
+            if matches and row["inliers"] >= 0:
+                row.update(_matched_points(searcher, query.features, int(image_id),
+                                           reranked[0].matches[rank - 1], matches))
         rows.append(row)
     return rows
+
+
+def _matched_points(searcher: Searcher, query, image_id: int, pairs: np.ndarray,
+                    limit: int) -> dict:
+    """``{"matches": [[xq, yq, xd, yd], ...] (at most limit, evenly picked), "image_size"}``."""
+    database = searcher.database_features(image_id)
+    if len(pairs) > limit:
+        pairs = pairs[np.linspace(0, len(pairs) - 1, limit).astype(int)]
+    points = np.concatenate([query.locations[pairs[:, 0]], database.locations[pairs[:, 1]]],
+                            axis=1) if len(pairs) else np.zeros((0, 4))
+    return {"matches": np.round(points, 1).tolist(),
+            "image_size": [int(v) for v in database.image_size]}
 
 
 def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | os.PathLike,

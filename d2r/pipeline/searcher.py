@@ -10,8 +10,10 @@ after their first use) and the stored activation maps.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -112,29 +114,43 @@ class Searcher:
                  shard_options: Optional[dict] = None) -> None:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
-        built = upgrade_record(self.manifest["config"])
-        values = built
-        for file in files:
-            values = merge_values(values, read_yaml(Path(file)))
-        for text in overrides:
-            values = merge_values(values, parse_override(text))
-        self.config: Config = from_dict(values)
-        fixed = [d for d in diff_configs(built, to_dict(self.config))
-                 if not d.startswith(QUERY_TIME_KEYS)]
-        if fixed:
-            raise ConfigError(f"index {self.path} was built with other values; these cannot "
-                              f"change at query time: {'; '.join(fixed)}")
+        self.config: Config = self._query_config(files, overrides)
         self.method = validate(self.config)
         self.codebook = self._load_codebook(self.manifest["codebook"])
         self.index = self._open_index(shards, mmap, shard_options or {})
         self.names: tuple[str, ...] = tuple(self.index.names)
         self._extractor = None
         self._stores: dict[tuple[str, str], FeatureStore] = {}
+        self._store_lock = threading.Lock()
         self._db_features: dict[int, Any] = {}
         self._ids: Optional[dict[str, int]] = None
         if self.method.uses_maps and not (self.path / MAPS).is_dir():
             raise ConfigError(f"search.aml_rerank needs the database activation maps, but index "
                               f"{self.path} was built without them (features.cnn.store_maps=false)")
+
+    def _query_config(self, files: Sequence[str | os.PathLike], overrides: Sequence[str]) -> Config:
+        """The index's recorded config with query-time ``files`` and ``overrides`` on top."""
+        built = upgrade_record(self.manifest["config"])
+        values = built
+        for file in files:
+            values = merge_values(values, read_yaml(Path(file)))
+        for text in overrides:
+            values = merge_values(values, parse_override(text))
+        config = from_dict(values)
+        fixed = [d for d in diff_configs(built, to_dict(config))
+                 if not d.startswith(QUERY_TIME_KEYS)]
+        if fixed:
+            raise ConfigError(f"index {self.path} was built with other values; these cannot "
+                              f"change at query time: {'; '.join(fixed)}")
+        return config
+
+    def configured(self, overrides: Sequence[str]) -> "Searcher":
+        """This searcher with other query-time settings (``"a.b=c"`` on the index's own),
+        sharing its opened index, stores and caches (do not close both)."""
+        view = copy.copy(self)
+        view.config = self._query_config((), overrides)
+        view.method = validate(view.config)
+        return view
 
     def _open_index(self, shards: Optional[str | os.PathLike], mmap: bool, shard_options: dict):
         """``INDEX/search``, or the sharded index (Ray actors) at ``shards`` / ``INDEX/shards``."""
@@ -294,21 +310,26 @@ class Searcher:
                                  f"{self.path}: its files were removed or damaged; rebuild it")
 
     def _open_store(self, relative: str, part: str, value_type: type) -> FeatureStore:
-        """The feature store ``part`` of data directory ``relative`` (opened once); the
-        build's own store is refused unless it holds every image of an unsegmented index."""
+        """The feature store ``part`` of data directory ``relative`` (opened once, by one
+        thread); the build's own store is refused unless it holds every image of an
+        unsegmented index."""
         key = (relative, part)
-        if key not in self._stores:
-            path = inside(self.path, relative, "a data directory") / part
-            store = FeatureStore.open(path, value_type=value_type)
-            if part == FEATURES and not is_segmented(self.manifest) and relative == ".":
-                missing = [name for name in self.names if name not in store]
-                if missing:
-                    store.close()
-                    raise IndexMismatchError(
-                        f"feature store {path} lacks {len(missing)} indexed images (e.g. "
-                        f"{missing[0]!r}): its files were removed or damaged; rebuild the index")
-            self._stores[key] = store
-        return self._stores[key]
+        with self._store_lock:
+            return self._stores.get(key) or self._open_new_store(key, value_type)
+
+    def _open_new_store(self, key: tuple[str, str], value_type: type) -> FeatureStore:
+        relative, part = key
+        path = inside(self.path, relative, "a data directory") / part
+        store = FeatureStore.open(path, value_type=value_type)
+        if part == FEATURES and not is_segmented(self.manifest) and relative == ".":
+            missing = [name for name in self.names if name not in store]
+            if missing:
+                store.close()
+                raise IndexMismatchError(
+                    f"feature store {path} lacks {len(missing)} indexed images (e.g. "
+                    f"{missing[0]!r}): its files were removed or damaged; rebuild the index")
+        self._stores[key] = store
+        return store
 
     def database_maps(self) -> _StoredMaps:
         """The stored activation maps by image id (a lazy sequence of (H', W', C) arrays)."""
