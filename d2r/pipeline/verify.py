@@ -3,7 +3,8 @@
 Every file of the search structure is hashed against its manifest (also the large
 arrays that an ordinary open trusts by their verified-stamp), then the index is
 opened as a query would open it: manifest format, ``index.json`` bound to the search
-structure, codebook hash, and a feature store holding every indexed image.
+structure (every segment of an updated index), codebook hash, and the stored features
+of every indexed image.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from d2r.index.layout import read_manifest, search_dir
+from d2r.index.layout import inside, read_manifest, search_dir, segments
 from d2r.index.storage import verify_files
 from d2r.pipeline.searcher import Searcher
 
@@ -31,13 +32,18 @@ def verify_index(path: str | os.PathLike) -> list[str]:
         shards = path / manifest["shards"]["path"]
         problems = [p for shard in sorted(shards.glob("shard-*")) for p in verify_files(shard)]
     else:
-        problems = verify_files(location)
+        problems = [p for segment in segments(manifest)
+                    for p in verify_files(inside(path, segment["search"], "search"))]
     if problems or sharded:  # serving shards would start Ray actors: files only
         return problems
     try:
         with Searcher(path) as searcher:
-            if searcher.names:
-                searcher.database_features(0)  # opens the store: every indexed image present
+            alive = getattr(searcher.index, "alive", None)
+            for image_id in range(len(searcher.names)):  # every live image's features
+                if alive is None or alive[image_id]:
+                    searcher.database_features(image_id)
+                    if alive is None:  # one image opens the build's store, which is checked
+                        break
     except (OSError, ValueError, KeyError) as exc:
         return [str(exc)]
     return []
