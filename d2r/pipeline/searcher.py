@@ -321,7 +321,8 @@ class Searcher:
         relative, part = key
         path = inside(self.path, relative, "a data directory") / part
         store = FeatureStore.open(path, value_type=value_type)
-        if part == FEATURES and not is_segmented(self.manifest) and relative == ".":
+        if part == FEATURES and not is_segmented(self.manifest) \
+                and segments(self.manifest)[0]["data"] == ["."]:
             missing = [name for name in self.names if name not in store]
             if missing:
                 store.close()
