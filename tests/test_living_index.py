@@ -312,3 +312,18 @@ def test_segments_array_views_match_a_concatenation():
     ids = np.array([[4, 0], [2, 3]])
     assert rows.shape == (5, 2)
     np.testing.assert_array_equal(rows[ids], whole[ids])
+
+
+def test_a_sharded_index_is_refused_in_one_line(asmk, tmp_path):
+    index = _copy(asmk["base"])
+    manifest = json.loads((index / "index.json").read_text())
+    shutil.rmtree(index / manifest["search"])  # what a --ray-shards build leaves: shards only
+    manifest["shards"] = {"path": "shards", "count": 2}
+    (index / "index.json").write_text(json.dumps(manifest))
+    for args in (["add", "--images", str(asmk["b"])], ["remove", "--names", "x.jpg"],
+                 ["compact"]):
+        proc = _d2r(args[0], "--index", str(index), *args[1:])
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().endswith(
+            "is sharded (built with --ray-shards); a sharded index cannot be updated: rebuild "
+            "it with the new images"), proc.stderr
