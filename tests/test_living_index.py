@@ -312,6 +312,7 @@ def test_segments_array_views_match_a_concatenation():
     ids = np.array([[4, 0], [2, 3]])
     assert rows.shape == (5, 2)
     np.testing.assert_array_equal(rows[ids], whole[ids])
+    np.testing.assert_array_equal(np.asarray(rows, np.float64), whole)
 
 
 def test_a_sharded_index_is_refused_in_one_line(asmk, tmp_path):

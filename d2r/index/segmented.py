@@ -36,6 +36,10 @@ class _Rows:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """Every row, deleted images' included (a copy)."""
+        return np.concatenate(self._parts).astype(dtype or self._parts[0].dtype, copy=False)
+
     def __getitem__(self, ids) -> np.ndarray:
         ids = np.asarray(ids, np.int64)
         segment = np.searchsorted(self._offsets, ids, side="right") - 1
