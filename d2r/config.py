@@ -216,7 +216,15 @@ class AggregationConfig:
 class SearchConfig:
     top_k: int = 100
     query_expansion: int = 0
-    """Global descriptors: average query expansion with the top this many (0: off)."""
+    """Query expansion with this many images (0: off): global descriptors average the top
+    this many; local features (VLAD / ASMK / ASMK*, with ``verification.rerank``) use up
+    to this many spatially verified images (:mod:`d2r.expansion`)."""
+    qe_alpha: float = 0.0
+    """Local verified expansion: weight of a verified image, ``(inliers / most inliers) **
+    qe_alpha`` (0: a plain average)."""
+    qe_features: Literal["all", "inliers"] = "all"
+    """Local verified expansion: each verified image contributes all its features, or only
+    those matched to the query by spatial verification (geometric variant)."""
     aml_rerank: int = 0
     """Global ``mac`` / ``rmac`` / ``gem``: localize the query (AML) in the top N and re-rank
     them by the localized region's descriptor (0: off; needs ``features.cnn.store_maps``)."""
@@ -499,6 +507,7 @@ RANGES: dict[str, str] = {
     "aggregation.tau": "[-1, 1)",
     "search.top_k": "[1, inf)",
     "search.query_expansion": "[0, inf)",
+    "search.qe_alpha": "[0, inf)",
     "search.aml_rerank": "[0, inf)",
     "search.aml_levels": "[2, inf)",
     "verification.rerank": "[0, inf)",

@@ -25,15 +25,19 @@ from __future__ import annotations
 import logging
 from typing import ClassVar, Sequence
 
+import numpy as np
+
 from d2r.aggregation import aggregate, aggregate_regions
 from d2r.codebook import Codebook
 from d2r.config import ConfigError
+from d2r.expansion import expand_aggregated
 from d2r.index.global_index import GlobalIndex
 from d2r.index.inverted import InvertedIndex
 from d2r.index.regional import RegionalIndex
 from d2r.methods import register_method
 from d2r.methods.local import LocalMethod
 from d2r.types import AggregatedImage, LocalFeatures, SearchResult
+from d2r.verification import RerankResult, stack_results
 
 __all__ = ["Vlad", "Asmk", "AsmkStar", "RegionalVlad", "NaiveRegionalAsmk", "RegionalAsmk",
            "RegionalAsmkStar"]
@@ -106,6 +110,62 @@ class _Kernel(LocalMethod):
                k: int) -> SearchResult:
         encoded = [self.encode_query(q, codebook) for q in queries]
         return index.search(encoded, k=k, **self.search_options())
+
+    expands = True
+
+    def rerank(self, searcher, queries, result: SearchResult, *, workers: int = 1):
+        """Spatial verification, then (``search.query_expansion`` > 0) verified query
+        expansion: the verified images stay on top in their verified order, a search with
+        the expanded query (:func:`d2r.expansion.expand_aggregated`) orders the rest."""
+        result, reranked = super().rerank(searcher, queries, result, workers=workers)
+        if reranked is None or self.config.search.query_expansion <= 0:
+            return result, reranked
+        rows = [self._expand(searcher, query.features, verified, ids, scores)
+                for query, verified, ids, scores in zip(queries, reranked, result.ids,
+                                                        result.scores)]
+        return stack_results(rows, searcher.names), rows
+
+    def _expand(self, searcher, query: LocalFeatures, verified: RerankResult,
+                ids: np.ndarray, scores: np.ndarray) -> RerankResult:
+        """One query's whole ranking (``ids``, ``scores``: after verification) after verified
+        expansion; without a verified image the same ranking."""
+        search, min_inliers = self.config.search, self.config.verification.min_inliers
+        k = ids.shape[0]
+        head = int(np.sum(verified.inliers[:verified.num_verified] >= min_inliers))
+        if head > 0:
+            ids, scores = self._expanded_ranking(searcher, query, verified, head, k)
+        checked = {int(i): pos for pos, i in enumerate(verified.ids[:verified.num_verified])}
+        where = [checked.get(int(i), -1) for i in ids]
+        empty = np.zeros((0, 2), np.int64)
+        return RerankResult(
+            ids=ids, scores=scores.astype(np.float32),
+            inliers=np.array([verified.inliers[p] if p >= 0 else -1 for p in where], np.int32),
+            order=np.array([verified.order[p] if p >= 0 else -1 for p in where], np.int64),
+            matches=tuple(verified.matches[p] if p >= 0 else empty for p in where),
+            num_verified=verified.num_verified)
+
+    def _expanded_ranking(self, searcher, query: LocalFeatures, verified: RerankResult,
+                          head: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``head`` verified images, then the expanded query's search without them."""
+        search = self.config.search
+        used = range(min(head, search.query_expansion))
+        codebook = searcher.codebook
+        images = []
+        for pos in used:
+            features = searcher.database_features(int(verified.ids[pos]))
+            if search.qe_features == "inliers":
+                features = features.select(np.unique(verified.matches[pos][:, 1]))
+            images.append(self.encode_query(features, codebook))
+        inliers = verified.inliers[list(used)].astype(np.float64)
+        weights = (inliers / inliers.max()) ** search.qe_alpha
+        query_image = expand_aggregated(self.encode_query(query, codebook), images,
+                                        method=self.plain, weights=weights)
+        again = searcher.index.search([query_image], k=k + head, **self.search_options())
+        top_ids = verified.ids[:head]
+        rest = ~np.isin(again.ids[0], top_ids)
+        ids = np.concatenate([top_ids, again.ids[0][rest]])[:k]
+        scores = np.concatenate([verified.scores[:head], again.scores[0][rest]])[:k]
+        return ids, scores
 
 
 @register_method

@@ -41,11 +41,17 @@ class LocalMethod(RetrievalMethod):
     input_type = LocalFeatures
     uses_codebook = True
 
+    expands = False
+    """Whether the method implements verified query expansion (``search.query_expansion``)."""
+
     def validate(self) -> None:
         search = self.config.search
-        if search.query_expansion or search.aml_rerank:
-            raise ConfigError("search.query_expansion and search.aml_rerank apply to CNN global "
-                              "descriptors (features.backend=cnn)")
+        if search.aml_rerank:
+            raise ConfigError("search.aml_rerank applies to CNN global descriptors "
+                              "(features.backend=cnn)")
+        if search.query_expansion and not self.expands:
+            raise ConfigError(f"search.query_expansion is not implemented for {self.name!r} "
+                              f"(local features: vlad, asmk, asmk_star and their regional forms)")
 
     def assign(self, regions: Sequence[LocalFeatures], codebook: Codebook, *,
                query: bool) -> list[np.ndarray]:

@@ -67,7 +67,8 @@ def run_image(searcher: Searcher, image: str | os.PathLike,
         if image_id < 0:
             break
         row = {"rank": rank, "name": searcher.names[image_id], "score": float(score)}
-        if reranked is not None and rank <= len(reranked[0].inliers):
+        if reranked is not None and rank <= len(reranked[0].inliers) \
+                and reranked[0].inliers[rank - 1] >= 0:
             row["inliers"] = int(reranked[0].inliers[rank - 1])
             if matches and row["inliers"] >= 0:
                 row.update(_matched_points(searcher, query.features, int(image_id),
