@@ -4,8 +4,9 @@
 
 For each seed: generate the benchmark, build one RootSIFT + ASMK* index (the default
 preset), then run every query with each row's query-time settings: ASMK*, + spatial
-verification of the top 100, + verified query expansion (average, alpha-weighted by
-inliers, inlier features only).  Prints Easy / Medium / Hard mAP as mean +- std over the
+verification of the top 100 (affine RANSAC; USAC MAGSAC++; a relative threshold; a
+homography), + verified query expansion (average, alpha-weighted by inliers, inlier
+features only).  Prints Easy / Medium / Hard mAP as mean +- std over the
 seeds (the same seeds for every row) and the seconds per query of search and of
 re-ranking (verification, plus expansion and the second search for the QE rows).
 Figures go to ``OUT/summary.json``.
@@ -35,6 +36,22 @@ ROWS = {
     "+ SV + QE (alpha 3, 10)": SV + ["search.query_expansion=10", "search.qe_alpha=3"],
     "+ SV + QE (inlier features, 10)": SV + ["search.query_expansion=10",
                                              "search.qe_features=inliers"],
+    "+ SV + QE (inlier region, 10)": SV + ["search.query_expansion=10",
+                                           "search.qe_features=region"],
+    "+ SV + QE (inlier region, 50)": SV + ["search.query_expansion=50",
+                                           "search.qe_features=region"],
+    "+ SV + QE (inlier region, 50, alpha 1)": SV + ["search.query_expansion=50",
+                                                    "search.qe_features=region",
+                                                    "search.qe_alpha=1"],
+    "+ SV + QE (inlier region, 3)": SV + ["search.query_expansion=3",
+                                          "search.qe_features=region"],
+    "+ SV + QE (inlier features, 3)": SV + ["search.query_expansion=3",
+                                            "search.qe_features=inliers"],
+    "+ SV (USAC)": SV + ["verification.method=usac"],
+    "+ SV (USAC, 3% of the diagonal)": SV + ["verification.method=usac",
+                                             "verification.relative_threshold=0.03"],
+    "+ SV (RANSAC homography)": SV + ["verification.model=homography"],
+    "+ SV (USAC) + QE (avg, 10)": SV + ["verification.method=usac", "search.query_expansion=10"],
 }
 
 
@@ -45,8 +62,10 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
     parser.add_argument("--config", default="rootsift-asmk-star")
+    parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS),
+                        help="rows to run (default: all)")
     args = parser.parse_args()
-    runs: dict[str, list[dict]] = {row: [] for row in ROWS}
+    runs: dict[str, list[dict]] = {row: [] for row in args.rows}
     for seed in args.seeds:
         data = args.out / f"seed{seed}" / "data"
         if not (data / "synthetic.json").exists():
@@ -55,7 +74,8 @@ def main() -> int:
         if not (index / "index.json").exists():
             build_index(load_config(args.config), ImageSource.from_dataset(data), index,
                         show_progress=False)
-        for row, overrides in ROWS.items():
+        for row in args.rows:
+            overrides = ROWS[row]
             out = args.out / f"seed{seed}" / row.replace(" ", "_").replace("*", "star")
             with Searcher(index, overrides=overrides) as searcher:
                 metrics = run_dataset(searcher, data, out, show_progress=False)

@@ -222,9 +222,9 @@ class SearchConfig:
     qe_alpha: float = 0.0
     """Local verified expansion: weight of a verified image, ``(inliers / most inliers) **
     qe_alpha`` (0: a plain average)."""
-    qe_features: Literal["all", "inliers"] = "all"
-    """Local verified expansion: each verified image contributes all its features, or only
-    those matched to the query by spatial verification (geometric variant)."""
+    qe_features: Literal["all", "region", "inliers"] = "all"
+    """Local verified expansion: each verified image contributes all its features, those
+    inside the bounding box of its inliers (``region``), or only its inliers."""
     aml_rerank: int = 0
     """Global ``mac`` / ``rmac`` / ``gem``: localize the query (AML) in the top N and re-rank
     them by the localized region's descriptor (0: off; needs ``features.cnn.store_maps``)."""
@@ -244,8 +244,14 @@ class VerificationConfig:
     ransac_threshold: float = 20.0
     max_trials: int = 1000
     min_inliers: int = 8
-    method: Literal["opencv", "skimage"] = "opencv"
-    """RANSAC implementation: OpenCV (fast) or scikit-image (the DELF reference's procedure)."""
+    method: Literal["opencv", "skimage", "usac"] = "opencv"
+    """Robust estimator: OpenCV RANSAC (fast), scikit-image RANSAC (the DELF reference's
+    procedure) or OpenCV's USAC MAGSAC++."""
+    model: Literal["affine", "similarity", "homography"] = "affine"
+    """Geometric model fitted (similarity: OpenCV RANSAC only; skimage: affine only)."""
+    relative_threshold: Optional[float] = None
+    """Inlier threshold as a fraction of the query image's diagonal (None: ``ransac_threshold``
+    pixels)."""
 
 
 @dataclass
@@ -511,6 +517,7 @@ RANGES: dict[str, str] = {
     "search.aml_rerank": "[0, inf)",
     "search.aml_levels": "[2, inf)",
     "verification.rerank": "[0, inf)",
+    "verification.relative_threshold": "(0, 1)",
     "verification.descriptor_threshold": "(0, inf)",
     "verification.ratio_test": "(0, 1]",
     "verification.ransac_threshold": "(0, inf)",

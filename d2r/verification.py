@@ -57,8 +57,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("opencv", "skimage")
-"""RANSAC implementations accepted by :func:`verify_pair`."""
+METHODS = ("opencv", "skimage", "usac")
+"""Robust estimators accepted by :func:`verify_pair`: OpenCV's RANSAC, scikit-image's
+RANSAC (the DELF reference's procedure) and OpenCV's USAC MAGSAC++."""
+
+MODELS = ("affine", "similarity", "homography")
+"""Geometric models accepted by :func:`verify_pair`."""
 
 FeatureSource = Union[Callable[[int], LocalFeatures], Sequence[LocalFeatures]]
 Candidates = Union[SearchResult, tuple]
@@ -75,8 +79,8 @@ class Verification:
         num_matches: number of putative matches fed to RANSAC.
         num_inliers: inliers of the best affine model (0 when none was fitted).
         inlier_matches: (I, 2) int64 ``(query feature, database feature)`` indices.
-        transform: (2, 3) float64 affine map from database (x, y) to query (x, y),
-            or None when no model was fitted.
+        transform: float64 map from database (x, y) to query (x, y): (2, 3) affine or
+            similarity, (3, 3) homography; None when no model was fitted.
     """
 
     num_matches: int
@@ -229,17 +233,25 @@ def _check_matches(matches: Any, n_query: int, n_db: int) -> np.ndarray:
     return pairs
 
 
-def _ransac_opencv(src, dst, *, threshold, max_trials, confidence, seed):
+def _ransac_opencv(src, dst, *, threshold, max_trials, confidence, seed, model="affine",
+                   usac=False):
     import cv2
 
     cv2.setRNGSeed(int(seed))
-    model, mask = cv2.estimateAffine2D(
-        src, dst, method=cv2.RANSAC, ransacReprojThreshold=threshold,
-        maxIters=max_trials, confidence=confidence,
-    )
-    if model is None or mask is None:
+    method = cv2.USAC_MAGSAC if usac else cv2.RANSAC
+    options = dict(method=method, ransacReprojThreshold=threshold, maxIters=max_trials,
+                   confidence=confidence)
+    if model == "homography":
+        if len(src) < 4:
+            return None, None
+        fitted, mask = cv2.findHomography(src, dst, **options)
+    elif model == "similarity":
+        fitted, mask = cv2.estimateAffinePartial2D(src, dst, **options)
+    else:
+        fitted, mask = cv2.estimateAffine2D(src, dst, **options)
+    if fitted is None or mask is None:
         return None, None
-    return model, mask.reshape(-1).astype(bool)
+    return fitted, mask.reshape(-1).astype(bool)
 
 
 def _ransac_skimage(src, dst, *, threshold, max_trials, min_samples, seed):
@@ -269,9 +281,11 @@ def verify_pair(
     min_samples: int = 3,
     confidence: float = 0.99,
     method: str = "opencv",
+    model: str = "affine",
+    relative_threshold: float | None = None,
     seed: int = 0,
 ) -> Verification:
-    """Affine RANSAC on the putative matches of a pair.
+    """Robust geometric verification (affine RANSAC by default) of a pair's putative matches.
 
     Args:
         query, db: features of the two images.
@@ -283,7 +297,12 @@ def verify_pair(
         min_samples: fewer putative matches than this give 0 inliers; also the
             scikit-image sample size (OpenCV always samples 3 points).
         confidence: OpenCV's early-stop confidence in (0, 1).
-        method: ``"opencv"`` or ``"skimage"``.
+        method: ``"opencv"`` (RANSAC), ``"skimage"`` (RANSAC as the reference) or
+            ``"usac"`` (OpenCV's MAGSAC++).
+        model: ``"affine"``, ``"similarity"`` (OpenCV RANSAC only) or ``"homography"``
+            (OpenCV methods).
+        relative_threshold: when set, the inlier threshold is this fraction of the query
+            image's diagonal instead of ``ransac_threshold`` pixels.
         seed: scikit-image's RNG seed; OpenCV's RANSAC draws from its own
             fixed-seed generator, so it is deterministic whatever the seed.
 
@@ -294,7 +313,11 @@ def verify_pair(
     db = _check_features(db, "db")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_model(method, model)
     threshold = _positive_number(ransac_threshold, "ransac_threshold")
+    if relative_threshold is not None:
+        diagonal = float(np.hypot(*query.image_size))
+        threshold = _positive_number(relative_threshold, "relative_threshold") * diagonal
     max_trials = _count(max_trials, "max_trials", 1)
     min_samples = _count(min_samples, "min_samples", 3)
     confidence = _positive_number(confidence, "confidence")
@@ -311,24 +334,36 @@ def verify_pair(
         return Verification.failed(pairs.shape[0])
     dst = np.ascontiguousarray(query.locations[pairs[:, 0]])
     src = np.ascontiguousarray(db.locations[pairs[:, 1]])
-    if method == "opencv":
-        model, mask = _ransac_opencv(
-            src, dst, threshold=threshold, max_trials=max_trials, confidence=confidence, seed=seed
-        )
-    else:
-        model, mask = _ransac_skimage(
+    if method == "skimage":
+        fitted, mask = _ransac_skimage(
             src, dst, threshold=threshold, max_trials=max_trials,
             min_samples=min_samples, seed=seed,
         )
-    if model is None or not np.all(np.isfinite(model)):
+    else:
+        fitted, mask = _ransac_opencv(
+            src, dst, threshold=threshold, max_trials=max_trials, confidence=confidence,
+            seed=seed, model=model, usac=method == "usac",
+        )
+    if fitted is None or not np.all(np.isfinite(fitted)):
         return Verification.failed(pairs.shape[0])
     inliers = pairs[mask]
     return Verification(
         num_matches=int(pairs.shape[0]),
         num_inliers=int(inliers.shape[0]),
         inlier_matches=inliers,
-        transform=np.asarray(model, dtype=np.float64),
+        transform=np.asarray(fitted, dtype=np.float64),
     )
+
+
+def check_model(method: str, model: str) -> None:
+    """Refuse a (method, model) pair no estimator here fits (ValueError naming both)."""
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if model != "affine" and method == "skimage":
+        raise ValueError(f"the skimage method fits affine models only, not {model!r}")
+    if model == "similarity" and method == "usac":
+        raise ValueError("OpenCV's USAC does not fit similarity models; use model=affine or "
+                         "homography, or method=opencv")
 
 
 def _parse_candidates(candidates: Candidates) -> tuple[np.ndarray, np.ndarray]:
@@ -586,4 +621,6 @@ def rerank_options(config: VerificationConfig) -> dict[str, Any]:
         "ransac_threshold": config.ransac_threshold,
         "max_trials": config.max_trials,
         "method": config.method,
+        "model": config.model,
+        "relative_threshold": config.relative_threshold,
     }

@@ -114,7 +114,8 @@ def _ranking(index, queries, *overrides):
         return result.ids, details
 
 
-@pytest.mark.parametrize("variant", [[], ["search.qe_alpha=3"], ["search.qe_features=inliers"]])
+@pytest.mark.parametrize("variant", [[], ["search.qe_alpha=3"], ["search.qe_features=inliers"],
+                                     ["search.qe_features=region"]])
 def test_expansion_keeps_the_verified_head_and_reorders_the_rest(photos_index, variant):
     index, queries = photos_index
     plain, details = _ranking(index, queries)

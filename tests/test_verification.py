@@ -348,3 +348,45 @@ def test_rerank_options_from_config():
     assert set(options) - {"top_n", "min_inliers"} <= set(
         V.verify_pair.__kwdefaults__
     )
+
+
+@pytest.mark.parametrize("method,model", [("usac", "affine"), ("usac", "homography"),
+                                          ("opencv", "homography"), ("opencv", "similarity")])
+def test_usac_and_other_models_find_a_planted_transform(method, model):
+    """A similarity (scale 1.2, 10 degrees, shift) plants 60 true matches among 20 outliers."""
+    from d2r.verification import verify_pair
+
+    rng = np.random.default_rng(5)
+    db_xy = rng.uniform(0, 400, (80, 2)).astype(np.float32)
+    angle = np.deg2rad(10)
+    rot = 1.2 * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    q_xy = (db_xy @ rot.T + [30, -12]).astype(np.float32)
+    q_xy[60:] = rng.uniform(0, 400, (20, 2))  # outliers
+    desc = rng.normal(size=(80, 8)).astype(np.float32)
+    ones = np.ones(80, np.float32)
+    query = LocalFeatures(q_xy, desc, ones, ones, (500, 500))
+    db = LocalFeatures(db_xy, desc, ones, ones, (400, 400))
+    pairs = np.stack([np.arange(80), np.arange(80)], axis=1)
+    result = verify_pair(query, db, matches=pairs, method=method, model=model,
+                         ransac_threshold=3.0)
+    assert 58 <= result.num_inliers <= 62, result.num_inliers
+    assert set(result.inlier_matches[:, 0].tolist()) >= set(range(5, 55))
+    assert result.transform.shape == ((3, 3) if model == "homography" else (2, 3))
+    # relative threshold: 3 px of a 707 px diagonal
+    relative = verify_pair(query, db, matches=pairs, method=method, model=model,
+                           ransac_threshold=100.0, relative_threshold=3.0 / np.hypot(500, 500))
+    assert abs(relative.num_inliers - result.num_inliers) <= 2
+
+
+def test_impossible_method_model_pairs_are_refused():
+    from d2r.config import ConfigError, load_config
+    from d2r.methods import validate
+    from d2r.verification import check_model
+
+    with pytest.raises(ValueError, match="USAC does not fit similarity"):
+        check_model("usac", "similarity")
+    with pytest.raises(ValueError, match="affine models only"):
+        check_model("skimage", "homography")
+    with pytest.raises(ConfigError, match="verification.method=usac"):
+        validate(load_config("rootsift-asmk-star", overrides=[
+            "verification.method=usac", "verification.model=similarity"]))

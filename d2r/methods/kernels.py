@@ -129,7 +129,7 @@ class _Kernel(LocalMethod):
                 ids: np.ndarray, scores: np.ndarray) -> RerankResult:
         """One query's whole ranking (``ids``, ``scores``: after verification) after verified
         expansion; without a verified image the same ranking."""
-        search, min_inliers = self.config.search, self.config.verification.min_inliers
+        min_inliers = self.config.verification.min_inliers
         k = ids.shape[0]
         head = int(np.sum(verified.inliers[:verified.num_verified] >= min_inliers))
         if head > 0:
@@ -153,8 +153,14 @@ class _Kernel(LocalMethod):
         images = []
         for pos in used:
             features = searcher.database_features(int(verified.ids[pos]))
+            matched = np.unique(verified.matches[pos][:, 1])
             if search.qe_features == "inliers":
-                features = features.select(np.unique(verified.matches[pos][:, 1]))
+                features = features.select(matched)
+            elif search.qe_features == "region":
+                corners = features.locations[matched]
+                inside = np.all((features.locations >= corners.min(axis=0))
+                                & (features.locations <= corners.max(axis=0)), axis=1)
+                features = features.select(inside)
             images.append(self.encode_query(features, codebook))
         inliers = verified.inliers[list(used)].astype(np.float64)
         weights = (inliers / inliers.max()) ** search.qe_alpha

@@ -17,7 +17,7 @@ from d2r.codebook import Codebook, quantize
 from d2r.config import ConfigError
 from d2r.methods.base import RetrievalMethod
 from d2r.types import LocalFeatures, SearchResult
-from d2r.verification import rerank_batch, rerank_options, stack_results
+from d2r.verification import check_model, rerank_batch, rerank_options, stack_results
 
 __all__ = ["LocalMethod", "assign_words"]
 
@@ -49,6 +49,12 @@ class LocalMethod(RetrievalMethod):
         if search.aml_rerank:
             raise ConfigError("search.aml_rerank applies to CNN global descriptors "
                               "(features.backend=cnn)")
+        verification = self.config.verification
+        try:
+            check_model(verification.method, verification.model)
+        except ValueError as exc:
+            raise ConfigError(f"verification.method={verification.method} with "
+                              f"verification.model={verification.model}: {exc}") from None
         if search.query_expansion and not self.expands:
             raise ConfigError(f"search.query_expansion is not implemented for {self.name!r} "
                               f"(local features: vlad, asmk, asmk_star and their regional forms)")
