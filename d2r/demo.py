@@ -51,10 +51,12 @@ def run_demo(out: str | Path, config: Optional[Config] = None, *, size: str = "d
     config = config or load_config("rootsift-asmk-star")
     build_index(config, ImageSource.from_dataset(data), out / "index")
     results = {}
-    with Searcher(out / "index", overrides=["verification.rerank=0"]) as searcher:
+    with Searcher(out / "index", overrides=["verification.rerank=0",
+                                            "search.query_expansion=0"]) as searcher:
         results["initial"] = run_dataset(searcher, data, out / "results")
     if rerank > 0:
-        with Searcher(out / "index", overrides=[f"verification.rerank={rerank}"]) as searcher:
+        with Searcher(out / "index", overrides=[f"verification.rerank={rerank}",
+                                                "search.query_expansion=0"]) as searcher:
             results["reranked"] = run_dataset(searcher, data, out / "reranked", report=True)
             expands = getattr(searcher.method, "expands", False)
         if expands:

@@ -190,9 +190,13 @@ def _print_table(shown: list[dict], rows: list[dict], config: Config) -> None:
     verified = [row for row in rows if row.get("inliers", -1) >= config.verification.min_inliers]
     if any("inliers" in row for row in rows):
         checked = sum("inliers" in row for row in rows)
+        rest = "the others keep their search order"
+        if config.search.query_expansion > 0 and verified:
+            rest = (f"the others follow in the order of a search expanded with up to "
+                    f"{config.search.query_expansion} of them (query expansion)")
         print(f"# re-ranked: the top {checked} were spatially verified; the {len(verified)} with "
               f">= {config.verification.min_inliers} inliers come first (most inliers first), "
-              f"the others keep their search order")
+              f"{rest}")
     print(f"{'rank':>4}  {'score':>7}  {'inliers':>7}  name")
     for row in shown:
         inliers = str(row["inliers"]) if "inliers" in row else "-"

@@ -5,7 +5,7 @@ once, and every query is answered from memory.  Endpoints (JSON unless said)::
 
     GET    /health          {"status": "ok", "images": N}
     GET    /settings        what the web page needs: writes allowed, token needed, limits
-    POST   /search          multipart: image, box?, top?, rerank?, matches?
+    POST   /search          multipart: image, box?, top?, rerank?, expand?, matches?
                             -> {"results": [{"rank", "name", "score", "inliers"?}], "timing"}
     POST   /images          multipart: image, name?, replace?  -> 201 {"name", "features"}
     DELETE /images/{name}   -> {"name", "removed": true}; 404 for an unknown name
@@ -143,15 +143,21 @@ class IndexService:
         return file
 
     def search(self, image: Path, *, box: Optional[str], top: int, rerank: Optional[int],
-               matches: bool) -> dict:
+               matches: bool, expand: Optional[int] = None) -> dict:
         """The ranked results of one query image and the seconds of each stage."""
         if not 1 <= top <= self.settings.max_top:
             raise ApiError(400, f"top must be between 1 and {self.settings.max_top}, got {top}")
         if rerank is not None and not 0 <= rerank <= 10_000:
             raise ApiError(400, f"rerank must be between 0 and 10000, got {rerank}")
-        searcher = self.searcher
+        if expand is not None and not 0 <= expand <= 1000:
+            raise ApiError(400, f"expand must be between 0 and 1000, got {expand}")
+        searcher, overrides = self.searcher, []
         if rerank is not None:
-            searcher = searcher.configured([f"verification.rerank={rerank}"])
+            overrides.append(f"verification.rerank={rerank}")
+        if expand is not None:
+            overrides.append(f"search.query_expansion={expand}")
+        if overrides:
+            searcher = searcher.configured(overrides)
         box_values = None if box in (None, "") else parse_box(box)
         timing: dict = {}
         start = time.perf_counter()
@@ -265,12 +271,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.post("/search")
     def search(image: UploadFile = File(...), box: Optional[str] = Form(None),
                top: Optional[int] = Form(None), rerank: Optional[int] = Form(None),
-               matches: bool = Form(False)) -> dict:
-        """Rank the indexed images for a query photo (optionally a box of it)."""
+               expand: Optional[int] = Form(None), matches: bool = Form(False)) -> dict:
+        """Rank the indexed images for a query photo (optionally a box of it); ``rerank``
+        and ``expand`` override the index's verification depth and query expansion."""
         file = service.receive(image)
         try:
             return service.search(file, box=box, top=settings.top if top is None else top,
-                                  rerank=rerank, matches=matches)
+                                  rerank=rerank, matches=matches, expand=expand)
         finally:
             file.unlink(missing_ok=True)
 

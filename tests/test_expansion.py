@@ -140,10 +140,25 @@ def test_a_query_without_verified_images_is_unchanged(photos_index):
     np.testing.assert_array_equal(expanded, plain)
 
 
-def test_methods_without_expansion_refuse_it():
+def test_expansion_needs_verification_and_aml_needs_cnn():
     from d2r.methods import validate
 
-    config = load_config("rootsift-asmk-star", overrides=["search.query_expansion=2"])
-    validate(config)
+    validate(load_config("rootsift-asmk-star-qe"))
+    with pytest.raises(ConfigError, match="needs verification.rerank > 0"):
+        validate(load_config("rootsift-asmk-star-qe", overrides=["verification.rerank=0"]))
     with pytest.raises(ConfigError, match="aml_rerank"):
         validate(load_config("rootsift-asmk-star", overrides=["search.aml_rerank=2"]))
+
+
+def test_d2r_query_says_how_the_expanded_list_was_ordered(photos_index):
+    import subprocess
+    import sys
+
+    index, queries = photos_index
+    proc = subprocess.run([sys.executable, "-m", "d2r", "query", "--index", str(index),
+                           "--image", str(queries[0]), "--rerank", "16", "--set",
+                           "search.query_expansion=3", "--set", "verification.min_inliers=6"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    header = proc.stdout.splitlines()[0]
+    assert "come first" in header and "expanded with up to 3 of them" in header, header

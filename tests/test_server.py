@@ -100,6 +100,11 @@ def test_search_defaults_box_and_matches(readonly, query):
     first = verified[0]
     assert len(first["matches"]) == min(first["inliers"], 300)
     assert len(first["matches"][0]) == 4 and len(first["image_size"]) == 2
+    plain = _search(readonly, query, rerank=16).json()["results"]
+    expanded = _search(readonly, query, rerank=16, expand=3).json()["results"]
+    head = [r["name"] for r in plain if r.get("inliers", 0) >= 8]
+    assert head and [r["name"] for r in expanded[:len(head)]] == head
+    assert [r["name"] for r in expanded] != [r["name"] for r in plain]
 
 
 @pytest.mark.parametrize("fields,words", [
@@ -108,6 +113,7 @@ def test_search_defaults_box_and_matches(readonly, query):
     ({"top": "0"}, ["top must be between 1 and"]),
     ({"top": "many"}, ["bad request", "top"]),
     ({"rerank": "-1"}, ["rerank must be between"]),
+    ({"expand": "3"}, ["query_expansion=3", "needs verification.rerank > 0"]),
 ])
 def test_bad_search_fields_are_400(readonly, query, fields, words):
     _error(_search(readonly, query, **fields), 400, *words)

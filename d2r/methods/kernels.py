@@ -66,6 +66,10 @@ class _Kernel(LocalMethod):
         if agg.regional_search and self.regional:
             raise ConfigError(f"aggregation.regional_search indexes regions one by one; use a "
                               f"plain method (asmk_star, asmk, vlad), not {self.name!r}")
+        if self.config.search.query_expansion and self.config.verification.rerank <= 0:
+            raise ConfigError(f"search.query_expansion={self.config.search.query_expansion} "
+                              f"expands with spatially verified images: it needs "
+                              f"verification.rerank > 0 (or search.query_expansion=0)")
         if agg.regional_search and not self.inverted:
             raise ConfigError("aggregation.regional_search needs an ASMK method (the inverted index)")
         if (agg.regional_search or self.regional) and self.config.regions.source == "none":
