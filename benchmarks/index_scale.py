@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from d2r.index import compiled
 from d2r.index.inverted import InvertedIndex, InvertedIndexWriter
 from d2r.types import AggregatedImage
 
@@ -58,6 +59,17 @@ def synthetic_batch(rng: np.random.Generator, n: int, *, num_words: int, words_p
     cuts = np.cumsum(lengths)[:-1]
     return [AggregatedImage(w, c, dim, True)
             for w, c in zip(np.split(words, cuts), np.split(codes, cuts))]
+
+
+def read_bandwidth(size: int = 1 << 28, repeats: int = 5) -> float:
+    """Bytes/s of one thread summing a ``size``-byte array (best of ``repeats``)."""
+    data = np.ones(size // 8, np.uint64)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - t0)
+    return size / best
 
 
 def main(argv=None) -> dict:
@@ -106,14 +118,27 @@ def main(argv=None) -> dict:
     index_bytes = sum(p.stat().st_size for p in out.iterdir())
     queries = synthetic_batch(rng, args.warmup + args.queries, num_words=args.words,
                               words_per_image=args.words_per_image, dim=args.dim)
-    latencies = []
-    for i, q in enumerate(queries):
-        t0 = time.perf_counter()
-        index.search([q], k=args.k)
-        if i >= args.warmup:
-            latencies.append(time.perf_counter() - t0)
+    kernels = ["numpy"] + (["compiled"] if compiled.AVAILABLE else [])
+    latency_ms, answers = {}, {}
+    for kernel in kernels:
+        index.kernel = kernel
+        latencies, answers[kernel] = [], []
+        for i, q in enumerate(queries):
+            t0 = time.perf_counter()
+            found = index.search([q], k=args.k)
+            if i >= args.warmup:
+                latencies.append(time.perf_counter() - t0)
+            answers[kernel].append(found)
+        latency_ms[kernel] = 1e3 * np.asarray(latencies)
+    for kernel in kernels[1:]:  # the same top-k, the same scores, bit for bit
+        for a, b in zip(answers[kernel], answers["numpy"]):
+            assert np.array_equal(a.ids, b.ids) and np.array_equal(a.scores, b.scores)
     query_mem = memory_mb()
-    lat = 1e3 * np.asarray(latencies)
+    lat = latency_ms[kernels[-1]]
+    scanned = float(np.mean([index.posting_lengths()[q.words].sum()
+                             for q in queries[args.warmup:]]))
+    touched = scanned * (4 + (args.dim + 7) // 8)  # id + packed code per posting
+    bandwidth = read_bandwidth()
     result = {
         "config": vars(args),
         "postings": index.num_postings,
@@ -128,9 +153,14 @@ def main(argv=None) -> dict:
         "memory_after_build_mb": build_mem,
         "memory_after_queries_mb": query_mem,
         "query_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
-                     "mean": float(lat.mean())},
-        "postings_scanned_per_query": float(np.mean(
-            [index.posting_lengths()[q.words].sum() for q in queries[args.warmup:]])),
+                     "mean": float(lat.mean()), "kernel": kernels[-1]},
+        "query_ms_by_kernel": {k: {"p50": float(np.percentile(v, 50)),
+                                   "p95": float(np.percentile(v, 95))}
+                               for k, v in latency_ms.items()},
+        "postings_scanned_per_query": scanned,
+        "bytes_touched_per_query": touched,
+        "read_bandwidth_gb_s": bandwidth / 1e9,
+        "p50_over_bandwidth_limit": float(np.percentile(lat, 50)) / (1e3 * touched / bandwidth),
     }
     print(f"index_scale: {args.images} images, K={args.words}, D={args.dim} binary, "
           f"{result['postings']} postings ({result['words_per_image']:.1f} words/image)")
@@ -140,8 +170,15 @@ def main(argv=None) -> dict:
           f"load {load_s * 1e3:.1f} ms")
     print(f"  memory after build: RSS {build_mem['rss']:.0f} MB (anon {build_mem['rss_anon']:.0f} MB), "
           f"peak {build_mem['peak_rss']:.0f} MB")
-    print(f"  query (k={args.k}, {result['postings_scanned_per_query']:.0f} postings scanned): "
-          f"p50 {result['query_ms']['p50']:.1f} ms, p95 {result['query_ms']['p95']:.1f} ms")
+    for kernel, ms in result["query_ms_by_kernel"].items():
+        print(f"  query {kernel:8} (k={args.k}, {scanned:.0f} postings, {touched / 1e6:.1f} MB "
+              f"scanned): p50 {ms['p50']:.2f} ms, p95 {ms['p95']:.2f} ms")
+    if len(kernels) > 1:
+        by = result["query_ms_by_kernel"]
+        print(f"  compiled / numpy p50: x{by['numpy']['p50'] / by['compiled']['p50']:.1f} faster "
+              f"(identical top-{args.k} and scores)")
+    print(f"  read bandwidth (one thread, sequential) {bandwidth / 1e9:.1f} GB/s: the scan alone "
+          f"takes {1e3 * touched / bandwidth:.2f} ms; p50 is x{result['p50_over_bandwidth_limit']:.1f} that")
     print(f"  memory after queries: RSS {query_mem['rss']:.0f} MB (anon {query_mem['rss_anon']:.0f} MB), "
           f"peak {query_mem['peak_rss']:.0f} MB")
     if args.json:

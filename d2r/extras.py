@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "tf": ("tensorflow", "tf_keras", "tensorflow_hub"),
     "ray": ("ray",),
     "serve": ("fastapi", "uvicorn", "multipart"),
+    "fast": ("numba",),
 }
 """Each extra's top-level modules (what ``pip install 'd2r[EXTRA]'`` brings)."""
 

@@ -145,7 +145,7 @@ def test_maps_need_a_cnn_extractor(tmp_path):
 @pytest.mark.parametrize("preset, overrides, message", [
     ("rmac-vgg16", {"features": {"cnn": {"cam": True}}}, "features.cnn.cam"),
     ("multires-rmac-resnet101", {"search": {"aml_rerank": 10}}, "aml_rerank localizes"),
-    ("rootsift-asmk-star", {"search": {"aml_rerank": 10}}, "apply to CNN global"),
+    ("rootsift-asmk-star", {"search": {"aml_rerank": 10}}, "applies to CNN global"),
     ("rmac-vgg16", {"search": {"aml_levels": 1}}, "aml_levels"),
     ("regional-vgg16", {"features": {"cnn": {"salient_min": 300}}}, "salient_min"),
 ])

@@ -40,6 +40,7 @@ import numpy as np
 
 from d2r.aggregation import check_normalize, selectivity
 from d2r.checks import check_positive_int
+from d2r.index import compiled
 from d2r.index.names import EntryNames
 from d2r.index.ranges import IdRanges
 from d2r.index.storage import IndexFormatError, IndexWriter, StoredIndex, read_index
@@ -129,6 +130,17 @@ class _CodeKernel(NamedTuple):
     paired: bool
 
 
+def sigma_by_distance(dim: int, *, alpha: float = 3.0, tau: float = 0.0) -> np.ndarray:
+    """sigma(1 - 2h/D) for the Hamming distances h = 0..8 ceil(D/8) of packed D-bit codes:
+    (8 ceil(D/8) + 1,) float64, computed by :func:`~d2r.aggregation.selectivity` itself."""
+    dim = int(dim)
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    # h up to 8 * width: padding bits are 0 in packed codes; set ones count, as in similarity
+    h = np.arange(8 * ((dim + 7) // 8) + 1)
+    return selectivity(1.0 - 2.0 * h / dim, alpha=float(alpha), tau=float(tau))
+
+
 def code_kernel(dim: int, *, alpha: float = 3.0, tau: float = 0.0) -> _CodeKernel:
     """Lookup tables for the selectivity of packed D-bit sign codes.
 
@@ -141,13 +153,9 @@ def code_kernel(dim: int, *, alpha: float = 3.0, tau: float = 0.0) -> _CodeKerne
     no per-column sum, one lookup.
     """
     dim = int(dim)
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
     width = (dim + 7) // 8
     view = _code_view_dtype(width)
-    # h up to 8 * width: padding bits are 0 in packed codes; set ones count, as in similarity
-    h = np.arange(8 * width + 1)
-    sigma = selectivity(1.0 - 2.0 * h / dim, alpha=float(alpha), tau=float(tau))
+    sigma = sigma_by_distance(dim, alpha=alpha, tau=tau)
     paired = width == 2 * view.itemsize
     if paired:
         bits = 8 * view.itemsize
@@ -274,6 +282,10 @@ def _merge_runs(runs: Sequence[_Run], offsets: np.ndarray, out_ids: np.ndarray,
             filled = filled + counts
 
 
+KERNELS = ("auto", "numpy", "compiled")
+"""How binary codes are scored: compiled when numba is installed (``auto``), or forced."""
+
+
 @register_index
 class InvertedIndex:
     """In-memory (or memory-mapped) inverted file over aggregated images.
@@ -287,6 +299,8 @@ class InvertedIndex:
     """
 
     kind = "inverted"
+    kernel = "auto"
+    """Scoring of binary codes (:data:`KERNELS`); ``auto`` defers to ``$D2R_KERNEL``."""
 
     def __init__(self, *, num_words: int, dim: int, binary: bool,
                  vector_dtype: str = "float32") -> None:
@@ -465,7 +479,13 @@ class InvertedIndex:
         n_items = self.num_items
         nq = len(query)
         scores = None
-        if nq and n_items:
+        if nq and n_items and self._compiled():
+            _, db_ids, payload = self._csr
+            scores = compiled.binary_scores(
+                self._csr.offsets, db_ids, payload.view(np.uint64),
+                query.words, np.ascontiguousarray(query.vectors).view(np.uint64),
+                self._sigma(alpha, tau), n_items)
+        elif nq and n_items:
             offsets = self._csr.offsets
             starts = offsets.take(query.words)
             lengths = offsets[1:].take(query.words)
@@ -502,6 +522,32 @@ class InvertedIndex:
         elif normalize == "query":
             scores /= np.sqrt(nq)
         return scores
+
+    def _compiled(self) -> bool:
+        """Whether to score with :mod:`d2r.index.compiled`: ``kernel`` is ``"compiled"``, or
+        ``"auto"`` and numba is installed, for binary codes of whole 64-bit words whose
+        posting lists hold ascending ids (checked once)."""
+        choice = self.kernel if self.kernel != "auto" else os.environ.get("D2R_KERNEL", "auto")
+        if choice not in KERNELS:
+            raise ValueError(f"the inverted file's kernel must be one of {KERNELS}, got "
+                             f"{choice!r} (D2R_KERNEL)")
+        if choice == "numpy" or not self.binary or self.width % 8:
+            return False
+        if not compiled.AVAILABLE:
+            if choice == "compiled":
+                raise RuntimeError(compiled.unavailable_reason())
+            return False
+        if "ascending" not in self._cache:
+            offsets, ids = self._csr.offsets, self._csr.ids
+            falls = np.flatnonzero(np.diff(ids) < 0) + 1  # positions where an id decreases
+            self._cache["ascending"] = bool(np.all(np.isin(falls, offsets)))
+        return self._cache["ascending"]
+
+    def _sigma(self, alpha: float, tau: float) -> np.ndarray:
+        key = ("sigma", alpha, tau)
+        if key not in self._cache:
+            self._cache[key] = sigma_by_distance(self.dim, alpha=alpha, tau=tau)
+        return self._cache[key]
 
     def _code_kernel(self, alpha: float, tau: float) -> _CodeKernel:
         """The :class:`_CodeKernel` of this index's codes for (alpha, tau), cached."""

@@ -1,0 +1,67 @@
+"""The inverted file's binary-code scoring as one compiled pass (numba, ``d2r[fast]``).
+
+For each query word, one pass over its posting list: XOR of the packed codes (as 64-bit
+words), popcount, the selectivity from the same table as the numpy path
+(:func:`d2r.index.inverted.code_kernel`), added to the item's score.  Every item's score
+is the same sequential float64 sum, in query-word then posting order, as the numpy
+path's, so the scores are bit-identical (``tests/test_compiled_kernel.py``).
+
+Two threads split the *item id range* (posting lists hold ascending ids, so each thread
+finds its part of a list by binary search): no two threads add to one item, and each
+item's sum keeps its order.  Compiled functions are cached on disk (numba's
+``cache=True``, next to this module or in ``$NUMBA_CACHE_DIR``), so only the first
+process compiles (about 2 s).
+
+Without numba, :data:`AVAILABLE` is False and :func:`unavailable_reason` says why; the
+index then scores with numpy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+
+__all__ = ["AVAILABLE", "binary_scores", "unavailable_reason", "threads"]
+
+
+AVAILABLE = importlib.util.find_spec("numba") is not None
+"""Whether the compiled kernel can run here (numba is importable; it is imported on
+first use, so importing d2r stays fast)."""
+
+_REASON = "" if AVAILABLE else ("numba is not installed; pip install 'd2r[fast]' for the "
+                                "compiled kernel")
+
+
+def unavailable_reason() -> str:
+    """Why the compiled kernel cannot run ('' when it can)."""
+    return _REASON
+
+
+def threads() -> int:
+    """Threads the compiled kernel uses: ``$D2R_THREADS``, else the CPUs (at most 8)."""
+    value = os.environ.get("D2R_THREADS")
+    return max(1, int(value)) if value else min(8, os.cpu_count() or 1)
+
+
+def binary_scores(offsets: np.ndarray, ids: np.ndarray, codes: np.ndarray,
+                  query_words: np.ndarray, query_codes: np.ndarray, sigma: np.ndarray,
+                  num_items: int) -> np.ndarray:
+    """Unnormalized ASMK* scores of every item: (N,) float64.
+
+    Args:
+        offsets: (K+1,) int64 posting ranges by word.
+        ids: (P,) int32 item ids, ascending within each word's range.
+        codes: (P, W) uint64 packed codes (W 64-bit words per code).
+        query_words: (Q,) int32 the query's words, ascending.
+        query_codes: (Q, W) uint64 their codes.
+        sigma: (8 W + 1,) float64 selectivity by Hamming distance.
+        num_items: N.
+    """
+    if not AVAILABLE:
+        raise RuntimeError(_REASON)
+    from d2r.index._numba_kernels import inverted_binary_scores
+
+    return inverted_binary_scores(offsets, ids, codes, query_words, query_codes, sigma,
+                                  int(num_items), threads())
