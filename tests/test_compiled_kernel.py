@@ -139,3 +139,26 @@ def test_without_numba_a_clear_message_and_numpy_still_serves(tmp_path):
                          env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "numba is not installed" in run.stdout and "pip install 'd2r[fast]'" in run.stdout
+
+
+@needs_numba
+@pytest.mark.parametrize("n,k,seed", [(1, 5, 0), (30, 10, 1), (30, 30, 2), (30, 45, 3),
+                                      (400, 100, 4)])
+@pytest.mark.parametrize("normalize", ["both", "query", "none"])
+def test_the_compiled_top_k_equals_the_numpy_one(n, k, seed, normalize):
+    """search and ranking (ids, float32 / float64 scores) equal, ties and padding included."""
+    rng = np.random.default_rng(seed)
+    items = random_items(rng, n, num_words=12, dim=128, binary=True, max_words=3)
+    index = InvertedIndex(num_words=12, dim=128, binary=True)
+    index.add(items + items[: n // 2])  # duplicates: equal scores
+    queries = random_items(rng, 4, num_words=12, dim=128, binary=True, max_words=6)
+    answers = {}
+    for kernel in ("numpy", "compiled"):
+        index.kernel = kernel
+        answers[kernel] = (index.search(queries, k=k, normalize=normalize),
+                           index.ranking(queries, k=k, normalize=normalize))
+    (search_a, ranking_a), (search_b, ranking_b) = answers["numpy"], answers["compiled"]
+    np.testing.assert_array_equal(search_b.ids, search_a.ids)
+    np.testing.assert_array_equal(search_b.scores, search_a.scores)
+    np.testing.assert_array_equal(ranking_b[0], ranking_a[0])
+    np.testing.assert_array_equal(ranking_b[1], ranking_a[1])

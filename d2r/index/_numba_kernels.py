@@ -42,3 +42,64 @@ def inverted_binary_scores(offsets, ids, codes, q_words, q_codes, table, n_items
                     h += _popcount(codes[p, c] ^ q_codes[w, c])
                 scores[ids[p]] += table[h]
     return scores
+
+
+@njit(cache=True, nogil=True)
+def _before(a_score, a_id, b_score, b_id):
+    """Whether (a_score, a_id) ranks before (b_score, b_id): higher score, then lower id."""
+    return a_score > b_score or (a_score == b_score and a_id < b_id)
+
+
+@njit(cache=True, nogil=True)
+def _sift_down(heap_s, heap_i, size, at):
+    """Restore the heap whose root is the *worst* kept entry, from position ``at``."""
+    while True:
+        child = 2 * at + 1
+        if child >= size:
+            return
+        if child + 1 < size and _before(heap_s[child], heap_i[child],
+                                        heap_s[child + 1], heap_i[child + 1]):
+            child += 1
+        if _before(heap_s[child], heap_i[child], heap_s[at], heap_i[at]):
+            return
+        heap_s[at], heap_s[child] = heap_s[child], heap_s[at]
+        heap_i[at], heap_i[child] = heap_i[child], heap_i[at]
+        at = child
+
+
+@njit(cache=True, nogil=True)
+def normalized_top_k(scores, factors, divisor, k):
+    """The best ``k`` of ``scores * factors / divisor`` (``factors`` empty: ``scores /
+    divisor``; ``divisor`` 0: ``scores``) by value, then lower id: (k,) float64 values
+    and (k,) int64 ids, best first; k <= len(scores)."""
+    heap_s = np.empty(k, np.float64)
+    heap_i = np.empty(k, np.int64)
+    size = 0
+    use_factors = factors.shape[0] > 0
+    for i in range(scores.shape[0]):
+        value = scores[i]
+        if use_factors:
+            value = value * (factors[i] / divisor)
+        elif divisor != 0.0:
+            value = value / divisor
+        if size < k:
+            heap_s[size] = value
+            heap_i[size] = i
+            size += 1
+            if size == k:
+                for at in range(k // 2 - 1, -1, -1):
+                    _sift_down(heap_s, heap_i, k, at)
+        elif _before(value, i, heap_s[0], heap_i[0]):
+            heap_s[0] = value
+            heap_i[0] = i
+            _sift_down(heap_s, heap_i, k, 0)
+    out_s = np.empty(k, np.float64)
+    out_i = np.empty(k, np.int64)
+    for pos in range(k - 1, -1, -1):  # pop the worst first
+        out_s[pos] = heap_s[0]
+        out_i[pos] = heap_i[0]
+        size -= 1
+        heap_s[0] = heap_s[size]
+        heap_i[0] = heap_i[size]
+        _sift_down(heap_s, heap_i, size, 0)
+    return out_s, out_i

@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "binary_scores", "unavailable_reason", "threads"]
+__all__ = ["AVAILABLE", "binary_scores", "normalized_top_k", "unavailable_reason", "threads"]
 
 
 AVAILABLE = importlib.util.find_spec("numba") is not None
@@ -65,3 +65,16 @@ def binary_scores(offsets: np.ndarray, ids: np.ndarray, codes: np.ndarray,
 
     return inverted_binary_scores(offsets, ids, codes, query_words, query_codes, sigma,
                                   int(num_items), threads())
+
+
+def normalized_top_k(scores: np.ndarray, factors: np.ndarray, divisor: float,
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` <= N items of ``scores`` (N,) float64 normalized as the numpy path
+    does (``scores * (factors / divisor)``; ``factors`` empty: ``scores / divisor``;
+    ``divisor`` 0: as they are), in one pass with a k-entry heap: (k,) float64 values
+    and (k,) int64 ids, by value then lower id (:func:`d2r.index.inverted.top_k_exact`)."""
+    if not AVAILABLE:
+        raise RuntimeError(_REASON)
+    from d2r.index._numba_kernels import normalized_top_k as kernel
+
+    return kernel(scores, factors, float(divisor), int(k))

@@ -475,6 +475,43 @@ class InvertedIndex:
 
     def _score(self, query: AggregatedImage, alpha: float, tau: float, normalize: str) -> np.ndarray:
         """:meth:`score_all` of a checked query (``normalize`` canonical)."""
+        scores = self._raw_scores(query, alpha, tau)
+        if scores is None:
+            return np.zeros(self.num_items, np.float64)
+        factors, divisor = self._normalization(len(query), normalize)
+        if len(factors):
+            scores *= factors / divisor
+        elif divisor:
+            scores /= divisor
+        return scores
+
+    def _normalization(self, num_query_words: int, normalize: str) -> tuple[np.ndarray, float]:
+        """Scores are multiplied by ``factors / divisor`` (``factors`` empty: divided by
+        ``divisor``; ``divisor`` 0: unchanged)."""
+        none = np.zeros(0, np.float64)
+        if normalize == "both":
+            return self._inv_sqrt_lengths(), float(np.sqrt(num_query_words))
+        if normalize == "query":
+            return none, float(np.sqrt(num_query_words))
+        return none, 0.0
+
+    def _top(self, query: AggregatedImage, k: int, alpha: float, tau: float,
+             normalize: str) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` items: (k,) float64 scores and (k,) int64 ids (-inf / -1 padded),
+        by score then lower id; selected in the compiled pass when it applies."""
+        if self.num_items and len(query) and self._compiled():
+            scores = self._raw_scores(query, alpha, tau)
+            factors, divisor = self._normalization(len(query), normalize)
+            kk = min(k, self.num_items)
+            values, ids = compiled.normalized_top_k(scores, factors, divisor, kk)
+            if kk == k:
+                return values, ids
+            return (np.concatenate([values, np.full(k - kk, -np.inf)]),
+                    np.concatenate([ids, np.full(k - kk, -1, np.int64)]))
+        return top_k_exact(self._score(query, alpha, tau, normalize), k)
+
+    def _raw_scores(self, query: AggregatedImage, alpha: float, tau: float) -> np.ndarray | None:
+        """Unnormalized scores of every item, (N,) float64; None when no posting is shared."""
         self.finalize()
         n_items = self.num_items
         nq = len(query)
@@ -515,12 +552,6 @@ class InvertedIndex:
                     else:
                         np.add.at(scores, ids, weights)
                 lo = hi
-        if scores is None:
-            return np.zeros(n_items, np.float64)
-        if normalize == "both":
-            scores *= self._inv_sqrt_lengths() / np.sqrt(nq)
-        elif normalize == "query":
-            scores /= np.sqrt(nq)
         return scores
 
     def _compiled(self) -> bool:
@@ -609,7 +640,7 @@ class InvertedIndex:
         out_scores = np.empty((len(queries), k), np.float32)
         out_ids = np.empty((len(queries), k), np.int64)
         for i, q in enumerate(queries):
-            out_scores[i], out_ids[i] = top_k(self._score(q, alpha, tau, normalize), k)
+            out_scores[i], out_ids[i] = self._top(q, k, alpha, tau, normalize)
         return SearchResult(out_scores, out_ids, self.names)
 
     def ranking(self, queries: Sequence[AggregatedImage], *, k: int = 100, alpha: float = 3.0,
@@ -627,7 +658,7 @@ class InvertedIndex:
         out_scores = np.empty((len(queries), k))
         out_ids = np.empty((len(queries), k), np.int64)
         for i, q in enumerate(queries):
-            out_scores[i], out_ids[i] = top_k_exact(self._score(q, alpha, tau, normalize), k)
+            out_scores[i], out_ids[i] = self._top(q, k, alpha, tau, normalize)
         return out_scores, out_ids
 
     # ------------------------------------------------------------------ storage
