@@ -71,9 +71,13 @@ def test_threads_and_ties_do_not_change_the_answer(monkeypatch):
     assert reference.ids[0, 0] in (3, 43)
 
 
-def test_unsorted_posting_ids_fall_back_to_numpy():
+@needs_numba
+def test_small_indexes_and_unsorted_posting_ids_use_numpy():
     rng = np.random.default_rng(4)
     index = _index(rng, 30)
+    assert not index._compiled()  # auto: too small to pay for loading the compiled code
+    index.kernel = "compiled"
+    assert index._compiled()
     index.finalize()
     offsets, ids, payload = index._csr
     word = int(np.argmax(np.diff(offsets)))

@@ -1,4 +1,4 @@
-"""The inverted file's binary-code scoring as one compiled pass (numba, ``d2r[fast]``).
+"""The inverted file's binary-code search as compiled passes (numba, ``d2r[fast]``).
 
 For each query word, one pass over its posting list: XOR of the packed codes (as 64-bit
 words), popcount, the selectivity from the same table as the numpy path
@@ -6,11 +6,13 @@ words), popcount, the selectivity from the same table as the numpy path
 is the same sequential float64 sum, in query-word then posting order, as the numpy
 path's, so the scores are bit-identical (``tests/test_compiled_kernel.py``).
 
-Two threads split the *item id range* (posting lists hold ascending ids, so each thread
-finds its part of a list by binary search): no two threads add to one item, and each
-item's sum keeps its order.  Compiled functions are cached on disk (numba's
-``cache=True``, next to this module or in ``$NUMBA_CACHE_DIR``), so only the first
-process compiles (about 2 s).
+Threads (``$D2R_THREADS``, default the CPUs) split the *item id range* (posting lists
+hold ascending ids, so each thread finds its part of a list by binary search): no two
+threads add to one item, and each item's sum keeps its order.  The normalization and
+the top-k then run in one pass with a k-entry heap (:func:`normalized_top_k`), with the
+numpy path's arithmetic and tie rule.  Compiled functions are cached on disk (numba's
+``cache=True``, in ``__pycache__`` beside the kernels or in ``$NUMBA_CACHE_DIR``), so
+only the first process compiles (a few seconds).
 
 Without numba, :data:`AVAILABLE` is False and :func:`unavailable_reason` says why; the
 index then scores with numpy.

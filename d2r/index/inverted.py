@@ -283,7 +283,11 @@ def _merge_runs(runs: Sequence[_Run], offsets: np.ndarray, out_ids: np.ndarray,
 
 
 KERNELS = ("auto", "numpy", "compiled")
-"""How binary codes are scored: compiled when numba is installed (``auto``), or forced."""
+"""How binary codes are scored: ``auto`` compiles when numba is installed and the index
+holds at least :data:`AUTO_MIN_POSTINGS` postings; or forced."""
+
+AUTO_MIN_POSTINGS = 1 << 23
+"""Postings (about 14k images of 600 words) from which ``auto`` uses the compiled kernel."""
 
 
 @register_index
@@ -556,14 +560,16 @@ class InvertedIndex:
 
     def _compiled(self) -> bool:
         """Whether to score with :mod:`d2r.index.compiled`: ``kernel`` is ``"compiled"``, or
-        ``"auto"`` and numba is installed, for binary codes of whole 64-bit words whose
-        posting lists hold ascending ids (checked once)."""
+        ``"auto"``, numba is installed and the index is large enough; for binary codes of
+        whole 64-bit words whose posting lists hold ascending ids (checked once)."""
         choice = self.kernel if self.kernel != "auto" else os.environ.get("D2R_KERNEL", "auto")
         if choice not in KERNELS:
             raise ValueError(f"the inverted file's kernel must be one of {KERNELS}, got "
                              f"{choice!r} (D2R_KERNEL)")
         if choice == "numpy" or not self.binary or self.width % 8:
             return False
+        if choice == "auto" and self.num_postings < AUTO_MIN_POSTINGS:
+            return False  # loading the compiled code (~0.5 s per process) would not pay off
         if not compiled.AVAILABLE:
             if choice == "compiled":
                 raise RuntimeError(compiled.unavailable_reason())
