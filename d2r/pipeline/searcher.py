@@ -114,6 +114,7 @@ class Searcher:
                  shard_options: Optional[dict] = None) -> None:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
+        self._segments = segments(self.manifest)
         self.config: Config = self._query_config(files, overrides)
         self.method = validate(self.config)
         self.codebook = self._load_codebook(self.manifest["codebook"])
@@ -188,7 +189,7 @@ class Searcher:
         """The segments of an updated index, each checked against ``index.json``."""
         deleted = self.manifest.get("deleted", {})
         parts, gone = [], []
-        for segment in segments(self.manifest):
+        for segment in self._segments:
             location = inside(self.path, segment["search"], "a segment")
             index = self._load_structure(location, mmap)
             self._check_binding(index, location, segment=True)
@@ -299,13 +300,19 @@ class Searcher:
         return feats
 
     def _stored(self, part: str, value_type: type, image_id: int):
-        """The stored ``part`` (``features`` or ``maps``) of database image ``image_id``,
-        from the data directories of its segment, newest first."""
+        """The stored ``part`` (``features`` or ``maps``) of database image ``image_id``."""
+        store, _ = self.stored_at(part, value_type, image_id)
+        return store.get(self.names[image_id])
+
+    def stored_at(self, part: str, value_type: type, image_id: int) -> tuple[FeatureStore, Path]:
+        """The store holding ``part`` (``features`` or ``maps``) of database image
+        ``image_id``, and its data directory (with ``boxes/``): the first of the image's
+        segment's data directories, newest first, that holds it."""
         name = self.names[image_id]
-        for relative in self._segment(image_id)["data"]:
+        for relative in self.segment_record(image_id)["data"]:
             store = self._open_store(relative, part, value_type)
             if name in store:
-                return store.get(name)
+                return store, inside(self.path, relative, "a data directory")
         raise IndexMismatchError(f"the {part} of indexed image {name!r} are missing from index "
                                  f"{self.path}: its files were removed or damaged; rebuild it")
 
@@ -322,7 +329,7 @@ class Searcher:
         path = inside(self.path, relative, "a data directory") / part
         store = FeatureStore.open(path, value_type=value_type)
         if part == FEATURES and not is_segmented(self.manifest) \
-                and segments(self.manifest)[0]["data"] == ["."]:
+                and self._segments[0]["data"] == ["."]:
             missing = [name for name in self.names if name not in store]
             if missing:
                 store.close()
@@ -336,16 +343,23 @@ class Searcher:
         """The stored activation maps by image id (a lazy sequence of (H', W', C) arrays)."""
         return _StoredMaps(self)
 
-    def _segment(self, image_id: int) -> dict[str, Any]:
+    def segment_record(self, image_id: int) -> dict[str, Any]:
         """The :func:`~d2r.index.layout.segments` record holding database image ``image_id``."""
         position = self.index.segment_of(image_id)[0] \
             if isinstance(self.index, SegmentedIndex) else 0
-        return segments(self.manifest)[position]
+        return self._segments[position]
+
+    def live_ids(self) -> dict[str, int]:
+        """The searchable database images: name -> id (deleted entries left out)."""
+        if self._ids is None:
+            alive = getattr(self.index, "alive", None)
+            self._ids = {n: i for i, n in enumerate(self.names) if alive is None or alive[i]}
+        return self._ids
 
     def image_roots(self, image_id: int) -> list[str]:
         """The folders database image ``image_id`` may have been indexed from, most likely
         first (none for a benchmark's images)."""
-        segment = self._segment(image_id)
+        segment = self.segment_record(image_id)
         roots = [segment["images_root"]] if "images_root" in segment else []
         if not isinstance(self.index, SegmentedIndex):
             roots = self.manifest.get("images_roots", roots)
@@ -355,10 +369,7 @@ class Searcher:
         """The file searchable database image ``name`` was indexed from: the first of its
         possible locations that exists, else the most likely one (it may have moved);
         None for an unknown name or a benchmark's image."""
-        if self._ids is None:
-            alive = getattr(self.index, "alive", None)
-            self._ids = {n: i for i, n in enumerate(self.names) if alive is None or alive[i]}
-        image_id = self._ids.get(name)
+        image_id = self.live_ids().get(name)
         paths = [locate(root, name) for root in
                  ([] if image_id is None else self.image_roots(image_id))]
         return next((path for path in paths if path.is_file()), paths[0] if paths else None)

@@ -39,7 +39,6 @@ from d2r.index.layout import (
     MANIFEST,
     MAPS,
     SEARCH,
-    IndexMismatchError,
     inside,
     is_segmented,
     new_generation,
@@ -82,12 +81,8 @@ class UpdateSummary:
 
 def live_names(searcher: Searcher) -> dict[str, str]:
     """The searchable images of an opened index: name -> the search path of its segment."""
-    index = searcher.index
-    if not hasattr(index, "segment_of"):
-        return dict.fromkeys(index.names, searcher.manifest.get("search", SEARCH))
-    paths = [segment["search"] for segment in segments(searcher.manifest)]
-    return {name: paths[index.segment_of(i)[0]]
-            for i, name in enumerate(index.names) if index.alive[i]}
+    return {name: searcher.segment_record(i)["search"]
+            for name, i in searcher.live_ids().items()}
 
 
 class UnknownImagesError(InputError):
@@ -222,7 +217,7 @@ def compact_index(index_dir: str | os.PathLike, *,
             live = live_names(searcher)
             data_of = {segment["search"]: segment["data"] for segment in segments(manifest)}
             generation = new_generation(out)
-            index = _encode_live(searcher, out, sorted(live), live, data_of, show_progress)
+            index = _encode_live(searcher, sorted(live), show_progress)
         search = f"{generation}/{SEARCH}"
         old_searches = list(data_of)
         record = {k: v for k, v in manifest.items() if k not in _NOT_IN_SEGMENTS}
@@ -245,40 +240,24 @@ def compact_index(index_dir: str | os.PathLike, *,
     return UpdateSummary(out, num_images=len(live), seconds=time.perf_counter() - start)
 
 
-def _encode_live(searcher: Searcher, out: Path, names: list[str], live: dict[str, str],
-                 data_of: dict[str, list[str]], show_progress: Optional[bool]):
-    """A new index of ``names`` encoded from their stored features (newest data first)."""
+def _encode_live(searcher: Searcher, names: list[str], show_progress: Optional[bool]):
+    """A new index of the live images ``names``, encoded in this order from their stored
+    features (:meth:`~d2r.pipeline.searcher.Searcher.stored_at`)."""
     method, config, codebook = searcher.method, searcher.config, searcher.codebook
-    stores: dict[str, FeatureStore] = {}
-    try:
-        def located(name: str) -> tuple[FeatureStore, Path]:
-            for relative in data_of[live[name]]:
-                if relative not in stores:
-                    stores[relative] = FeatureStore.open(
-                        inside(out, relative, "data") / FEATURES, value_type=method.input_type)
-                if name in stores[relative]:
-                    return stores[relative], inside(out, relative, "data") / BOXES
-            raise IndexMismatchError(f"the features of indexed image {name!r} are missing from "
-                                     f"index {out}; rebuild it")
-
-        index = None
-        with progress("re-encode", len(names), show=show_progress) as bar:
-            for lo in range(0, len(names), BATCH):
-                batch, entries = names[lo:lo + BATCH], []
-                for name in batch:
-                    store, boxes = located(name)
-                    entries.append(method.encode_database(
-                        image_regions(config, store, boxes, name, store.get(name)), codebook))
-                    bar.update()
-                if index is None:
-                    index = method.new_index(codebook, store.dim)
-                method.add(index, entries, batch)
-        if index is None:
-            first = next(iter(data_of.values()))[0]
-            with FeatureStore.open(inside(out, first, "data") / FEATURES,
-                                   value_type=method.input_type) as store:
+    ids = searcher.live_ids()
+    index = None
+    with progress("re-encode", len(names), show=show_progress) as bar:
+        for lo in range(0, len(names), BATCH):
+            batch, entries = names[lo:lo + BATCH], []
+            for name in batch:
+                store, data = searcher.stored_at(FEATURES, method.input_type, ids[name])
+                entries.append(method.encode_database(
+                    image_regions(config, store, data / BOXES, name, store.get(name)), codebook))
+                bar.update()
+            if index is None:
                 index = method.new_index(codebook, store.dim)
-        return index
-    finally:
-        for store in stores.values():
-            store.close()
+            method.add(index, entries, batch)
+    if index is None:  # every image removed: an empty index of the same dimension
+        store, _ = searcher.stored_at(FEATURES, method.input_type, 0)
+        index = method.new_index(codebook, store.dim)
+    return index
