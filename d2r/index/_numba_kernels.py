@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["inverted_binary_scores"]
+__all__ = ["inverted_binary_scores", "inverted_float_scores", "normalized_top_k"]
 
 
 @njit(cache=True, inline="always")
@@ -41,6 +41,33 @@ def inverted_binary_scores(offsets, ids, codes, q_words, q_codes, table, n_items
                 for c in range(width):
                     h += _popcount(codes[p, c] ^ q_codes[w, c])
                 scores[ids[p]] += table[h]
+    return scores
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=True)
+def inverted_float_scores(offsets, ids, vectors, q_words, q_vectors, alpha, tau, n_items, parts):
+    """(n_items,) float64: for each query word, its postings' selectivity of the float32
+    dot product ``u`` (``sign(u) |u|**alpha`` where ``u > tau``, else 0) added to their
+    items' scores; ``parts`` threads own disjoint item id ranges."""
+    scores = np.zeros(n_items, np.float64)
+    dim = vectors.shape[1]
+    step = (n_items + parts - 1) // parts
+    for part in prange(parts):
+        lo_id = part * step
+        hi_id = min(n_items, lo_id + step)
+        for w in range(q_words.shape[0]):
+            start = offsets[q_words[w]]
+            end = offsets[q_words[w] + 1]
+            lo = start + np.searchsorted(ids[start:end], lo_id)
+            hi = start + np.searchsorted(ids[start:end], hi_id)
+            for p in range(lo, hi):
+                u = np.float32(0.0)
+                for d in range(dim):
+                    u += vectors[p, d] * q_vectors[w, d]
+                v = np.float64(u)
+                if v > tau:
+                    weight = abs(v) ** alpha
+                    scores[ids[p]] += weight if v >= 0 else -weight
     return scores
 
 

@@ -1,10 +1,13 @@
-"""The inverted file's binary-code search as compiled passes (numba, ``d2r[fast]``).
+"""The inverted file's search as compiled passes (numba, ``d2r[fast]``).
 
-For each query word, one pass over its posting list: XOR of the packed codes (as 64-bit
-words), popcount, the selectivity from the same table as the numpy path
-(:func:`d2r.index.inverted.code_kernel`), added to the item's score.  Every item's score
-is the same sequential float64 sum, in query-word then posting order, as the numpy
-path's, so the scores are bit-identical (``tests/test_compiled_kernel.py``).
+For each query word, one pass over its posting list: for binary codes (ASMK*), XOR of
+the packed codes (as 64-bit words), popcount, the selectivity from the same table as the
+numpy path (:func:`d2r.index.inverted.code_kernel`); for float32 vectors (ASMK), the dot
+product and the selectivity ``sign(u)|u|**alpha``; added to the item's score.  Every
+item's score is the same sequential float64 sum, in query-word then posting order, as
+the numpy path's, so binary scores are bit-identical and float ones differ only by the
+dot products' rounding (float32 sums in another order than BLAS: within 1e-6;
+``tests/test_compiled_kernel.py``).
 
 Threads (``$D2R_THREADS``, default the CPUs) split the *item id range* (posting lists
 hold ascending ids, so each thread finds its part of a list by binary search): no two
@@ -25,7 +28,8 @@ import os
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "binary_scores", "normalized_top_k", "unavailable_reason", "threads"]
+__all__ = ["AVAILABLE", "binary_scores", "float_scores", "normalized_top_k", "unavailable_reason",
+           "threads"]
 
 
 AVAILABLE = importlib.util.find_spec("numba") is not None
@@ -67,6 +71,26 @@ def binary_scores(offsets: np.ndarray, ids: np.ndarray, codes: np.ndarray,
 
     return inverted_binary_scores(offsets, ids, codes, query_words, query_codes, sigma,
                                   int(num_items), threads())
+
+
+def float_scores(offsets: np.ndarray, ids: np.ndarray, vectors: np.ndarray,
+                 query_words: np.ndarray, query_vectors: np.ndarray, alpha: float, tau: float,
+                 num_items: int) -> np.ndarray:
+    """Unnormalized ASMK scores of every item: (N,) float64.
+
+    Args:
+        offsets, ids, query_words, num_items: as :func:`binary_scores`.
+        vectors: (P, D) float32 residual vectors of the postings.
+        query_vectors: (Q, D) float32 the query's.
+        alpha, tau: the selectivity ``sign(u) |u|**alpha`` where ``u > tau``, else 0.
+    """
+    if not AVAILABLE:
+        raise RuntimeError(_REASON)
+    from d2r.index._numba_kernels import inverted_float_scores
+
+    return inverted_float_scores(offsets, ids, vectors, query_words,
+                                 np.ascontiguousarray(query_vectors, dtype=np.float32),
+                                 float(alpha), float(tau), int(num_items), threads())
 
 
 def normalized_top_k(scores: np.ndarray, factors: np.ndarray, divisor: float,

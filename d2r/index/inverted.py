@@ -522,10 +522,14 @@ class InvertedIndex:
         scores = None
         if nq and n_items and self._compiled():
             _, db_ids, payload = self._csr
-            scores = compiled.binary_scores(
-                self._csr.offsets, db_ids, payload.view(np.uint64),
-                query.words, np.ascontiguousarray(query.vectors).view(np.uint64),
-                self._sigma(alpha, tau), n_items)
+            if self.binary:
+                scores = compiled.binary_scores(
+                    self._csr.offsets, db_ids, payload.view(np.uint64),
+                    query.words, np.ascontiguousarray(query.vectors).view(np.uint64),
+                    self._sigma(alpha, tau), n_items)
+            else:
+                scores = compiled.float_scores(self._csr.offsets, db_ids, payload, query.words,
+                                               query.vectors, alpha, tau, n_items)
         elif nq and n_items:
             offsets = self._csr.offsets
             starts = offsets.take(query.words)
@@ -561,12 +565,13 @@ class InvertedIndex:
     def _compiled(self) -> bool:
         """Whether to score with :mod:`d2r.index.compiled`: ``kernel`` is ``"compiled"``, or
         ``"auto"``, numba is installed and the index is large enough; for binary codes of
-        whole 64-bit words whose posting lists hold ascending ids (checked once)."""
+        whole 64-bit words or float32 vectors, in posting lists of ascending ids (checked
+        once)."""
         choice = self.kernel if self.kernel != "auto" else os.environ.get("D2R_KERNEL", "auto")
         if choice not in KERNELS:
             raise ValueError(f"the inverted file's kernel must be one of {KERNELS}, got "
                              f"{choice!r} (D2R_KERNEL)")
-        if choice == "numpy" or not self.binary or self.width % 8:
+        if choice == "numpy" or (self.width % 8 if self.binary else self.vector_dtype != "float32"):
             return False
         if choice == "auto" and self.num_postings < AUTO_MIN_POSTINGS:
             return False  # loading the compiled code (~0.5 s per process) would not pay off
