@@ -6,7 +6,10 @@ The script reports, as ratios asmk / d2r measured in the same run:
 
 * build: quantize + aggregate + index the database; quantization is the same faiss
   ``IndexFlatL2`` search in both, so it is run once and its time added to both; the
-  aggregation and indexing steps are also shown on their own;
+  aggregation and indexing steps are also shown on their own; and d2r's build with its
+  approximate quantizer (the HNSW graph of ``codebook.quantization: approximate``, graph
+  construction included) against asmk's exact one, with the fraction of descriptors whose
+  word agrees with exact quantization;
 * query (median per query): aggregate + search, and search alone;
 * bytes per posting entry (asmk: its numpy posting arrays incl. growth slack; d2r: the
   saved CSR arrays, offsets and item lengths);
@@ -17,9 +20,11 @@ The script reports, as ratios asmk / d2r measured in the same run:
 Usage::
 
     python benchmarks/asmk_compare.py --images 2000 --queries 50 --words 4096
+    python benchmarks/asmk_compare.py --words 65536 --niter 2   # an R1M-sized codebook
 
 ``asmk`` must be installed (``pip install asmk``).  faiss runs single-threaded unless
-``--threads`` says otherwise (it only affects the shared quantization).
+``--threads`` says otherwise (it only affects quantization).  d2r searches with the
+compiled kernel (``--kernel compiled``, loaded before timing) when numba is installed.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ import numpy as np
 
 from d2r.aggregation import aggregate, similarity_matrix
 from d2r.codebook import quantize, train_codebook
+from d2r.config import CodebookConfig
+from d2r.index import compiled
 from d2r.index.inverted import InvertedIndex
+from d2r.quantizer import options
 
 
 @dataclass
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> dict:
     db_vecs = np.concatenate(data.db)
     train = db_vecs[rng.choice(db_vecs.shape[0], size=min(db_vecs.shape[0], args.words * 40),
                                replace=False)]
-    codebook = train_codebook(train, args.words, seed=args.seed, niter=10)
+    codebook = train_codebook(train, args.words, seed=args.seed, niter=args.niter)
     method = "asmk_star" if args.binary else "asmk"
     n = args.descriptors
     db_imids = np.repeat(np.arange(args.images), n)
@@ -149,11 +157,26 @@ def run(args: argparse.Namespace) -> dict:
     index.add(db_items)
     index.finalize()
     d2r_index_s = time.perf_counter() - t0
+    index.kernel = args.kernel
+
+    # d2r's approximate quantizer (graph construction included), then the same steps
+    t0 = time.perf_counter()
+    approx_words = quantize(db_vecs, codebook, **options(
+        CodebookConfig(quantization="approximate"), args.words))[0]
+    approx_items = [aggregate(db_vecs[i * n:(i + 1) * n], codebook, method,
+                              assignments=approx_words[i * n:(i + 1) * n])
+                    for i in range(args.images)]
+    approx_index = InvertedIndex(num_words=args.words, dim=args.dim, binary=args.binary)
+    approx_index.add(approx_items)
+    approx_index.finalize()
+    d2r_approx_build_s = time.perf_counter() - t0
+    agreement = float(np.mean(approx_words[:, 0] == db_words[:, 0]))
 
     def d2r_search(q):
         return index.search([q], k=args.k, alpha=args.alpha, tau=args.tau)
 
     q_items = [aggregate(x, codebook, method, assignments=w) for x, w in zip(data.queries, q_words)]
+    d2r_search(q_items[0])  # loads the compiled kernel before timing
     d2r_search_ms, d2r_out = median_ms(d2r_search, q_items)
     d2r_query_ms, _ = median_ms(
         lambda i: d2r_search(aggregate(data.queries[i], codebook, method, assignments=q_words[i])),
@@ -175,6 +198,9 @@ def run(args: argparse.Namespace) -> dict:
         "quantize_s": quantize_s,
         "build_s": {"asmk": quantize_s + asmk_aggregate_s + asmk_index_s,
                     "d2r": quantize_s + d2r_aggregate_s + d2r_index_s},
+        "build_approximate_s": {"asmk": quantize_s + asmk_aggregate_s + asmk_index_s,
+                                "d2r": d2r_approx_build_s},
+        "approximate_agreement": agreement,
         "aggregate_index_s": {"asmk": asmk_aggregate_s + asmk_index_s,
                               "d2r": d2r_aggregate_s + d2r_index_s},
         "aggregate_s": {"asmk": asmk_aggregate_s, "d2r": d2r_aggregate_s},
@@ -193,11 +219,12 @@ def print_table(r: dict) -> None:
     c = r["config"]
     print(f"asmk vs d2r: {c['images']} images x {c['descriptors']} descriptors, {c['queries']} queries, "
           f"K={c['words']}, D={c['dim']}, {'binary (ASMK*)' if c['binary'] else 'float (ASMK)'}, "
-          f"k={c['k']}, faiss threads={c['threads']}")
+          f"k={c['k']}, faiss threads={c['threads']}, d2r kernel {c['kernel']}")
     print(f"postings: {r['postings']} ({r['words_per_image']:.1f} words/image); "
           f"shared faiss quantization of the database: {r['quantize_s']:.2f} s")
     print(f"{'measure':<34}{'asmk':>11}{'d2r':>11}{'asmk/d2r':>10}")
     for key, label in (("build_s", "build, quantize+aggregate+index (s)"),
+                       ("build_approximate_s", "  d2r with approximate quantizer (s)"),
                        ("aggregate_index_s", "  aggregate+index (s)"),
                        ("aggregate_s", "  aggregate (s)"), ("index_s", "  index (s)"),
                        ("query_ms", "query, aggregate+search (ms)"), ("search_ms", "  search (ms)"),
@@ -205,6 +232,8 @@ def print_table(r: dict) -> None:
         a, b = r[key]["asmk"], r[key]["d2r"]
         print(f"{label:<34}{a:>11.3f}{b:>11.3f}{a / b:>9.1f}x")
     q = c["queries"]
+    print(f"approximate quantizer: first word equal to exact for "
+          f"{100 * r['approximate_agreement']:.2f}% of the database descriptors")
     print(f"top-{c['k']} lists identical: {r['topk_identical']}/{q}; identical up to the order "
           f"of exactly tied scores: {r['topk_identical_up_to_ties']}/{q}")
     print(f"max |d2r - brute-force similarity| over returned scores: "
@@ -226,6 +255,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--tau", type=float, default=0.0)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--niter", type=int, default=10, help="k-means iterations of the codebook")
+    parser.add_argument("--kernel", choices=("numpy", "compiled"),
+                        default="compiled" if compiled.AVAILABLE else "numpy",
+                        help="d2r's inverted-file kernel")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)

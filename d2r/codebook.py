@@ -40,6 +40,8 @@ __all__ = [
     "load_tf_checkpoint",
     "open_codebook",
     "quantize",
+    "hnsw_graph",
+    "set_hnsw_graph",
 ]
 
 logger = logging.getLogger(__name__)
@@ -342,18 +344,39 @@ def load_tf_checkpoint(path: Union[str, os.PathLike], *, variable: str = "cluste
 
 
 def _quantizer(codebook: Codebook, mode: str, hnsw_m: int, ef_construction: int) -> faiss.Index:
-    key = (mode, hnsw_m, ef_construction) if mode == "approximate" else (mode,)
+    if mode == "approximate":
+        return hnsw_graph(codebook, hnsw_m=hnsw_m, ef_construction=ef_construction)
     cache = codebook._quantizers  # type: ignore[attr-defined]
-    index = cache.get(key)
-    if index is None:
-        if mode == "exact":
-            index = faiss.IndexFlatL2(codebook.dim)
-        else:
-            index = faiss.IndexHNSWFlat(codebook.dim, hnsw_m)
-            index.hnsw.efConstruction = ef_construction
+    if "exact" not in cache:
+        index = faiss.IndexFlatL2(codebook.dim)
+        index.add(np.ascontiguousarray(codebook.centroids))
+        cache["exact"] = index
+    return cache["exact"]
+
+
+def hnsw_graph(codebook: Codebook, *, hnsw_m: int, ef_construction: int) -> faiss.IndexHNSWFlat:
+    """The faiss HNSW graph over ``codebook``'s centroids with these parameters: the one
+    set by :func:`set_hnsw_graph`, else built now (seconds for 65k words) and cached."""
+    key = ("approximate", int(hnsw_m), int(ef_construction))
+    cache = codebook._quantizers  # type: ignore[attr-defined]
+    if key not in cache:
+        index = faiss.IndexHNSWFlat(codebook.dim, int(hnsw_m))
+        index.hnsw.efConstruction = int(ef_construction)
         index.add(np.ascontiguousarray(codebook.centroids))
         cache[key] = index
-    return index
+    return cache[key]
+
+
+def set_hnsw_graph(codebook: Codebook, graph: faiss.IndexHNSWFlat, *, hnsw_m: int,
+                   ef_construction: int) -> None:
+    """Make ``codebook`` quantize approximately with ``graph`` (e.g. one an index stored),
+    which must hold exactly its centroids, in order."""
+    stored = faiss.vector_to_array(faiss.downcast_index(graph.storage).codes).view(np.float32)
+    if graph.d != codebook.dim or not np.array_equal(stored.reshape(-1, graph.d),
+                                                     codebook.centroids):
+        raise ValueError(f"the HNSW graph does not hold the {codebook.num_words} x {codebook.dim} "
+                         f"centroids of this codebook")
+    codebook._quantizers[("approximate", int(hnsw_m), int(ef_construction))] = graph  # type: ignore[attr-defined]
 
 
 def quantize(

@@ -181,6 +181,13 @@ class RegionsConfig:
     (pixels); boxes are mapped back to the full image."""
 
 
+AUTO_APPROXIMATE_WORDS = 16384
+"""Codebook size from which ``codebook.quantization: auto`` quantizes approximately."""
+
+HNSW_KEYS = ("hnsw_m", "ef_construction", "ef_search")
+"""The ``codebook`` keys of the HNSW quantizer (they do not change the codebook)."""
+
+
 @dataclass
 class CodebookConfig:
     """Visual-word codebook: trained on the indexed images or loaded."""
@@ -192,7 +199,25 @@ class CodebookConfig:
     max_points_per_word: int = 256
     """k-means trains on at most ``num_words * max_points_per_word`` descriptors."""
     niter: int = 20
-    quantization: Literal["exact", "approximate"] = "exact"
+    quantization: Literal["auto", "exact", "approximate"] = "auto"
+    """How descriptors find their words: ``exact`` (all K centroids), ``approximate`` (an HNSW
+    graph over the centroids, stored in the index), ``auto``: approximate from 16384 words
+    (:mod:`d2r.quantizer`).  An index records the resolved choice."""
+    hnsw_m: int = 32
+    """Approximate quantization: the HNSW graph's degree."""
+    ef_construction: int = 200
+    """Approximate quantization: the HNSW graph's build breadth."""
+    ef_search: int = 16
+    """Approximate quantization: the HNSW search breadth (at least the assignments wanted);
+    16 agrees with exact quantization on 98.7% of RootSIFT descriptors for 65k words."""
+
+    def quantizer_mode(self, num_words: Optional[int] = None) -> str:
+        """``"exact"`` or ``"approximate"``: what ``quantization`` means for a codebook of
+        ``num_words`` (default ``self.num_words``) words."""
+        if self.quantization != "auto":
+            return self.quantization
+        words = self.num_words if num_words is None else num_words
+        return "approximate" if words >= AUTO_APPROXIMATE_WORDS else "exact"
 
 
 @dataclass
@@ -440,6 +465,9 @@ LEGACY_VALUES: dict[str, Any] = {
     "features.cnn.store_maps": False,
     "search.aml_rerank": 0,
     "search.aml_levels": None,
+    "codebook.hnsw_m": 32,
+    "codebook.ef_construction": 200,
+    "codebook.ef_search": 128,
     "regions.selective_search_mode": "single",
     "regions.selective_search_max_side": 256,
 }
@@ -507,6 +535,9 @@ RANGES: dict[str, str] = {
     "codebook.seed": "[0, inf)",
     "codebook.max_points_per_word": "[1, inf)",
     "codebook.niter": "[1, inf)",
+    "codebook.hnsw_m": "[2, inf)",
+    "codebook.ef_construction": "[1, inf)",
+    "codebook.ef_search": "[1, inf)",
     "aggregation.num_assignments_db": "[1, inf)",
     "aggregation.num_assignments_query": "[1, inf)",
     "aggregation.alpha": "(0, inf)",

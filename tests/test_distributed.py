@@ -386,3 +386,20 @@ def test_cnn_descriptors_build_on_ray_like_the_single_process(ray_session, tmp_p
     np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5)
     with pytest.raises(ValueError, match="activation maps"):
         build_index_ray(load_config("rmac-vgg16-aml"), source, tmp_path / "maps")
+
+
+def test_ray_workers_quantize_with_the_stored_hnsw_graph(ray_session, tmp_path, source):
+    """A Ray rebuild of an approximate index reuses its graph: the actors load it from the
+    index and assign the same words as the single-process build did."""
+    config = load_config("rootsift-asmk-star", overrides=[
+        "codebook.num_words=32", "codebook.quantization=approximate", "codebook.hnsw_m=4",
+        "codebook.ef_construction=16", "codebook.ef_search=2"])
+    single = build_index(config, source, tmp_path / "single", show_progress=False)
+    expected = _arrays(single / "search")
+    out = build_index_ray(config, source, single, num_workers=2, chunk_size=5, batch_size=4,
+                          show_progress=False)
+    got = _arrays(out / "search")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert json.loads((out / "index.json").read_text())["codebook"]["quantizer"]["kind"] == "hnsw"

@@ -53,10 +53,12 @@ from d2r.pipeline.build import (
     finish_build,
     indexed_names,
     load_or_train_codebook,
+    prepare_quantizer,
     save_index,
     start_build,
 )
 from d2r.pipeline.extraction import image_regions
+from d2r.quantizer import attach_graph
 from d2r.sources import ImageSource
 
 __all__ = ["build_index_ray", "encode_ray"]
@@ -68,12 +70,15 @@ class _EncodeWorker:
     """A Ray actor: opens the feature store and the codebook once, encodes batches of images."""
 
     def __init__(self, config: Config, store_path: str, boxes_dir: str,
-                 centroids: Optional[np.ndarray]) -> None:
+                 centroids: Optional[np.ndarray], graph: Optional[tuple[str, dict]]) -> None:
         self.config = config
         self.method = make_method(config)
         self.boxes_dir = boxes_dir
         self.store = FeatureStore.open(store_path, value_type=self.method.input_type)
         self.codebook = None if centroids is None else Codebook(np.asarray(centroids))
+        if graph is not None:
+            index_dir, record = graph
+            attach_graph(self.codebook, record, index_dir)
 
     def encode(self, names: list[str]) -> list:
         return [self.method.encode_database(
@@ -90,6 +95,7 @@ def encode_ray(
     batches: list[list[str]],
     on_batch: Callable[[int, list], None],
     *,
+    graph: Optional[tuple[str, dict]] = None,
     address: Optional[str] = None,
     num_workers: Optional[int] = None,
     num_cpus_per_worker: float = DEFAULT_CPUS_PER_WORKER,
@@ -100,7 +106,9 @@ def encode_ray(
     """Quantize + aggregate ``batches`` of stored images on Ray actors.
 
     ``on_batch(i, entries)`` receives the database entries of ``batches[i]`` (the
-    method's ``encode_database`` of each image) in batch order.
+    method's ``encode_database`` of each image) in batch order.  ``graph``: (index
+    directory, quantizer record) of the HNSW graph the actors quantize with
+    (:func:`d2r.quantizer.attach_graph`; the directory must be readable by them).
     """
     if not batches:
         return
@@ -111,7 +119,7 @@ def encode_ray(
     remote = ray.remote(num_cpus=num_cpus_per_worker, max_restarts=max_restarts,
                         max_task_retries=max_task_retries)(_EncodeWorker)
     centroids = None if codebook is None else ray.put(np.ascontiguousarray(codebook.centroids))
-    actors = [remote.remote(config, str(store_path), str(boxes_dir), centroids)
+    actors = [remote.remote(config, str(store_path), str(boxes_dir), centroids, graph)
               for _ in range(num_workers)]
     logger.info("encoding %d batches with %d Ray actors", len(batches), num_workers)
     try:
@@ -179,13 +187,15 @@ def build_index_ray(
         codebook = load_or_train_codebook(config, store, names, out) \
             if method.uses_codebook else None
         dim, feature_config = store.dim, store.config
+    config, quantizer = prepare_quantizer(config, codebook, out)
     record = index_record(config, codebook, out, kind=method.new_index(codebook, dim).kind,
                           features=feature_config, num_images=len(names),
-                          num_skipped=len(summary.skipped), images_root=source.root)
+                          num_skipped=len(summary.skipped), images_root=source.root,
+                          quantizer=quantizer)
     writer = _IndexWriter(method, codebook, dim, out, record, names, int(batch_size),
                           num_shards=num_shards)
     encode_ray(config, out / FEATURES, out / BOXES, codebook, writer.batches, writer.add,
-               address=address, num_workers=num_encoders, max_restarts=max_restarts,
+               graph=None if quantizer is None else (str(out), quantizer), address=address, num_workers=num_encoders, max_restarts=max_restarts,
                max_task_retries=max_task_retries, show_progress=show_progress)
     writer.finish()
     return finish_build(out, record, start, where=" on Ray")

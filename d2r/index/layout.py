@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from d2r import __version__
-from d2r.config import Config, to_dict
+from d2r.config import HNSW_KEYS, Config, to_dict
 from d2r.errors import InputError
 from d2r.io.feature_store import FeatureStore
 
@@ -73,17 +73,21 @@ class IndexManifestError(IndexMismatchError):
 
 
 def codebook_dir(out: Path, config: Config) -> Path:
-    """Where the codebook trained for ``config.codebook`` lives inside index directory ``out``."""
-    spec = json.dumps(to_dict(config.codebook), sort_keys=True).encode()
+    """Where the codebook trained for ``config.codebook`` lives inside index directory ``out``
+    (named by its settings, with ``quantization`` resolved and without the HNSW ones)."""
+    spec = {k: v for k, v in to_dict(config.codebook).items() if k not in HNSW_KEYS}
+    spec["quantization"] = config.codebook.quantizer_mode()
+    spec = json.dumps(spec, sort_keys=True).encode()
     return out / "codebooks" / hashlib.sha256(spec).hexdigest()[:16]
 
 
 def index_record(config: Config, codebook, out: Path, *, kind: str, features: dict,
-                 num_images: int, num_skipped: int,
-                 images_root: Optional[Path] = None) -> dict[str, Any]:
+                 num_images: int, num_skipped: int, images_root: Optional[Path] = None,
+                 quantizer: Optional[dict] = None) -> dict[str, Any]:
     """The ``index.json`` content (without timing) of an index built into ``out``.
 
-    ``codebook`` is the :class:`~d2r.codebook.Codebook` used, or None; ``images_root`` the
+    ``codebook`` is the :class:`~d2r.codebook.Codebook` used, or None, and ``quantizer``
+    the record of its stored HNSW graph (:func:`d2r.quantizer.save_graph`); ``images_root`` the
     folder the image names are relative to (:attr:`d2r.sources.ImageSource.root`), kept
     so that result pages can show the images.
     """
@@ -100,6 +104,8 @@ def index_record(config: Config, codebook, out: Path, *, kind: str, features: di
         "num_images": num_images,
         "num_skipped": num_skipped,
     }
+    if quantizer is not None:
+        record["codebook"]["quantizer"] = quantizer
     if images_root is not None:
         record["images_root"] = str(images_root)
     return record

@@ -16,6 +16,7 @@ import numpy as np
 from d2r.codebook import Codebook, quantize
 from d2r.config import ConfigError
 from d2r.methods.base import RetrievalMethod
+from d2r.quantizer import options
 from d2r.types import LocalFeatures, SearchResult
 from d2r.verification import check_model, rerank_batch, rerank_options, stack_results
 
@@ -25,13 +26,14 @@ logger = logging.getLogger(__name__)
 
 
 def assign_words(descriptors: Sequence[np.ndarray], codebook: Codebook, *, num_assignments: int,
-                 mode: str) -> list[np.ndarray]:
-    """(N_i, num_assignments) word ids of several (N_i, D) descriptor sets, one quantizer call."""
+                 **quantizer) -> list[np.ndarray]:
+    """(N_i, num_assignments) word ids of several (N_i, D) descriptor sets, one quantizer call
+    (``quantizer``: :func:`d2r.codebook.quantize`'s mode and HNSW options)."""
     sizes = [len(d) for d in descriptors]
     if sum(sizes) == 0:
         return [np.zeros((0, num_assignments), np.int64) for _ in sizes]
     words, _ = quantize(np.concatenate(descriptors), codebook, num_assignments=num_assignments,
-                        mode=mode)
+                        **quantizer)
     return np.split(words, np.cumsum(sizes)[:-1])
 
 
@@ -66,7 +68,7 @@ class LocalMethod(RetrievalMethod):
         return assign_words([r.descriptors for r in regions], codebook,
                             num_assignments=agg.num_assignments_query if query
                             else agg.num_assignments_db,
-                            mode=self.config.codebook.quantization)
+                            **options(self.config.codebook, codebook.num_words))
 
     def rerank(self, searcher, queries, result: SearchResult, *, workers: int = 1):
         """Spatially verify the top ``verification.rerank`` of each ranking.

@@ -44,10 +44,12 @@ from d2r.io.feature_store import FeatureStore
 from d2r.methods import validate
 from d2r.pipeline.extraction import extract_to_store, image_regions
 from d2r.progress import progress
+from d2r.quantizer import resolve, save_graph
 from d2r.sources import ImageSource
 
 __all__ = [
-    "build_index", "indexed_names", "load_or_train_codebook", "sample_descriptors",
+    "build_index", "indexed_names", "load_or_train_codebook", "prepare_quantizer",
+    "sample_descriptors",
     "encode_batches", "start_build", "save_index", "finish_build",
 ]
 
@@ -116,6 +118,20 @@ def load_or_train_codebook(
     return codebook
 
 
+def prepare_quantizer(config: Config, codebook: Optional[Codebook],
+                      out: Path) -> tuple[Config, Optional[dict]]:
+    """``config`` with ``codebook.quantization`` resolved for ``codebook``, and the record of
+    its HNSW graph, written into ``out`` (reused from the index being rebuilt there) when
+    the quantization is approximate (:mod:`d2r.quantizer`)."""
+    if codebook is None:
+        return config, None
+    previous = None
+    if (out / MANIFEST).exists():
+        previous = (read_manifest(out).get("codebook") or {}).get("quantizer")
+    config = resolve(config, codebook.num_words)
+    return config, save_graph(codebook, config.codebook, out, previous)
+
+
 def encode_batches(method, config: Config, codebook: Optional[Codebook], store: FeatureStore,
                    names: Sequence[str], boxes_dir: Path, *, featureless: list[str],
                    show_progress: Optional[bool] = None):
@@ -158,6 +174,7 @@ def _build(config: Config, method, source: ImageSource, out: Path,
         names = indexed_names(store, source)
         codebook = load_or_train_codebook(config, store, names, out) \
             if method.uses_codebook else None
+        config, quantizer = prepare_quantizer(config, codebook, out)
         crash_point("codebook")
         index = method.new_index(codebook, store.dim)
         featureless: list[str] = []
@@ -167,7 +184,7 @@ def _build(config: Config, method, source: ImageSource, out: Path,
         feature_config = store.config
     record = index_record(config, codebook, out, kind=index.kind, features=feature_config,
                           num_images=len(names), num_skipped=len(summary.skipped),
-                          images_root=source.root)
+                          images_root=source.root, quantizer=quantizer)
     if featureless:
         record["num_featureless"] = len(featureless)
     save_index(index, out, record)

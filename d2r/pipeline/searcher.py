@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from d2r.codebook import open_codebook
+from d2r.quantizer import attach_graph
 from d2r.config import (
     Config,
     ConfigError,
@@ -235,7 +236,8 @@ class Searcher:
                 f"edited or mixed from two builds; rebuild it")
 
     def _load_codebook(self, record: Optional[dict]):
-        """The index's codebook, checked against its recorded hash (None without one)."""
+        """The index's codebook, checked against its recorded hash, with its stored quantizer
+        graph attached (None without a codebook)."""
         if record is None:
             return None
         location = self.path / record["path"]
@@ -247,6 +249,8 @@ class Searcher:
             raise IndexMismatchError(f"codebook {location} is not the one index {self.path} was "
                                      f"built with (sha256 {codebook.sha256[:12]} != "
                                      f"{record['sha256'][:12]})")
+        if record.get("quantizer"):
+            attach_graph(codebook, record["quantizer"], self.path)
         return codebook
 
     @property
