@@ -38,7 +38,7 @@ def test_upgrade_record_fills_only_missing_keys_and_sections_present():
 def test_legacy_values_reproduce_the_defaults_except_the_changed_one():
     """Every key added since 0.1.0 defaults to its legacy value, except selective search,
     whose default became the paper's 'fast' mode (old records keep 'single'), and the HNSW
-    search breadth, 128 when approximate quantization had no setting for it, now 16."""
+    search breadth, 128 when approximate quantization had no setting for it, now 24."""
     config = to_dict(load_config(None))
     changed = []
     for dotted, value in LEGACY_VALUES.items():

@@ -45,10 +45,12 @@ def inverted_binary_scores(offsets, ids, codes, q_words, q_codes, table, n_items
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=True)
-def inverted_float_scores(offsets, ids, vectors, q_words, q_vectors, alpha, tau, n_items, parts):
+def inverted_float_scores(offsets, ids, vectors, q_words, q_vectors, alpha, int_alpha, tau,
+                          n_items, parts):
     """(n_items,) float64: for each query word, its postings' selectivity of the float32
-    dot product ``u`` (``sign(u) |u|**alpha`` where ``u > tau``, else 0) added to their
-    items' scores; ``parts`` threads own disjoint item id ranges."""
+    dot product ``u`` (``sign(u) |u|**alpha`` where ``u > tau``, else 0; ``int_alpha`` > 0:
+    alpha is that integer) added to their items' scores; ``parts`` threads own disjoint
+    item id ranges."""
     scores = np.zeros(n_items, np.float64)
     dim = vectors.shape[1]
     step = (n_items + parts - 1) // parts
@@ -66,7 +68,13 @@ def inverted_float_scores(offsets, ids, vectors, q_words, q_vectors, alpha, tau,
                     u += vectors[p, d] * q_vectors[w, d]
                 v = np.float64(u)
                 if v > tau:
-                    weight = abs(v) ** alpha
+                    base = abs(v)
+                    if int_alpha > 0:  # integer alpha (ASMK's 3): multiplications, not pow
+                        weight = 1.0
+                        for _ in range(int_alpha):
+                            weight *= base
+                    else:
+                        weight = base ** alpha
                     scores[ids[p]] += weight if v >= 0 else -weight
     return scores
 

@@ -45,10 +45,13 @@ def unavailable_reason() -> str:
     return _REASON
 
 
+_CPUS = min(8, os.cpu_count() or 1)
+
+
 def threads() -> int:
     """Threads the compiled kernel uses: ``$D2R_THREADS``, else the CPUs (at most 8)."""
     value = os.environ.get("D2R_THREADS")
-    return max(1, int(value)) if value else min(8, os.cpu_count() or 1)
+    return max(1, int(value)) if value else _CPUS
 
 
 def binary_scores(offsets: np.ndarray, ids: np.ndarray, codes: np.ndarray,
@@ -88,9 +91,11 @@ def float_scores(offsets: np.ndarray, ids: np.ndarray, vectors: np.ndarray,
         raise RuntimeError(_REASON)
     from d2r.index._numba_kernels import inverted_float_scores
 
+    alpha = float(alpha)
+    int_alpha = int(alpha) if alpha.is_integer() and 1 <= alpha <= 16 else 0
     return inverted_float_scores(offsets, ids, vectors, query_words,
                                  np.ascontiguousarray(query_vectors, dtype=np.float32),
-                                 float(alpha), float(tau), int(num_items), threads())
+                                 alpha, int_alpha, float(tau), int(num_items), threads())
 
 
 def normalized_top_k(scores: np.ndarray, factors: np.ndarray, divisor: float,
