@@ -1,5 +1,8 @@
-"""Speed of the two CNN-baseline search structures against their reference computations.
+"""Speed of the CNN-baseline search structures against their reference computations.
 
+* :class:`d2r.index.global_index.GlobalIndex` (faiss exhaustive inner product on the
+  (N, D) matrix) against numpy ``q @ X.T`` and a stable argsort, with the bytes it reads
+  per query batch;
 * :class:`d2r.index.region_vectors.RegionVectorIndex` (best region pair, chunked matrix
   products + ``np.maximum.reduceat``) against a naive per-image Python loop,
   ``max(q @ x.T)`` for every (query, image), then a stable argsort;
@@ -24,6 +27,7 @@ import time
 import numpy as np
 
 from d2r.global_.cam import min_manhattan_distance
+from d2r.index.global_index import GlobalIndex
 from d2r.index.global_local import GlobalLocalIndex
 from d2r.index.region_vectors import RegionVectorIndex
 
@@ -62,6 +66,25 @@ def report(name: str, t_ref: float, t_index: float, same: bool, rows_differing: 
     print(f"{name}: reference {t_ref:.3f} s, index {t_index:.3f} s, "
           f"speed-up x{t_ref / t_index:.1f}; identical top-k ids: {same}"
           + ("" if same else f" ({rows_differing} queries differ)"))
+
+
+def bench_global(args: argparse.Namespace, rng: np.random.Generator, sources: np.ndarray) -> None:
+    n, d = args.images, args.dim
+    vectors = unit_rows(rng, (n, d))
+    queries = vectors[sources] + rng.standard_normal((sources.size, d), dtype=np.float32) * (
+        args.noise / np.sqrt(d))
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    index = GlobalIndex(d)
+    index.add(vectors)
+    t_index, result = timed(lambda: index.search(queries, k=args.k), args.repeat)
+    t_one, _ = timed(lambda: index.search(queries[:1], k=args.k), args.repeat)
+    t_ref, ref_ids = timed(
+        lambda: np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :args.k], 1)
+    differ = int(np.sum(np.any(result.ids != ref_ids, axis=1)))
+    print(f"GlobalIndex: {n} images, D {d} ({vectors.nbytes / 2**20:.0f} MiB), "
+          f"{sources.size} queries, k {args.k}; one query {1e3 * t_one:.2f} ms "
+          f"({vectors.nbytes / t_one / 1e9:.1f} GB/s of the matrix)")
+    report("  inner product", t_ref, t_index, differ == 0, differ)
 
 
 def bench_regions(args: argparse.Namespace, rng: np.random.Generator, sources: np.ndarray) -> None:
@@ -110,6 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     sources = rng.integers(0, args.images, args.queries)
+    bench_global(args, rng, sources)
     bench_regions(args, rng, sources)
     bench_global_local(args, rng, sources)
 

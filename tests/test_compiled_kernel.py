@@ -194,3 +194,39 @@ def test_the_compiled_top_k_equals_the_numpy_one(n, k, seed, normalize):
     np.testing.assert_array_equal(search_b.scores, search_a.scores)
     np.testing.assert_array_equal(ranking_b[0], ranking_a[0])
     np.testing.assert_array_equal(ranking_b[1], ranking_a[1])
+
+
+@needs_numba
+@pytest.mark.parametrize("binary", [True, False])
+def test_tombstoned_segments_rank_alike_with_both_kernels(binary):
+    """A living index (segments, deleted images dropped) gives the numpy answer."""
+    from d2r.index.segmented import SegmentedIndex
+
+    rng = np.random.default_rng(11)
+    segments = []
+    for s in range(3):
+        segment = InvertedIndex(num_words=16, dim=64, binary=binary)
+        segment.add(random_items(rng, 25, num_words=16, dim=64, binary=binary, max_words=6),
+                    names=[f"s{s}-{i}" for i in range(25)])
+        segments.append(segment)
+    deleted = [{"s0-1", "s0-7"}, set(), {f"s2-{i}" for i in range(0, 25, 3)}]
+    living = SegmentedIndex(segments, deleted)
+    queries = random_items(rng, 4, num_words=16, dim=64, binary=binary, max_words=8)
+    answers = {}
+    for kernel in ("numpy", "compiled"):
+        for segment in segments:
+            segment.kernel = kernel
+        answers[kernel] = living.search(queries, k=40)
+    got, expected = answers["compiled"], answers["numpy"]
+    gone = {living.names[i] for i in got.ids.ravel() if i >= 0} & set().union(*deleted)
+    assert not gone
+    if binary:
+        np.testing.assert_array_equal(got.ids, expected.ids)
+        np.testing.assert_array_equal(got.scores, expected.scores)
+    else:
+        np.testing.assert_allclose(got.scores, expected.scores, atol=1e-6)
+        for row in range(len(queries)):  # ids may swap only between scores within 1e-6
+            scores = dict(zip(expected.ids[row].tolist(), expected.scores[row].tolist()))
+            for i, score in zip(got.ids[row].tolist(), got.scores[row].tolist()):
+                if i in scores:
+                    assert abs(scores[i] - score) <= 1e-6

@@ -36,11 +36,18 @@ def inverted_binary_scores(offsets, ids, codes, q_words, q_codes, table, n_items
             end = offsets[q_words[w] + 1]
             lo = start + np.searchsorted(ids[start:end], lo_id)
             hi = start + np.searchsorted(ids[start:end], hi_id)
-            for p in range(lo, hi):
-                h = 0
-                for c in range(width):
-                    h += _popcount(codes[p, c] ^ q_codes[w, c])
-                scores[ids[p]] += table[h]
+            if width == 2:  # 128-bit codes (DELF, RootSIFT): unrolled, 2x faster
+                a = q_codes[w, 0]
+                b = q_codes[w, 1]
+                for p in range(lo, hi):
+                    h = _popcount(codes[p, 0] ^ a) + _popcount(codes[p, 1] ^ b)
+                    scores[np.uint32(ids[p])] += table[h]  # ids >= 0: no wrap-around check
+            else:
+                for p in range(lo, hi):
+                    h = 0
+                    for c in range(width):
+                        h += _popcount(codes[p, c] ^ q_codes[w, c])
+                    scores[np.uint32(ids[p])] += table[h]
     return scores
 
 
@@ -75,7 +82,7 @@ def inverted_float_scores(offsets, ids, vectors, q_words, q_vectors, alpha, int_
                             weight *= base
                     else:
                         weight = base ** alpha
-                    scores[ids[p]] += weight if v >= 0 else -weight
+                    scores[np.uint32(ids[p])] += weight if v >= 0 else -weight
     return scores
 
 
