@@ -9,9 +9,9 @@ dominates the build.
 A build resolves ``auto`` (:func:`resolve`) and records the quantizer in ``index.json``
 (``codebook.quantizer``, :func:`save_graph`).  The HNSW graph is built once and written
 into the index (``codebooks/hnsw-<codebook sha256[:16]>-m<M>-efc<E>.faiss``) with its
-SHA-256 (a rebuild reuses it); every later process that quantizes for the index (queries, ``d2r add``, Ray
-workers) reads that file after checking it (:func:`attach_graph`), so it uses the
-build's own graph and pays no construction.
+SHA-256 (a rebuild reuses it); every later process that quantizes for the index
+(queries, ``d2r add``, Ray workers) reads that file after checking it
+(:func:`attach_graph`), so it uses the build's own graph and pays no construction.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from d2r.codebook import Codebook, hnsw_graph, quantize
 from d2r.config import CodebookConfig, load_config
 from d2r.pipeline.build import build_index
 from d2r.pipeline.searcher import Searcher
+from d2r.pipeline.update import add_images
 from d2r.quantizer import QuantizerError, attach_graph, options, resolve
 from d2r.sources import ImageSource
 
@@ -80,6 +81,24 @@ def test_approximate_words_differ_from_exact_ones_only_where_hnsw_misses(approxi
     first = len(features[0])
     assert np.array_equal(used, approximate[:first])
     assert 0.5 < np.mean(approximate == exact) < 1.0
+
+
+def test_added_images_keep_the_stored_graph(approximate_index, tiny_dataset, tmp_path):
+    index = _fresh_copy(approximate_index, tmp_path)
+    record = json.loads((index / "index.json").read_text())["codebook"]["quantizer"]
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for image in sorted((tiny_dataset / "jpg").glob("synth_q_*"))[:2]:
+        shutil.copy(image, extra / f"new-{image.name}")
+    add_images(index, ImageSource.from_directory(extra), show_progress=False)
+    manifest = json.loads((index / "index.json").read_text())
+    assert manifest["codebook"]["quantizer"] == record
+    with Searcher(index) as searcher:
+        added = [i for i, name in enumerate(searcher.names) if name.startswith("new-")]
+        assert len(added) == 2
+        for image in added:  # encoded with the same graph as the query: found first
+            result = searcher.search([searcher.database_features(image)], k=1)
+            assert result.ids[0, 0] == image
 
 
 def test_a_rebuild_keeps_the_graph(approximate_index, tiny_dataset, tmp_path):
