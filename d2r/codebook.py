@@ -376,7 +376,8 @@ def set_hnsw_graph(codebook: Codebook, graph: faiss.IndexHNSWFlat, *, hnsw_m: in
                                                      codebook.centroids):
         raise ValueError(f"the HNSW graph does not hold the {codebook.num_words} x {codebook.dim} "
                          f"centroids of this codebook")
-    codebook._quantizers[("approximate", int(hnsw_m), int(ef_construction))] = graph  # type: ignore[attr-defined]
+    cache = codebook._quantizers  # type: ignore[attr-defined]
+    cache[("approximate", int(hnsw_m), int(ef_construction))] = graph
 
 
 def quantize(

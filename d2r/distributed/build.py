@@ -195,7 +195,8 @@ def build_index_ray(
     writer = _IndexWriter(method, codebook, dim, out, record, names, int(batch_size),
                           num_shards=num_shards)
     encode_ray(config, out / FEATURES, out / BOXES, codebook, writer.batches, writer.add,
-               graph=None if quantizer is None else (str(out), quantizer), address=address, num_workers=num_encoders, max_restarts=max_restarts,
+               graph=None if quantizer is None else (str(out), quantizer), address=address,
+               num_workers=num_encoders, max_restarts=max_restarts,
                max_task_retries=max_task_retries, show_progress=show_progress)
     writer.finish()
     return finish_build(out, record, start, where=" on Ray")
