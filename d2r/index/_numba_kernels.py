@@ -21,6 +21,16 @@ def _popcount(x):
     return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
 
 
+@njit(cache=True, inline="always")
+def _postings_in(offsets, ids, word, lo_id, hi_id):
+    """[lo, hi): the positions of ``word``'s postings whose item ids lie in [lo_id, hi_id)
+    (posting lists hold ascending ids)."""
+    start = offsets[word]
+    end = offsets[word + 1]
+    return (start + np.searchsorted(ids[start:end], lo_id),
+            start + np.searchsorted(ids[start:end], hi_id))
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def inverted_binary_scores(offsets, ids, codes, q_words, q_codes, table, n_items, parts):
     """(n_items,) float64: for each query word, its postings' table[popcount(q ^ code)]
@@ -32,10 +42,7 @@ def inverted_binary_scores(offsets, ids, codes, q_words, q_codes, table, n_items
         lo_id = part * step
         hi_id = min(n_items, lo_id + step)
         for w in range(q_words.shape[0]):
-            start = offsets[q_words[w]]
-            end = offsets[q_words[w] + 1]
-            lo = start + np.searchsorted(ids[start:end], lo_id)
-            hi = start + np.searchsorted(ids[start:end], hi_id)
+            lo, hi = _postings_in(offsets, ids, q_words[w], lo_id, hi_id)
             if width == 2:  # 128-bit codes (DELF, RootSIFT): unrolled (2x on cached lists)
                 a = q_codes[w, 0]
                 b = q_codes[w, 1]
@@ -65,10 +72,7 @@ def inverted_float_scores(offsets, ids, vectors, q_words, q_vectors, alpha, int_
         lo_id = part * step
         hi_id = min(n_items, lo_id + step)
         for w in range(q_words.shape[0]):
-            start = offsets[q_words[w]]
-            end = offsets[q_words[w] + 1]
-            lo = start + np.searchsorted(ids[start:end], lo_id)
-            hi = start + np.searchsorted(ids[start:end], hi_id)
+            lo, hi = _postings_in(offsets, ids, q_words[w], lo_id, hi_id)
             for p in range(lo, hi):
                 u = np.float32(0.0)
                 for d in range(dim):
