@@ -3,7 +3,11 @@
 The images are extracted with the index's recorded extractor and settings, encoded
 with its codebook and appended as a new segment, in one atomic step
 (:mod:`d2r.pipeline.update`).  Names already in the index are refused unless
-``--replace`` is given; unreadable images are left out and listed.
+``--replace`` is given; unreadable images are left out and listed.  An image without
+features (blank) is never added: alone it is refused, in a folder or list it is left
+out and listed (with ``--replace`` its indexed original stays searchable).  The
+device must have room for about one and a half times what the index's images take
+on average, per image added.
 """
 
 from __future__ import annotations
@@ -19,9 +23,8 @@ __all__ = ["main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="d2r add", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", required=True, metavar="INDEX", help="index directory")
+    parser = cli.Parser("d2r add", __doc__)
+    parser.add_index()
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--images", metavar="DIR", help="every image below this directory")
     group.add_argument("--image-list", metavar="FILE", help="file with one image path per line")
@@ -38,6 +41,9 @@ def _add(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     notes = [f"{len(summary.replaced)} replaced"] if summary.replaced else []
     if summary.skipped:
         notes.append(f"{len(summary.skipped)} unreadable left out (e.g. {summary.skipped[0]})")
+    if summary.featureless:
+        notes.append(f"{len(summary.featureless)} without features left out (e.g. "
+                     f"{summary.featureless[0]})")
     print(f"added {len(summary.added)} images to {args.index}"
           f"{' (' + '; '.join(notes) + ')' if notes else ''}; it holds {summary.num_images} "
           f"images ({summary.seconds:.1f} s)")

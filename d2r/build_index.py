@@ -29,8 +29,7 @@ __all__ = ["main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="d2r build-index", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser("d2r build-index", __doc__)
     cli.add_source_args(parser)
     parser.add_argument("--out", required=True, metavar="INDEX", help="index directory")
     cli.add_config_args(parser, default_preset="rootsift-asmk-star")

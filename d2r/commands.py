@@ -26,6 +26,7 @@ import sys
 from typing import Optional, Sequence
 
 from d2r import __version__
+from d2r.errors import INTERRUPTED
 
 __all__ = ["COMMANDS", "main"]
 
@@ -67,5 +68,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write(f"d2r: error: unknown command {name!r}; one of: "
                          f"{', '.join(COMMANDS)}\n")
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except KeyboardInterrupt:  # while loading (TensorFlow takes seconds); run() handles the rest
+        sys.stderr.write(f"d2r {name}: interrupted\n")
+        return INTERRUPTED
     return module.main(rest)

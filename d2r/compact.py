@@ -18,9 +18,8 @@ __all__ = ["main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="d2r compact", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", required=True, metavar="INDEX", help="index directory")
+    parser = cli.Parser("d2r compact", __doc__)
+    parser.add_index()
     cli.add_common_args(parser)
     return cli.run(parser, argv, _compact)
 

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Literal, Mapping, Optional
 
 import yaml
 
+from d2r.checks import MAX_SHOWN, shown
 from d2r.errors import InputError
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "ImagesConfig",
     "RootSiftConfig",
     "DelfConfig",
+    "XFeatConfig",
     "CnnGlobalConfig",
     "FeaturesConfig",
     "RegionsConfig",
@@ -48,6 +50,8 @@ __all__ = [
     "merge_values",
     "build_dataclass",
     "read_yaml",
+    "load_yaml",
+    "MAX_YAML_VALUES",
 ]
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -103,6 +107,23 @@ class DelfConfig:
 
 
 @dataclass
+class XFeatConfig:
+    """XFeat (Potje et al., CVPR 2024) with its published weights (:mod:`d2r.features.xfeat`)."""
+
+    weights_path: Optional[str] = None
+    """The published ``xfeat.pt`` (a PyTorch checkpoint, read without PyTorch);
+    ``python data/download.py xfeat`` fetches it and prints this setting."""
+    weights_sha256: Optional[str] = None
+    """Refuse a weights file with another sha256 (None: the published file's)."""
+    max_keypoints: int = 4096
+    """Keep at most this many keypoints, best score first (the reference's ``top_k``)."""
+    detection_threshold: float = 0.05
+    """Heatmap probability a keypoint must exceed."""
+    max_image_side: Optional[int] = None
+    """Downscale so the longer side is at most this first (None: as decoded, ``images.max_side``)."""
+
+
+@dataclass
 class CnnGlobalConfig:
     """CNN global descriptor (``features.backend: cnn``): the comparison baselines."""
 
@@ -148,10 +169,11 @@ class FeaturesConfig:
     """Which feature backend runs, and how its output is stored."""
 
     backend: str = "rootsift"
-    """Local features (rootsift, delf) or one CNN global descriptor per image (cnn)."""
+    """Local features (rootsift, delf, xfeat) or one CNN global descriptor per image (cnn)."""
     store_dtype: Literal["float32", "float16"] = "float16"
     rootsift: RootSiftConfig = field(default_factory=RootSiftConfig)
     delf: DelfConfig = field(default_factory=DelfConfig)
+    xfeat: XFeatConfig = field(default_factory=XFeatConfig)
     cnn: CnnGlobalConfig = field(default_factory=CnnGlobalConfig)
 
 
@@ -318,35 +340,35 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: invalid value {value!r}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: invalid value {shown(value)}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{key}: {shown(value)} is not one of {', '.join(map(repr, args))}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {shown(value)}")
         item_type = args[0]
         return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {shown(value)}")
         return build_dataclass(annotation, value, key)
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+            raise ConfigError(f"{key}: expected true/false, got {shown(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {shown(value)}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {shown(value)}")
         return value
     raise ConfigError(f"{key}: unsupported field type {annotation!r}")
 
@@ -360,7 +382,7 @@ def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> A
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             raise ConfigError(
-                f"unknown config key {dotted!r}; known keys here: {', '.join(sorted(names))}"
+                f"unknown config key {shown(dotted)}; known keys here: {', '.join(sorted(names))}"
             )
         kwargs[key] = _coerce(value, hints[key], dotted)
     return cls(**kwargs)
@@ -377,16 +399,73 @@ def merge_values(base: Mapping, update: Mapping) -> dict:
     return out
 
 
+MAX_YAML_VALUES = 10_000
+"""Most values (scalars, lists and mappings, every use of an alias counted again) a YAML
+config file or ``--set`` value may expand to; a whole d2r config holds about 150."""
+
+
+def _expands_beyond(root: yaml.Node, limit: int) -> bool:
+    """Whether the composed YAML ``root`` holds more than ``limit`` nodes once every alias
+    is copied out (a recursive alias never ends: it is beyond any limit).  Visits at most
+    ``limit + 1`` nodes."""
+    count, stack = 0, [root]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(item for pair in node.value for item in pair)
+    return False
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line of at most :data:`~d2r.checks.MAX_SHOWN` characters saying what is wrong
+    with a YAML text and where."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        text = (f"line {mark.line + 1}, column {mark.column + 1}: " if mark else "") + exc.problem
+    else:
+        text = str(exc)
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN - 3]}..."
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """The value YAML ``text`` holds (standard tags only: nothing is executed or imported).
+
+    Refused with a one-line :class:`ConfigError` naming ``where`` (``"config file X"``):
+    invalid YAML, values nested too deeply, and aliases that expand the text beyond
+    :data:`MAX_YAML_VALUES` values (a "billion laughs" bomb is refused after reading at
+    most that many nodes, before any value is built).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expands_beyond(node, MAX_YAML_VALUES):
+            raise ConfigError(f"{where} expands to more than {MAX_YAML_VALUES} values (YAML "
+                              f"aliases repeating values); a d2r config holds a few hundred")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML ({_yaml_problem(exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{where} nests values too deeply to be a d2r config") from None
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> dict:
-    """The mapping a YAML config file holds (``{}`` when empty); errors name the file."""
+    """The mapping a YAML config file holds (``{}`` when empty), read with :func:`load_yaml`;
+    errors name the file."""
     try:
         text = path.read_text()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    data = load_yaml(text, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -402,13 +481,12 @@ def available_presets() -> list[str]:
 def _preset_values(name: str, seen: tuple[str, ...] = ()) -> dict:
     """Values of preset ``name`` with its ``extends`` chain resolved."""
     if name in seen:
-        raise ConfigError(f"preset {name!r} extends itself through {' -> '.join(seen)}")
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
+        raise ConfigError(f"preset {shown(name)} extends itself through {' -> '.join(seen)}")
+    if name not in available_presets():
         raise ConfigError(
-            f"unknown preset {name!r}; available: {', '.join(available_presets())}"
+            f"unknown preset {shown(name)}; available: {', '.join(available_presets())}"
         )
-    data = read_yaml(path)
+    data = read_yaml(PRESET_DIR / f"{name}.yaml")
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -420,11 +498,8 @@ def parse_override(text: str) -> dict:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r} must look like section.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: cannot parse value: {exc}") from exc
+        raise ConfigError(f"override {shown(text)} must look like section.key=value")
+    value = load_yaml(raw, f"override {shown(text)}") if raw.strip() else None
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
@@ -471,6 +546,8 @@ LEGACY_VALUES: dict[str, Any] = {
     "codebook.ef_search": 128,
     "regions.selective_search_mode": "single",
     "regions.selective_search_max_side": 256,
+    "features.xfeat": {"weights_path": None, "weights_sha256": None, "max_keypoints": 4096,
+                       "detection_threshold": 0.05, "max_image_side": None},
 }
 """Keys added after d2r 0.1.0 and the value that reproduces what a record without them did."""
 
@@ -505,7 +582,7 @@ def diff_configs(expected: Mapping, actual: Mapping, prefix: str = "") -> list[s
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             out.extend(diff_configs(a, b, dotted))
         elif a != b:
-            out.append(f"{dotted}: {a!r} != {b!r}")
+            out.append(f"{dotted}: {shown(a)} != {shown(b)}")
     return out
 
 
@@ -520,6 +597,9 @@ RANGES: dict[str, str] = {
     "features.delf.score_threshold": "[0, inf)",
     "features.delf.max_features": "[1, inf)",
     "features.delf.pca_dim": "[1, 2048]",
+    "features.xfeat.max_keypoints": "[1, inf)",
+    "features.xfeat.detection_threshold": "[0, 1)",
+    "features.xfeat.max_image_side": "[32, inf)",
     "features.cnn.seed": "[0, inf)",
     "features.cnn.levels": "[1, 10]",
     "features.cnn.gem_p": "(0, inf)",
@@ -577,4 +657,4 @@ def check_ranges(config: Config) -> None:
         values = node if isinstance(node, tuple) else () if node is None else (node,)
         bad = [v for v in values if not _in_range(float(v), spec)]
         if bad:
-            raise ConfigError(f"{key}={node!r} is out of range: it must be in {spec}")
+            raise ConfigError(f"{key}={shown(node)} is out of range: it must be in {spec}")

@@ -68,12 +68,12 @@ def run_demo(out: str | Path, config: Optional[Config] = None, *, size: str = "d
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="d2r demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser("d2r demo", __doc__)
     parser.add_argument("--out", default="d2r-demo", help="output directory (default: d2r-demo)")
     parser.add_argument("--size", choices=sorted(SIZES), default="default",
                         help="synthetic benchmark size (default: default)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the synthetic benchmark (default 0)")
     parser.add_argument("--rerank", type=int, default=100,
                         help="re-rank the top N by spatial verification (0: skip)")
     cli.add_config_args(parser, default_preset="rootsift-asmk-star")

@@ -46,11 +46,7 @@ DEFAULT_KAPPAS = (1, 5, 10)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="d2r evaluate",
-        description="Metrics of rankings on a benchmark: Revisited Oxford/Paris (Easy/Medium/"
-                    "Hard mAP, mP@k), Oxford5k/Paris6k and Holidays (mAP, mP@k), UKBench (N-S).",
-    )
+    parser = cli.Parser("d2r evaluate", __doc__)
     parser.add_argument("--dataset-dir", required=True, type=Path,
                         help="benchmark directory (revisitop gnd_<name>.pkl + jpg/, gt_files/ + "
                              "jpg/, Holidays or UKBench images)")

@@ -29,8 +29,7 @@ __all__ = ["main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="d2r extract", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser("d2r extract", __doc__)
     cli.add_source_args(parser)
     parser.add_argument("--out", required=True, metavar="STORE", help="feature store directory")
     parser.add_argument("--boxes", metavar="DIR",

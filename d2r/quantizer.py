@@ -28,6 +28,7 @@ import numpy as np
 from d2r.codebook import Codebook, hnsw_graph, set_hnsw_graph
 from d2r.config import CodebookConfig, Config
 from d2r.errors import InputError
+from d2r.index.layout import inside
 from d2r.io.atomic import atomic_write
 
 __all__ = ["QuantizerError", "options", "resolve", "save_graph", "attach_graph"]
@@ -84,8 +85,10 @@ def save_graph(codebook: Codebook, config: CodebookConfig, out: Path,
 
 def attach_graph(codebook: Codebook, record: dict, index_dir: str | os.PathLike) -> None:
     """Make ``codebook`` quantize with the HNSW graph an index recorded (:func:`save_graph`),
-    after checking the file's SHA-256 and that it indexes this codebook's centroids."""
-    path = Path(index_dir) / record["file"]
+    after checking that the file lies inside the index (else
+    :class:`~d2r.index.layout.IndexManifestError`, before it is read), its SHA-256, and
+    that it indexes this codebook's centroids."""
+    path = inside(Path(index_dir), record["file"], "codebook.quantizer.file")
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -5,12 +5,14 @@ One image::
     d2r query --index INDEX --image photo.jpg [--box x1,y1,x2,y2] [--rerank 100]
         [--top 20] [--format table|json|csv] [--json FILE] [--out DIR [--report]]
 
-prints the best ``--top`` database images (default 20, 0 for all) under a header
-``rank  score  inliers  name``; after spatial re-ranking a line says how the list
+prints the best ``--top N`` database images (default 20; 0: every image in the index)
+under a header ``rank  score  inliers  name``: the search goes ``max(N,
+search.top_k)`` deep, so ``--top`` above ``search.top_k`` is honoured (the HTTP
+API follows the same rule); after spatial re-ranking a line says how the list
 is ordered (verified images first).  ``--format json`` prints the same rows as
 a JSON list of ``{"rank", "name", "score", "inliers"?}`` (``inliers`` for the
 re-ranked head only), ``--format csv`` as CSV; ``--json FILE`` writes every
-result in that JSON shape.  ``--out DIR`` writes every result to
+result searched in that JSON shape.  ``--out DIR`` writes every result to
 ``DIR/results.json``; with ``--report`` also ``DIR/report/index.html``, the query
 and its top results as thumbnails (database images are looked up in the folder
 the index was built from, or ``--images DIR``).
@@ -53,11 +55,12 @@ from d2r.checks import parse_box
 from d2r.config import Config
 from d2r.distributed.options import DEFAULT_CPUS_PER_SHARD
 from d2r.errors import InputError
-from d2r.pipeline.run import FeaturelessQueryError, run_dataset, run_image
+from d2r.io.atomic import atomic_write_json
+from d2r.pipeline.run import run_dataset, run_image, search_depth
 from d2r.pipeline.searcher import Searcher
 from d2r.result_page import write_result_page
 from d2r.results import format_table
-from d2r.sources import locate
+from d2r.sources import locate as locate_in
 
 __all__ = ["main"]
 
@@ -73,9 +76,8 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="d2r query", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", required=True, metavar="INDEX", help="index directory")
+    parser = cli.Parser("d2r query", __doc__)
+    parser.add_index()
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--image", metavar="FILE", help="one query image")
     mode.add_argument("--dataset-dir", metavar="DIR", help="run every query of this benchmark")
@@ -87,10 +89,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="results directory: ranks, metrics (dataset mode) or results.json "
                              "(one image)")
     parser.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="N",
-                        help=f"results to print (default {DEFAULT_TOP}; 0: all)")
+                        help=f"results to print (default {DEFAULT_TOP}; 0: every image in the "
+                             f"index); the search goes max(N, search.top_k) deep")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
                         help="how to print the results (default: table)")
-    parser.add_argument("--json", metavar="FILE", help="also write every result here as JSON")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write every result searched here as JSON")
     parser.add_argument("--report", action="store_true",
                         help="also write an HTML page to OUT/report/index.html: the benchmark "
                              "report, or one image's results with thumbnails")
@@ -138,6 +142,10 @@ def _query(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("--report needs --out DIR (the page is written to DIR/report/index.html)")
     if args.images and not (args.image and args.report):
         parser.error("--images applies to --image with --report")
+    if args.out:
+        cli.check_output_dir(args.out, "--out")
+    if args.json:
+        cli.check_output_file(args.json, "--json")
     overrides = list(args.overrides)
     if args.rerank is not None:
         overrides.append(f"verification.rerank={args.rerank}")
@@ -151,15 +159,12 @@ def _query(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                   distractor_root=args.distractor_dir)
             print(format_table(metrics))
             return 0
-        try:
-            rows = run_image(searcher, args.image, box=args.box)
-        except FeaturelessQueryError as exc:
-            parser.exit(1, f"{parser.prog}: error: {exc}\n")
+        rows = run_image(searcher, args.image, box=args.box, k=search_depth(searcher, args.top))
         config = searcher.config
         if args.out:
             _write_image_results(Path(args.out), args, rows, searcher)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        atomic_write_json(args.json, rows)
     shown = rows[:args.top] if args.top else rows
     if args.format == "json":
         print(json.dumps(shown, indent=2))
@@ -175,14 +180,15 @@ def _write_image_results(out: Path, args: argparse.Namespace, rows: list[dict],
     """``OUT/results.json`` (every row) and, with ``--report``, ``OUT/report/index.html``
     with the top ``--top`` results."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write_json(out / "results.json", rows)
     if not args.report:
         return
+    locate = (lambda name: locate_in(args.images, name)) if args.images else searcher.image_file
     write_result_page(
-        out / "report", query=args.image, box=args.box,
-        rows=rows[:args.top] if args.top else rows,
-        locate=(lambda name: locate(args.images, name)) if args.images else searcher.image_file,
-        min_inliers=searcher.config.verification.min_inliers, index=str(args.index))
+        out / "report", query=args.image, box=args.box, rows=rows,
+        shown=args.top or len(rows), locate=locate,
+        min_inliers=searcher.config.verification.min_inliers, index=str(args.index),
+        hint=None if args.images else "--images DIR")
 
 
 def _print_table(shown: list[dict], rows: list[dict], config: Config) -> None:

@@ -19,9 +19,8 @@ __all__ = ["main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="d2r remove", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", required=True, metavar="INDEX", help="index directory")
+    parser = cli.Parser("d2r remove", __doc__)
+    parser.add_index()
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--names", nargs="+", metavar="NAME",
                        help="image names as the index holds them (as `d2r query` prints them)")

@@ -9,8 +9,10 @@
 
 Database images are found through ``locate(name)`` (for an index built from
 ``--images`` / ``--image-list``: the folder recorded at build time); a result whose
-file is gone or unreadable gets a card with its name and the reason instead of a
-picture.  Links are relative, so the folder can be moved or opened from ``file://``.
+file is gone or unreadable gets a card with its name and a short reason instead of a
+picture, and the page and one logged warning say how many are missing and how to
+point at the folder the images moved to.  Links are relative, so the folder can be
+moved or opened from ``file://``.
 """
 
 from __future__ import annotations
@@ -40,18 +42,23 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 .card img { max-width: 100%%; display: block; margin: auto; }
 .card .name { word-break: break-all; }
 .missing { height: 120px; background: #f3f3f3; color: #777; padding: 6px; font-size: 12px; }
+.note { background: #fff4ce; padding: 6px 10px; }
 """ % _VERIFIED
 
 
 def write_result_page(out_dir: str | os.PathLike, *, query: str | os.PathLike,
                       box: Optional[Sequence[float]], rows: Sequence[dict],
                       locate: Callable[[str], Optional[Path]], min_inliers: int,
-                      index: str, max_side: int = 320) -> Path:
+                      index: str, shown: Optional[int] = None,
+                      hint: Optional[str] = None, max_side: int = 320) -> Path:
     """Write the page of one query; returns the path of ``index.html``.
 
-    ``rows`` are :func:`d2r.pipeline.run.run_image` results (``rank``, ``name``,
-    ``score``, ``inliers`` for the re-ranked head), shown in order; ``locate`` maps a
-    database name to its file (None when unknown).
+    ``rows`` are every :func:`d2r.pipeline.run.run_image` result (``rank``, ``name``,
+    ``score``, ``inliers`` for the re-ranked head), the first ``shown`` (default all)
+    shown in order; the page states how many were spatially verified among all
+    ``rows``.  ``locate`` maps a database name to its file (None when unknown);
+    ``hint`` is the option that points at the database images (``"--images DIR"``),
+    suggested when some cannot be read.
     """
     out = Path(out_dir)
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
@@ -59,29 +66,46 @@ def write_result_page(out_dir: str | os.PathLike, *, query: str | os.PathLike,
     if box is not None:
         draw_boxes(image, box, scale, _QUERY_BOX, 3)
     save_jpeg(image, out / "thumbs" / "query.jpg")
-    cards = [_card(out, row, locate, min_inliers, max_side) for row in rows]
+    shown_rows = rows[:len(rows) if shown is None else shown]
+    missing: list[str] = []
+    cards = [_card(out, row, locate, min_inliers, max_side, missing) for row in shown_rows]
     checked = sum("inliers" in row for row in rows)
     verified = sum(row.get("inliers", -1) >= min_inliers for row in rows)
     order = (f"The top {checked} were spatially verified: the {verified} with at least "
              f"{min_inliers} matched points come first (green border, most matched points "
              f"first); the others keep their search order." if checked else
              "Ordered by search score (no spatial verification; use --rerank N).")
+    note = _missing_note(missing, len(shown_rows), hint)
     page = out / "index.html"
     page.write_text(
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>d2r: {html.escape(Path(query).name)}</title><style>{_STYLE}</style></head>"
         f"<body><h1>Results for {html.escape(str(query))}</h1>"
         f"<p>Index: {html.escape(index)}. {order}</p>"
+        + (f"<p class='note'>{html.escape(note)}</p>" if note else "") +
         "<div class='query'><img src='thumbs/query.jpg' alt='query'></div>"
-        f"<h2>Top {len(rows)}</h2><div class='results'>{''.join(cards)}</div>"
+        f"<h2>Top {len(shown_rows)}</h2><div class='results'>{''.join(cards)}</div>"
         "</body></html>\n", encoding="utf-8")
-    logger.info("wrote result page %s (%d results)", page, len(rows))
+    if note:
+        logger.warning("%s: %s", page, note)
+    logger.info("wrote result page %s (%d results)", page, len(shown_rows))
     return page
 
 
+def _missing_note(missing: Sequence[str], count: int, hint: Optional[str]) -> str:
+    """One sentence on the result images that could not be shown ('' when none)."""
+    if not missing:
+        return ""
+    where = (f"if the database images moved, give their folder with {hint}" if hint
+             else "they are not in the folder given")
+    return (f"{len(missing)} of the {count} result images could not be read (e.g. "
+            f"{missing[0]}); {where}.")
+
+
 def _card(out: Path, row: dict, locate: Callable[[str], Optional[Path]], min_inliers: int,
-          max_side: int) -> str:
-    """One result as an HTML card, writing its thumbnail when the image can be read."""
+          max_side: int, missing: list[str]) -> str:
+    """One result as an HTML card, writing its thumbnail when the image can be read (else
+    its reason is appended to ``missing``)."""
     name = html.escape(row["name"])
     inliers = row.get("inliers")
     verified = inliers is not None and inliers >= min_inliers
@@ -90,7 +114,8 @@ def _card(out: Path, row: dict, locate: Callable[[str], Optional[Path]], min_inl
                + f"</div><div class='name'>{name}</div>")
     path = locate(row["name"])
     if path is None:
-        picture = "<div class='missing'>image location unknown (give --images DIR)</div>"
+        missing.append(f"{row['name']}: location unknown")
+        picture = "<div class='missing'>image location unknown</div>"
     else:
         try:
             image, _ = thumbnail(path, max_side, 0)
@@ -98,5 +123,7 @@ def _card(out: Path, row: dict, locate: Callable[[str], Optional[Path]], min_inl
             save_jpeg(image, out / "thumbs" / file)
             picture = f"<img src='thumbs/{file}' alt='{name}'>"
         except (InputError, OSError) as exc:
-            picture = f"<div class='missing'>{html.escape(str(exc))}</div>"
+            missing.append(str(exc) if path.exists() else f"{path}: no such file")
+            picture = (f"<div class='missing'>{'unreadable' if path.exists() else 'not found'}"
+                       f"</div>")
     return f"<div class='card{' verified' if verified else ''}'>{picture}{caption}</div>"

@@ -6,6 +6,7 @@ database; extraction, indexing and the Ray drivers all take one.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -14,8 +15,10 @@ from typing import Optional
 
 from d2r.datasets.benchmarks import load_benchmark
 from d2r.errors import InputError
+from d2r.index.layout import FORMAT, MANIFEST, UPDATE_LOCK
+from d2r.io.images import DEFAULT_EXTENSIONS, list_images
 
-__all__ = ["ImageSource", "OUTSIDE", "locate"]
+__all__ = ["ImageSource", "OUTSIDE", "locate", "written_by_d2r"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +81,33 @@ class ImageSource:
 
     @classmethod
     def from_directory(cls, directory: str | os.PathLike) -> "ImageSource":
-        """Every image below ``directory`` (recursive, sorted), named by relative path."""
-        from d2r.io.images import list_images
+        """Every image below ``directory`` (recursive, sorted), named by relative path.
 
+        Folders d2r wrote (:func:`written_by_d2r`: an index with its uploads, a result
+        page) are left out, each with one warning line saying how many images it held;
+        a ``directory`` inside one is refused."""
         root = Path(directory)
-        if not root.is_dir():
+        if not root.exists():
             raise FileNotFoundError(f"image directory {root} does not exist")
-        names = list_images(root)
+        if not root.is_dir():
+            raise InputError(f"{root} is a file, not a directory of images: give the folder "
+                             f"that holds the images, or list image files in a text file "
+                             f"(one path per line) for --image-list")
+        owner = _d2r_owner(root.resolve(), {})
+        if owner is not None:
+            raise InputError(f"image directory {root} is inside {owner[0]}, {owner[1]}: d2r "
+                             f"never takes its own files as inputs")
+        left_out: dict[Path, str] = {}
+
+        def skip(folder: Path) -> bool:
+            what = written_by_d2r(folder)
+            if what is not None:
+                left_out[folder] = what
+            return what is not None
+
+        names = list_images(root, skip=skip)
+        for folder, what in left_out.items():
+            _warn_left_out(len(list_images(folder)), folder, what)
         if not names:
             raise InputError(f"image directory {root} holds no images")
         return cls.checked(names, [root / n for n in names], root=root.resolve())
@@ -96,9 +119,17 @@ class ImageSource:
         An image inside that folder is named by its normalized relative path
         (``sub/a.jpg``); one outside it by its normalized absolute path under
         ``_outside_/`` (``_outside_/home/me/photos/a.jpg``), so that no name holds ``..``
-        or starts with ``/`` and every file keeps one stable name.
+        or starts with ``/`` and every file keeps one stable name.  Listed files inside
+        a folder d2r wrote (:func:`written_by_d2r`) are left out, with one warning line
+        per such folder.
         """
         path = Path(list_file)
+        if path.is_dir():
+            raise InputError(f"image list {path} is a directory: give a text file with one "
+                             f"image path per line, or pass the folder with --images")
+        if path.suffix.lower() in DEFAULT_EXTENSIONS:
+            raise InputError(f"image list {path} is an image, not a list: give a text file "
+                             f"with one image path per line")
         try:
             lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
         except OSError as exc:
@@ -106,7 +137,20 @@ class ImageSource:
         entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
         if not entries:
             raise InputError(f"image list {path} names no images")
-        files = [path.parent / entry for entry in entries]
+        files, owners, cache, folders = [], {}, {}, {}
+        for entry in entries:
+            file = path.parent / entry
+            if file.parent not in folders:
+                folders[file.parent] = _d2r_owner(Path(os.path.realpath(file.parent)), cache)
+            owner = folders[file.parent]
+            if owner is None:
+                files.append(file)
+            else:
+                owners[owner] = owners.get(owner, 0) + 1
+        for (folder, what), count in owners.items():
+            _warn_left_out(count, folder, what)
+        if not files:
+            raise InputError(f"image list {path} names only files inside folders d2r wrote")
         return cls.checked([_list_name(file, path.parent) for file in files], files,
                            root=path.parent.resolve())
 
@@ -151,6 +195,53 @@ def locate(root: str | os.PathLike, name: str) -> Path:
     if name.startswith(OUTSIDE + "/"):
         return Path("/" + name[len(OUTSIDE) + 1:])
     return Path(root) / name
+
+
+def written_by_d2r(folder: Path) -> Optional[str]:
+    """What d2r wrote ``folder`` as (``"a d2r index"``: a complete or interrupted index,
+    with its ``uploads/``; ``"a d2r result page"``: a query's or evaluation's report), or
+    None: d2r never takes the files of such folders as inputs, so that an index does not
+    index itself, its uploads or its reports' thumbnails."""
+    if (folder / UPDATE_LOCK).is_file() or _is_index_manifest(folder / MANIFEST):
+        return "a d2r index"
+    if (folder / "thumbs").is_dir() and _names_d2r(folder / "index.html"):
+        return "a d2r result page"
+    return None
+
+
+def _is_index_manifest(file: Path) -> bool:
+    try:
+        return json.loads(file.read_bytes()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _names_d2r(page: Path) -> bool:
+    """Whether HTML ``page`` has a title d2r gives its pages (``d2r: ...``, ``d2r report: ...``)."""
+    try:
+        with open(page, "rb") as f:
+            return b"<title>d2r" in f.read(4096)
+    except OSError:
+        return False
+
+
+def _d2r_owner(folder: Path, cache: dict[Path, Optional[tuple[Path, str]]]
+               ) -> Optional[tuple[Path, str]]:
+    """The folder d2r wrote that holds resolved ``folder`` (itself or an ancestor) and what it
+    is (:func:`written_by_d2r`), or None; ``cache`` remembers the answer per folder."""
+    if folder not in cache:
+        what = written_by_d2r(folder)
+        if what is not None:
+            cache[folder] = (folder, what)
+        else:
+            cache[folder] = None if folder.parent == folder else _d2r_owner(folder.parent, cache)
+    return cache[folder]
+
+
+def _warn_left_out(count: int, folder: Path, what: str) -> None:
+    if count:
+        logger.warning("left out %d image%s inside %s (%s: d2r never takes its own files "
+                       "as inputs)", count, "" if count == 1 else "s", folder, what)
 
 
 def _list_name(file: Path, base: Path) -> str:

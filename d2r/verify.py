@@ -1,11 +1,14 @@
-"""Verify an index: ``d2r verify INDEX [INDEX ...]`` (``python -m d2r.verify``).
+"""Check an index: ``d2r verify --index INDEX [--index INDEX ...]`` (or ``d2r verify INDEX ...``;
+``python -m d2r.verify``).
 
-Hashes every array and record of the search structure against its manifest, checks
-that ``index.json``, the search structure, the codebook and the feature store belong
-to the same build, and prints ``OK`` or one line per bad file.  Exit status 0 when
-every index is sound, 1 otherwise.  Reads every byte of the search structure
-(about 1 s per 1.5 GB); an ordinary open checks only the small files and the arrays
-changed since their last verification (docs/reliability.md).
+Hashes every array and record of the search structure against its manifest, reads
+every feature store of the index in full (every chunk of every shard, each checked
+against its HDF5 checksum), checks that ``index.json``, the search structure, the
+codebook and the feature stores belong to the same build, and prints ``OK`` or one
+``BAD:`` line per bad file.  Exit status 0 when every index is sound, 1 otherwise.
+Reads every byte of the search structure and the features (about 1 s per 1.5 GB); an
+ordinary open checks only the small files and the arrays changed since their last
+verification, and a search reads only the features it uses (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ __all__ = ["main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="d2r verify", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("indexes", nargs="+", metavar="INDEX", help="index directories")
+    parser = cli.Parser("d2r verify", __doc__)
+    parser.add_index(many=True, positional=True, help="index directory")
     cli.add_common_args(parser)
     return cli.run(parser, argv, _verify)
 
@@ -30,7 +32,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _verify(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Print OK or the problems of each index; 1 if any has a problem."""
     status = 0
-    for index in args.indexes:
+    for index in args.index:
         problems = verify_index(index)
         for problem in problems:
             print(f"BAD: {problem}")

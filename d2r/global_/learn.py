@@ -114,10 +114,11 @@ def _learn_regional(config: Config, source: ImageSource, out: Path, plain, *,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="d2r learn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser("d2r learn", __doc__)
     cli.add_source_args(parser)
-    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="where the whitening / PFA / reduction is written (the folder a "
+                             "CNN preset's whitening path names)")
     parser.add_argument("--dim", type=int, help="whitening output dimension (default: all)")
     parser.add_argument("--pfa", type=int, metavar="DIM", help="multires: PFA target dimension")
     parser.add_argument("--reduction-dim", type=int, default=128, metavar="K",

@@ -5,7 +5,8 @@
     INDEX/features/     feature store (resumable)
     INDEX/maps/         activation maps for AML re-ranking (when the method keeps them)
     INDEX/boxes/        regions per image as .boxes files (when regions are used)
-    INDEX/codebooks/    trained codebooks, one folder per codebook config
+    INDEX/codebooks/    codebooks (trained, or a copy of the one loaded), one folder per
+                        codebook config, and the quantizer's HNSW graph (:mod:`d2r.quantizer`)
     INDEX/gen-<id>/search/  the search structure (an :class:`~d2r.index.registry.Index`)
                         of one generation
     INDEX/search        a symbolic link to the current generation's search structure
@@ -18,9 +19,17 @@ directory, then replaces ``index.json`` (one atomic, fsync'd rename): that renam
 the moment the new index becomes current.  A kill before it leaves the old index
 (``index.json`` still names the old generation), a kill after it the new one.
 Generations no ``index.json`` names, and the temporary files an interrupted write
-left, are removed by the next build (:func:`retire_generations`).  Indexes of earlier
-releases keep their structure in a real ``search/`` directory and no ``"search"``
-key; they open as before and a rebuild turns them into generations.
+left, are removed by the next build (:func:`retire_generations`).  A reader reads
+``index.json`` once and opens the generation it names; when a writer removed that
+generation underneath, it reads the new ``index.json`` and opens its generation
+(:func:`open_current`).  Indexes of earlier releases keep their structure in a real
+``search/`` directory and no ``"search"`` key; they open as before and a rebuild turns
+them into generations.
+
+**Confinement.**  Every path ``index.json`` records (``search``, segments, data
+directories, ``codebook.path``, ``codebook.quantizer.file``) is relative and must stay
+inside the index directory once symbolic links are followed (:func:`inside`); another
+is refused, naming the key, before anything at it is read.
 
 **Ownership.**  A build writes only into an empty (or new) directory or into a d2r
 index (:func:`check_output_dir`), and inside it removes only what its own names
@@ -39,18 +48,21 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from d2r import __version__
+from d2r.checks import shown
+from d2r.codebook import METADATA_FILE as CODEBOOK_METADATA, Codebook, save_codebook
 from d2r.config import HNSW_KEYS, Config, to_dict
 from d2r.errors import InputError
 from d2r.io.feature_store import FeatureStore
 
 __all__ = [
-    "MANIFEST", "FEATURES", "MAPS", "BOXES", "SEARCH", "FORMAT", "VERSION",
-    "IndexMismatchError", "IndexManifestError", "codebook_dir", "index_record", "read_manifest",
-    "read_versioned_json", "new_generation", "search_dir", "retire_generations",
-    "check_output_dir", "segments", "is_segmented", "inside", "UPDATE_LOCK", "writer_lock",
+    "MANIFEST", "FEATURES", "MAPS", "BOXES", "SEARCH", "FORMAT", "VERSION", "OPEN_ATTEMPTS",
+    "IndexMismatchError", "IndexManifestError", "codebook_dir", "keep_codebook",
+    "index_record", "read_manifest", "read_versioned_json", "open_current", "new_generation",
+    "search_dir", "retire_generations", "check_output_dir", "segments", "is_segmented",
+    "inside", "UPDATE_LOCK", "writer_lock", "WriterBusyError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -72,6 +84,10 @@ class IndexManifestError(IndexMismatchError):
     """An ``index.json`` that is unreadable or of another format."""
 
 
+class WriterBusyError(InputError):
+    """Another process holds the index's writer lock (a build or an update is running)."""
+
+
 def codebook_dir(out: Path, config: Config) -> Path:
     """Where the codebook trained for ``config.codebook`` lives inside index directory ``out``
     (named by its settings, with ``quantization`` resolved and without the HNSW ones)."""
@@ -81,15 +97,33 @@ def codebook_dir(out: Path, config: Config) -> Path:
     return out / "codebooks" / hashlib.sha256(spec).hexdigest()[:16]
 
 
+def keep_codebook(codebook: Codebook, config: Config, out: Path) -> Path:
+    """The folder of index directory ``out`` holding ``codebook`` (:func:`codebook_dir`).
+
+    A codebook loaded from elsewhere (``codebook.path``) is copied there (once; again when
+    the file at that path changed), so that every path ``index.json`` records lies inside
+    the index and an index keeps working when the original codebook moves.
+    """
+    folder = codebook_dir(out, config)
+    try:
+        kept = json.loads((folder / CODEBOOK_METADATA).read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        kept = None
+    if kept != codebook.sha256:
+        save_codebook(codebook, folder)
+    return folder
+
+
 def index_record(config: Config, codebook, out: Path, *, kind: str, features: dict,
                  num_images: int, num_skipped: int, images_root: Optional[Path] = None,
                  quantizer: Optional[dict] = None) -> dict[str, Any]:
     """The ``index.json`` content (without timing) of an index built into ``out``.
 
-    ``codebook`` is the :class:`~d2r.codebook.Codebook` used, or None, and ``quantizer``
-    the record of its stored HNSW graph (:func:`d2r.quantizer.save_graph`); ``images_root`` the
-    folder the image names are relative to (:attr:`d2r.sources.ImageSource.root`), kept
-    so that result pages can show the images.
+    ``codebook`` is the :class:`~d2r.codebook.Codebook` used (kept in ``out``:
+    :func:`keep_codebook`), or None, and ``quantizer`` the record of its stored HNSW graph
+    (:func:`d2r.quantizer.save_graph`); ``images_root`` the folder the image names are
+    relative to (:attr:`d2r.sources.ImageSource.root`), kept so that result pages can show
+    the images.
     """
     record = {
         "format": FORMAT,
@@ -99,7 +133,7 @@ def index_record(config: Config, codebook, out: Path, *, kind: str, features: di
         "config": to_dict(config),
         "codebook": None if codebook is None else {
             "sha256": codebook.sha256, "num_words": codebook.num_words, "dim": codebook.dim,
-            "path": os.path.relpath(config.codebook.path or codebook_dir(out, config), out)},
+            "path": os.path.relpath(keep_codebook(codebook, config, out), out)},
         "features": features,
         "num_images": num_images,
         "num_skipped": num_skipped,
@@ -146,6 +180,43 @@ def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
                 "was interrupted, run it again")
 
 
+OPEN_ATTEMPTS = 5
+"""How many generations a reader tries to open when writers keep committing meanwhile."""
+
+T = TypeVar("T")
+
+
+def open_current(index_dir: str | os.PathLike, open_generation: Callable[[dict], T]) -> T:
+    """``open_generation(manifest)`` with ``index.json`` of ``index_dir`` read once: exactly the
+    generation it names is opened (never the ``search`` link, never a second read).
+
+    When that fails and ``index.json`` has changed since it was read (a writer committed
+    a new generation and removed the old one underneath), the new ``index.json`` is read
+    and its generation opened, up to :data:`OPEN_ATTEMPTS` times.  A failure while
+    ``index.json`` is unchanged is the index's own and is raised as it is.
+    """
+    manifest = read_manifest(index_dir)
+    for _ in range(OPEN_ATTEMPTS - 1):
+        try:
+            return open_generation(manifest)
+        except Exception:
+            current = _reread_manifest(index_dir)
+            if current is None or current == manifest:
+                raise
+        logger.info("index %s was updated while it was being opened; opening its new "
+                    "generation", index_dir)
+        manifest = current
+    return open_generation(manifest)
+
+
+def _reread_manifest(index_dir: str | os.PathLike) -> Optional[dict[str, Any]]:
+    """The manifest of ``index_dir`` now, or None when it cannot be read."""
+    try:
+        return read_manifest(index_dir)
+    except (OSError, ValueError):
+        return None
+
+
 GENERATION_PREFIX = "gen-"
 UPDATE_LOCK = ".d2r-writer.lock"
 
@@ -153,14 +224,14 @@ UPDATE_LOCK = ".d2r-writer.lock"
 @contextlib.contextmanager
 def writer_lock(out: Path) -> Iterator[None]:
     """Hold the one-writer lock of index directory ``out`` (builds and updates); another
-    process holding it is refused at once with an :class:`~d2r.errors.InputError`."""
+    process holding it is refused at once with a :class:`WriterBusyError`."""
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out / UPDATE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise InputError(f"index {out} is being built or updated by another d2r process; "
+            raise WriterBusyError(f"index {out} is being built or updated by another d2r process; "
                              f"run this again when it has finished") from None
         yield
     finally:
@@ -179,11 +250,10 @@ def search_dir(index_dir: Path, manifest: dict[str, Any]) -> Path:
     """The current search structure of an index: ``manifest["search"]`` (a generation) or
     ``search/`` (indexes of earlier releases).  Refuses a path leaving the index."""
     relative = manifest.get("search", SEARCH)
-    path = Path(str(relative))
-    if path.is_absolute() or ".." in path.parts or not path.parts:
-        raise IndexManifestError(f"{index_dir / MANIFEST}: 'search' must be a path inside the "
-                                 f"index, got {relative!r}")
-    return index_dir / path
+    if not Path(str(relative)).parts:
+        raise IndexManifestError(f"{index_dir / MANIFEST}: search must be a path inside the "
+                                 f"index, got {shown(relative)}")
+    return inside(index_dir, relative, "search")
 
 
 def segments(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -204,12 +274,20 @@ def is_segmented(manifest: dict[str, Any]) -> bool:
 
 
 def inside(index_dir: Path, relative: object, what: str) -> Path:
-    """``index_dir / relative``, refused unless ``relative`` is a path inside the index."""
+    """``index_dir / relative`` for a path that ``index.json`` records as ``what`` (a key
+    such as ``codebook.path``), refused with an :class:`IndexManifestError` naming ``what``
+    and ``index.json`` unless it stays inside the index: a relative path without ``..``
+    whose resolved location (every symbolic link followed) lies in the resolved index
+    directory.  Nothing at the path is opened."""
     path = Path(str(relative))
-    if path.is_absolute() or ".." in path.parts:
+    if not isinstance(relative, str) or path.is_absolute() or ".." in path.parts:
         raise IndexManifestError(f"{index_dir / MANIFEST}: {what} must be a path inside the "
-                                 f"index, got {relative!r}")
-    return index_dir / path
+                                 f"index, got {shown(relative)}")
+    full = index_dir / path
+    if not full.resolve().is_relative_to(index_dir.resolve()):
+        raise IndexManifestError(f"{index_dir / MANIFEST}: {what} {shown(relative)} leads "
+                                 f"outside the index through a symbolic link")
+    return full
 
 
 def _referenced(manifest: dict[str, Any]) -> set[str]:

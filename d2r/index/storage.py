@@ -140,8 +140,12 @@ class IndexWriter:
 
     def create(self, name: str, shape: tuple[int, ...], dtype) -> np.memmap:
         """Create ``<name>.npy`` of ``shape``/``dtype`` and return it as a writable memmap."""
-        arr = np.lib.format.open_memmap(self._file(name), mode="w+", dtype=np.dtype(dtype),
+        file = self._file(name)
+        arr = np.lib.format.open_memmap(file, mode="w+", dtype=np.dtype(dtype),
                                         shape=tuple(int(s) for s in shape))
+        if hasattr(os, "posix_fallocate"):  # blocks reserved now: a full disk raises ENOSPC
+            with open(file, "r+b") as f:     # here, not SIGBUS when the map is written
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         self._arrays[name] = arr
         return arr
 

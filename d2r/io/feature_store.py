@@ -33,6 +33,7 @@ row-major order, the cell's (column, row) as location, (W', H') as image size).
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import logging
 import os
@@ -400,6 +401,19 @@ class FeatureStore:
             oldest.close()
         return handle
 
+    def check(self) -> list[str]:
+        """Read every committed shard in full, one line per damaged shard (empty: all sound).
+
+        Every dataset is read from first to last row, so HDF5 verifies the Fletcher-32
+        checksum of every chunk of every image (shards written before the checksums
+        existed are read all the same); damaged HDF5 metadata, row ranges that do not
+        tile the row tables and descriptors of another dimension are problems too.
+        """
+        self._check_open()
+        problems = (_shard_problem(self._shard_path(i), self.dim)
+                    for i in range(len(self._shard_files)))
+        return [problem for problem in problems if problem]
+
     # ------------------------------------------------------------------ writing
 
     def put(self, name: str, value: StoredValue) -> None:
@@ -480,7 +494,10 @@ class FeatureStore:
             parts = [getattr(feat, attr) for _, feat in items]
             return np.concatenate(parts).astype(dtype) if parts else np.zeros((0, *width), dtype)
 
-        with h5py.File(tmp, "w", locking=False) as f:
+        # Built in memory, then written with one ordinary write: HDF5 crashes the process
+        # when a write to a full disk fails under it; a plain write raises ENOSPC.
+        buffer = io.BytesIO()
+        with h5py.File(buffer, "w", locking=False) as f:
             f.attrs["format"] = FORMAT
             f.attrs["version"] = VERSION
             f.attrs["dim"] = dim
@@ -494,6 +511,12 @@ class FeatureStore:
                              **checked)
             f.create_dataset("scales", data=rows("scales", (), np.float32), **checked)
             f.create_dataset("scores", data=rows("scores", (), np.float32), **checked)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(buffer.getbuffer())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     # ------------------------------------------------------------------ merging
 
@@ -743,6 +766,43 @@ def _read_manifest(path: Path) -> dict | None:
     if not isinstance(manifest, dict) or not {"config", "dim", "dtype"} <= set(manifest):
         raise ValueError(f"feature store manifest {str(file)!r} lacks config, dim or dtype")
     return manifest
+
+
+_CHECK_BYTES = 32 << 20
+"""Bytes of one dataset :func:`_shard_problem` reads at a time."""
+
+
+def _shard_problem(path: Path, dim: int | None) -> str | None:
+    """What is wrong with committed shard ``path`` read in full (None: nothing)."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            names = f["names"].asstr()[()]
+            offsets = f["offsets"][()]
+            sizes = f["image_sizes"][()]
+            lengths = {key: _read_all(f[key]) for key in
+                       ("locations", "descriptors", "scales", "scores")}
+            width = f["descriptors"].shape[1:]
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())
+        return f"{path}: damaged feature shard ({reason}); delete it and extract again"
+    rows = lengths["locations"]
+    if (set(lengths.values()) != {rows} or len(offsets) != len(names) + 1
+            or sizes.shape != (len(names), 2) or offsets[0] != 0
+            or np.any(np.diff(offsets) < 0) or offsets[-1] != rows):
+        return (f"{path}: inconsistent feature shard (its row ranges do not tile its rows); "
+                f"delete it and extract again")
+    if dim is not None and width != (dim,):
+        return f"{path}: holds descriptors of shape {width}, the store's are ({dim},)"
+    return None
+
+
+def _read_all(dataset: h5py.Dataset) -> int:
+    """Read every row of ``dataset`` (HDF5 checks each chunk as it reads it); its rows."""
+    row_bytes = max(1, dataset.dtype.itemsize * int(np.prod(dataset.shape[1:], dtype=np.int64)))
+    step = max(1, _CHECK_BYTES // row_bytes)
+    for start in range(0, len(dataset), step):
+        dataset[start:start + step]
+    return len(dataset)
 
 
 def _committed_shards(path: Path) -> list[str]:

@@ -29,7 +29,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -155,6 +155,8 @@ def load_image_with_info(
         raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
     if isinstance(max_pixels, bool) or int(max_pixels) != max_pixels or max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if os.path.isdir(path):
+        raise ImageError(path, "is a directory, not an image file")
     try:
         if os.path.getsize(path) == 0:
             raise ImageError(path, "file is empty")
@@ -319,19 +321,23 @@ def iter_images(
 
 
 def list_images(
-    directory: str | os.PathLike, *, extensions: Sequence[str] = DEFAULT_EXTENSIONS
+    directory: str | os.PathLike, *, extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+    skip: Callable[[Path], bool] | None = None,
 ) -> list[str]:
     """Sorted recursive listing of image files under ``directory``.
 
     Returns names relative to ``directory`` with ``/`` separators.  Extensions
-    match case-insensitively, with or without the leading dot.
+    match case-insensitively, with or without the leading dot.  Sub-folders for which
+    ``skip(folder)`` is true are not entered.
     """
     root = Path(directory)
     if not root.is_dir():
         raise NotADirectoryError(f"image directory {os.fspath(directory)!r} does not exist or is not a directory")
     wanted = {("." + e.lstrip(".")).lower() for e in extensions}
     names = []
-    for dirpath, _dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root):
+        if skip is not None:
+            dirnames[:] = [d for d in dirnames if not skip(Path(dirpath, d))]
         for filename in filenames:
             if os.path.splitext(filename)[1].lower() in wanted:
                 names.append(Path(dirpath, filename).relative_to(root).as_posix())

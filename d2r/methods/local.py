@@ -60,11 +60,22 @@ class LocalMethod(RetrievalMethod):
         if search.query_expansion and not self.expands:
             raise ConfigError(f"search.query_expansion is not implemented for {self.name!r} "
                               f"(local features: vlad, asmk, asmk_star and their regional forms)")
+        if not self.config.codebook.path:
+            self._check_assignments(self.config.codebook.num_words)
+
+    def _check_assignments(self, num_words: int) -> None:
+        """Refuse more word assignments per descriptor than the codebook has words."""
+        agg = self.config.aggregation
+        for key in ("num_assignments_query", "num_assignments_db"):
+            if getattr(agg, key) > num_words:
+                raise ConfigError(f"aggregation.{key}={getattr(agg, key)} is more than the "
+                                  f"codebook size ({num_words} words)")
 
     def assign(self, regions: Sequence[LocalFeatures], codebook: Codebook, *,
                query: bool) -> list[np.ndarray]:
         """Word assignments of each region's descriptors (database or query multiplicity)."""
         agg = self.config.aggregation
+        self._check_assignments(codebook.num_words)
         return assign_words([r.descriptors for r in regions], codebook,
                             num_assignments=agg.num_assignments_query if query
                             else agg.num_assignments_db,

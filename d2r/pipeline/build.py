@@ -8,7 +8,10 @@ into index entries and makes the index they go into; the index is saved under
 
 A killed build is restarted with the same command: extracted images are kept,
 a trained codebook is reused, and the search structure (cheap next to
-extraction) is rebuilt and replaced atomically.
+extraction) is rebuilt and replaced atomically.  A codebook larger than the
+collection's descriptors is refused before any work when even
+``features.<backend>.max_features`` per image could not fill it, else after
+extraction, the features kept for a rerun with fewer words.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 
 from d2r.codebook import Codebook, load_codebook, open_codebook, save_codebook, train_codebook
 from d2r.config import Config
+from d2r.errors import InputError
 from d2r.features.registry import make_extractor
 from d2r.index.layout import (
     BOXES,
@@ -41,15 +45,16 @@ from d2r.index.layout import (
 from d2r.io.crash import crash_point
 from d2r.io.atomic import atomic_write_json
 from d2r.io.feature_store import FeatureStore
+from d2r.io.images import read_skipped
 from d2r.methods import validate
-from d2r.pipeline.extraction import extract_to_store, image_regions
+from d2r.pipeline.extraction import SKIPPED_FILE, extract_to_store, image_regions
 from d2r.progress import progress
 from d2r.quantizer import resolve, save_graph
 from d2r.sources import ImageSource
 
 __all__ = [
-    "build_index", "indexed_names", "load_or_train_codebook", "prepare_quantizer",
-    "sample_descriptors",
+    "build_index", "indexed_names", "check_codebook_size", "load_or_train_codebook",
+    "prepare_quantizer", "sample_descriptors",
     "encode_batches", "start_build", "save_index", "finish_build",
 ]
 
@@ -60,12 +65,40 @@ BATCH = 512
 
 
 def indexed_names(store: FeatureStore, source: ImageSource) -> list[str]:
-    """The images of ``source`` whose features are in ``store``, in source order (not none)."""
+    """The images of ``source`` whose features are in ``store``, in source order; none is
+    an :class:`~d2r.errors.InputError` with the first reason of ``skipped.tsv``."""
     names = [n for n in source.names if n in store]
     if not names:
-        raise ValueError(f"no image of the {len(source)} given could be read; see "
-                         f"{store.path / 'skipped.tsv'}")
+        listed = store.path / SKIPPED_FILE
+        skipped = read_skipped(listed) if listed.is_file() else []
+        example = f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise InputError(f"none of the {len(source)} images could be read{example}; all are "
+                         f"listed in {listed}")
     return names
+
+
+def _max_features(config: Config) -> Optional[int]:
+    """The most features the configured extractor keeps per image (None: no such bound)."""
+    section = getattr(config.features, config.features.backend, None)
+    return getattr(section, "max_features", None)
+
+
+def check_codebook_size(config: Config, method, source: ImageSource, out: Path) -> None:
+    """Refuse, before any work, a codebook to train that ``source`` cannot fill: more words
+    than ``len(source) * max_features`` descriptors."""
+    per_image = _max_features(config)
+    words = config.codebook.num_words
+    if not method.uses_codebook or config.codebook.path or per_image is None \
+            or (codebook_dir(out, config) / "codebook.json").exists():
+        return
+    most = len(source) * per_image
+    if most < words:
+        images = f"{len(source)} image{'s' * (len(source) != 1)}"
+        raise InputError(
+            f"codebook.num_words={words} but {images} give at most {most} descriptors "
+            f"({per_image} each, features.{config.features.backend}.max_features): "
+            f"use fewer words (--set codebook.num_words=N, N <= {most}), more images, or a "
+            f"trained codebook (codebook.path)")
 
 
 def sample_descriptors(features: Sequence, *, max_count: int, seed: int) -> np.ndarray:
@@ -105,15 +138,17 @@ def load_or_train_codebook(
                 break
         sample = sample_descriptors(picked, max_count=budget, seed=opts.seed)
         if len(sample) < opts.num_words:
-            raise ValueError(
-                f"codebook.num_words={opts.num_words} but the indexed images have only "
-                f"{len(sample)} descriptors; use a smaller codebook or load one (codebook.path)")
+            raise InputError(
+                f"codebook.num_words={opts.num_words} but the {len(names)} indexed images have "
+                f"only {len(sample)} descriptors: run the same command with fewer words "
+                f"(--set codebook.num_words=N, N <= {len(sample)}) or a trained codebook "
+                f"(codebook.path); the extracted features in {store.path} are kept and reused")
         logger.info("training a %d-word codebook on %d descriptors", opts.num_words, len(sample))
         codebook = train_codebook(sample, opts.num_words, seed=opts.seed,
                                   max_points_per_word=opts.max_points_per_word, niter=opts.niter)
         save_codebook(codebook, folder)
     if codebook.dim != store.dim:
-        raise ValueError(f"codebook has {codebook.dim}-D words but the features are "
+        raise InputError(f"codebook has {codebook.dim}-D words but the features are "
                          f"{store.dim}-D ({opts.path or 'trained codebook'})")
     return codebook
 
@@ -157,6 +192,7 @@ def build_index(config: Config, source: ImageSource, out: str | os.PathLike,
     method = validate(config)
     out = Path(out)
     check_output_dir(out)
+    check_codebook_size(config, method, source, out)
     with writer_lock(out):
         return _build(config, method, source, out, show_progress)
 

@@ -5,7 +5,9 @@ over an :class:`~d2r.sources.ImageSource` and puts each image's value
 (:class:`~d2r.types.LocalFeatures` or :class:`~d2r.types.GlobalDescriptors`, in
 original-image pixels) into a :class:`~d2r.io.feature_store.FeatureStore`, and the
 :class:`~d2r.types.ActivationMap` into a second store when asked.  Images already
-stored are skipped; unreadable ones are listed in the store's ``skipped.tsv``.
+stored are skipped; unreadable ones are listed in the store's ``skipped.tsv``, and so
+are featureless ones (blank images): stored (a build indexes them) or, with
+``keep_featureless=False`` (``d2r add``), left out.
 
 Regions (``regions.source`` other than ``none``): the whole image first, then detector
 boxes / grid cells / proposals, written as a reference-compatible ``.boxes`` file
@@ -60,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 SKIPPED_FILE = "skipped.tsv"
 FEATURELESS = "no features (blank image?): indexed, but no query can find it"
+FEATURELESS_LEFT_OUT = "no features (blank image?): left out, no query could find it"
 
 
 def image_features(
@@ -197,14 +200,15 @@ class ExtractionSummary:
     """Outcome of one :func:`extract_to_store` run.
 
     ``skipped``: (name, reason) of inputs not extracted (unreadable files, duplicates,
-    unusable names); ``featureless``: images extracted with no features (blank), which
-    are indexed but no query can find.
+    unusable names); ``featureless``: images extracted with no features (blank), listed
+    with ``featureless_reason`` (stored and indexed, or left out).
     """
 
     extracted: int = 0
     already_done: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     featureless: list[str] = field(default_factory=list)
+    featureless_reason: str = FEATURELESS
     seconds: float = 0.0
 
 
@@ -217,6 +221,7 @@ def extract_to_store(
     extractor: Optional[Extractor] = None,
     maps_path: Optional[str | Path] = None,
     show_progress: Optional[bool] = None,
+    keep_featureless: bool = True,
 ) -> ExtractionSummary:
     """Extract features of every image of ``source`` missing from the store at ``store_path``.
 
@@ -224,7 +229,9 @@ def extract_to_store(
     continued with another.  ``boxes_dir`` receives the regions when
     ``config.regions.source`` is not ``none``.  With ``maps_path`` (CNN global
     extractors only) each image's activation map goes to a second store there
-    (:class:`~d2r.types.ActivationMap` values, float16), from the same forward pass.  ``show_progress=None`` shows a bar only on a terminal.
+    (:class:`~d2r.types.ActivationMap` values, float16), from the same forward pass.
+    ``keep_featureless=False`` stores nothing of an image without features (its map,
+    regions and entry are left out).  ``show_progress=None`` shows a bar only on a terminal.
     """
     extractor = extractor or make_extractor(config)
     find_regions = RegionFinder(config)
@@ -232,7 +239,8 @@ def extract_to_store(
         raise ValueError(f"regions.source={config.regions.source!r} needs a boxes directory")
     crop_regions = find_regions.enabled and config.regions.features == "crop"
     store_path = Path(store_path)
-    summary = ExtractionSummary()
+    summary = ExtractionSummary(
+        featureless_reason=FEATURELESS if keep_featureless else FEATURELESS_LEFT_OUT)
     start = time.perf_counter()
     with FeatureStore.open(
         store_path, mode="a", config=store_config(config, extractor), dim=extractor.dim,
@@ -259,7 +267,8 @@ def extract_to_store(
                 t0 = time.perf_counter()
                 name = path_to_name[path]
                 count = _store_image(loaded.rotated(path_to_rotation[path]), name, extractor,
-                                     store, maps, find_regions, crop_regions, boxes_dir)
+                                     store, maps, find_regions, crop_regions, boxes_dir,
+                                     keep_featureless)
                 summary.extracted += 1
                 if count == 0:
                     summary.featureless.append(name)
@@ -273,16 +282,20 @@ def extract_to_store(
 
 def _store_image(loaded: LoadedImage, name: str, extractor: Extractor, store: FeatureStore,
                  maps: Optional[FeatureStore], find_regions: RegionFinder, crop_regions: bool,
-                 boxes_dir: Optional[str | Path]) -> int:
+                 boxes_dir: Optional[str | Path], keep_featureless: bool) -> int:
     """Extract one decoded image into the stores: its map, its regions' ``.boxes`` file and
-    crops, then its whole-image entry (last, so its presence marks the image done).
-    Returns its number of whole-image features."""
+    crops, then its whole-image entry (last, so its presence marks the image done); nothing
+    when it has no features and not ``keep_featureless``.  Returns its number of
+    whole-image features."""
+    amap = None
     if maps is None:
         feats = image_features(extractor, loaded)
     else:
         feats, amap = image_features_and_map(extractor, loaded)
-        if name not in maps:
-            maps.put(name, amap)
+    if len(feats) == 0 and not keep_featureless:
+        return 0
+    if amap is not None and name not in maps:
+        maps.put(name, amap)
     if find_regions.enabled:
         regions = find_regions(loaded)
         out = boxes_path(boxes_dir, name)
@@ -313,7 +326,8 @@ def finish_summary(summary: ExtractionSummary, store_path: Path, start: float,
                    *, where: str = "") -> ExtractionSummary:
     """List the skipped and the featureless images in ``store_path/skipped.tsv``, time and
     log the run."""
-    report = summary.skipped + [(name, FEATURELESS) for name in summary.featureless]
+    report = summary.skipped + [(name, summary.featureless_reason)
+                                for name in summary.featureless]
     if report:
         skipped_file = store_path / SKIPPED_FILE
         write_skipped(report, skipped_file)
@@ -321,8 +335,9 @@ def finish_summary(summary: ExtractionSummary, store_path: Path, start: float,
             logger.warning("%d inputs skipped (unreadable, duplicate or unusable name), listed "
                            "in %s", len(summary.skipped), skipped_file)
         if summary.featureless:
-            logger.warning("%d images have no features (blank?); they are indexed but no query "
-                           "can find them; listed in %s", len(summary.featureless), skipped_file)
+            logger.warning("%d images have no features (blank?): %s; listed in %s",
+                           len(summary.featureless),
+                           summary.featureless_reason.split(": ", 1)[1], skipped_file)
     summary.seconds = time.perf_counter() - start
     logger.info("extracted %d images in %.1f s%s (%d already done, %d skipped)",
                 summary.extracted, summary.seconds, where, summary.already_done,

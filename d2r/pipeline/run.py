@@ -1,7 +1,8 @@
 """Run queries against an opened index: one image, or every query of a benchmark.
 
 The library behind ``python -m d2r.query``: :func:`run_image` ranks the database
-for one image (with its re-ranked head and inlier counts); :func:`run_dataset`
+for one image (with its re-ranked head and inlier counts), as deep as
+:func:`search_depth` says for the results wanted; :func:`run_dataset`
 runs a whole benchmark, evaluates it and writes ``ranks.npy`` ((Q, N) database
 indices of the dataset, best first), ``scores.npy``, ``metrics.json``,
 ``timing.json`` and optionally the visual report.
@@ -9,6 +10,7 @@ indices of the dataset, best first), ``scores.npy``, ``metrics.json``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,14 +21,15 @@ from typing import Optional, Sequence
 import numpy as np
 
 from d2r.datasets.benchmarks import load_benchmark
-from d2r.errors import InputError
+from d2r.errors import InputError, disk_full
 from d2r.pipeline.extraction import read_regions
 from d2r.pipeline.searcher import Searcher
 from d2r.progress import track
 from d2r.report import report_matches, run_settings, write_report
 from d2r.results import write_metrics
 
-__all__ = ["FeaturelessQueryError", "run_dataset", "run_image"]
+__all__ = ["FeaturelessQueryError", "DamagedFeaturesError", "run_dataset", "run_image",
+           "search_depth"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +39,45 @@ class FeaturelessQueryError(InputError):
     would be arbitrary."""
 
 
+class DamagedFeaturesError(InputError):
+    """A stored feature file of the index could not be read while re-ranking."""
+
+
+def search_depth(searcher: Searcher, top: int) -> int:
+    """How many results to search for ``top`` wanted (the rule of ``d2r query --top`` and
+    the HTTP API): every image of the index for 0, else ``max(top, search.top_k)``."""
+    if top == 0:
+        return max(1, len(searcher.names))
+    return max(top, searcher.config.search.top_k)
+
+
+@contextlib.contextmanager
+def _reading_features(searcher: Searcher):
+    """Turn a stored feature file that cannot be read (re-ranking, matched points, the
+    report) into a :class:`DamagedFeaturesError` that names it and the check to run."""
+    try:
+        yield
+    except OSError as exc:
+        if disk_full(exc):
+            raise
+        raise DamagedFeaturesError(f"index {searcher.path}: {exc}; `d2r verify "
+                                   f"{searcher.path}` checks every file of it") from exc
+
+
 def run_image(searcher: Searcher, image: str | os.PathLike,
               box: Optional[Sequence[float]] = None, *, k: Optional[int] = None,
-              timing: Optional[dict] = None, matches: int = 0) -> list[dict]:
+              timing: Optional[dict] = None, matches: int = 0,
+              workers: Optional[int] = None) -> list[dict]:
     """Ranked database images for one query image: ``[{"rank", "name", "score", "inliers"}]``.
 
-    ``k``: results searched (default ``search.top_k``).  ``timing``, when given, receives
-    the seconds of ``extract``, ``search`` and ``rerank``.  ``matches`` > 0 adds to each
-    verified row ``"matches"``: up to that many inlier pairs ``[xq, yq, xd, yd]`` (pixels
-    of the original images) and the database image's ``"image_size"`` ``[W, H]``.
-    Raises :class:`FeaturelessQueryError` when the image (or box) has no features.
+    ``k``: results searched (default ``search.top_k``; see :func:`search_depth`).
+    ``timing``, when given, receives the seconds of ``extract``, ``search`` and ``rerank``.
+    ``matches`` > 0 adds to each verified row ``"matches"``: up to that many inlier pairs
+    ``[xq, yq, xd, yd]`` (pixels of the original images) and the database image's
+    ``"image_size"`` ``[W, H]``.  ``workers``: threads verifying the re-ranked head (default:
+    the cores).
+    Raises :class:`FeaturelessQueryError` when the image (or box) has no features, and
+    :class:`DamagedFeaturesError` when a stored feature file needed cannot be read.
     """
     clock = time.perf_counter()
     query = searcher.query(image, box=box)
@@ -58,10 +90,18 @@ def run_image(searcher: Searcher, image: str | os.PathLike,
     result = searcher.search([query.features], k=k)
     stages["search"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    result, reranked = searcher.rerank([query], result, workers=os.cpu_count() or 1)
-    stages["rerank"] = time.perf_counter() - clock
+    with _reading_features(searcher):
+        result, reranked = searcher.rerank([query], result,
+                                             workers=workers or os.cpu_count() or 1)
+        stages["rerank"] = time.perf_counter() - clock
+        rows = _rows(searcher, query, result, reranked, matches)
     if timing is not None:
         timing.update(stages)
+    return rows
+
+
+def _rows(searcher: Searcher, query, result, reranked, matches: int) -> list[dict]:
+    """The result rows of one query (see :func:`run_image`)."""
     rows = []
     for rank, (image_id, score) in enumerate(zip(result.ids[0], result.scores[0]), 1):
         if image_id < 0:
@@ -113,8 +153,9 @@ def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | o
     position = {name: i for i, name in enumerate(dataset.db_names)}
     missing = [n for n in searcher.names if n not in position]
     if missing:
-        raise ValueError(f"index {searcher.path} holds {len(missing)} images that are not in the "
-                         f"database of {dataset_dir} (e.g. {missing[0]!r})")
+        raise InputError(f"index {searcher.path} holds {len(missing)} images that are not in the "
+                         f"database of benchmark {dataset_dir} (e.g. {missing[0]!r}): query the "
+                         f"index with the benchmark it was built from")
     to_dataset = np.array([position[n] for n in searcher.names] + [-1], np.int64)
     t0 = time.perf_counter()
     queries = [searcher.query(dataset.query_path(i), box=dataset.query_box(i),
@@ -129,7 +170,8 @@ def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | o
                        "arbitrary (every score 0)", len(blank), blank[0])
     initial = searcher.search(features, k=len(searcher.names))
     t2 = time.perf_counter()
-    result, reranked = searcher.rerank(queries, initial, workers=os.cpu_count() or 1)
+    with _reading_features(searcher):
+        result, reranked = searcher.rerank(queries, initial, workers=os.cpu_count() or 1)
     t3 = time.perf_counter()
     ranks = to_dataset[result.ids]
     metrics = dataset.evaluate(ranks)
@@ -154,8 +196,9 @@ def run_dataset(searcher: Searcher, dataset_dir: str | os.PathLike, out: str | o
     }
     (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     if report:
-        _write_report(searcher, dataset, ranks, metrics, features, reranked, to_dataset, out,
-                      initial_metrics=initial_metrics, show_progress=show_progress)
+        with _reading_features(searcher):
+            _write_report(searcher, dataset, ranks, metrics, features, reranked, to_dataset,
+                          out, initial_metrics=initial_metrics, show_progress=show_progress)
     return metrics
 
 

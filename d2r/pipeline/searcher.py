@@ -1,6 +1,8 @@
 """An opened index directory that answers queries (used by ``python -m d2r.query``).
 
-A :class:`Searcher` reads ``index.json``, refuses an index whose codebook or
+A :class:`Searcher` reads ``index.json`` once and opens the generation it names
+(again with the new ``index.json`` when a writer replaced that generation meanwhile:
+:func:`~d2r.index.layout.open_current`), refuses an index whose codebook or
 format does not match its record, extracts query features with the extractor
 the index was built with (refusing a different one), and hands searching and
 re-ranking to the index's retrieval method (:mod:`d2r.methods`).  It serves the
@@ -40,7 +42,7 @@ from d2r.index.layout import (
     IndexMismatchError,
     inside,
     is_segmented,
-    read_manifest,
+    open_current,
     search_dir,
     segments,
 )
@@ -114,12 +116,8 @@ class Searcher:
                  mmap: bool = True, shards: Optional[str | os.PathLike] = None,
                  shard_options: Optional[dict] = None) -> None:
         self.path = Path(path)
-        self.manifest = read_manifest(self.path)
-        self._segments = segments(self.manifest)
-        self.config: Config = self._query_config(files, overrides)
-        self.method = validate(self.config)
-        self.codebook = self._load_codebook(self.manifest["codebook"])
-        self.index = self._open_index(shards, mmap, shard_options or {})
+        open_current(self.path, lambda manifest: self._open(
+            manifest, files, overrides, mmap, shards, shard_options or {}))
         self.names: tuple[str, ...] = tuple(self.index.names)
         self._extractor = None
         self._stores: dict[tuple[str, str], FeatureStore] = {}
@@ -129,6 +127,18 @@ class Searcher:
         if self.method.uses_maps and not (self.path / MAPS).is_dir():
             raise ConfigError(f"search.aml_rerank needs the database activation maps, but index "
                               f"{self.path} was built without them (features.cnn.store_maps=false)")
+
+    def _open(self, manifest: dict[str, Any], files: Sequence[str | os.PathLike],
+              overrides: Sequence[str], mmap: bool, shards: Optional[str | os.PathLike],
+              shard_options: dict) -> None:
+        """Open the generation ``manifest`` (one reading of ``index.json``) names: its
+        config, codebook and search structure."""
+        self.manifest = manifest
+        self._segments = segments(manifest)
+        self.config: Config = self._query_config(files, overrides)
+        self.method = validate(self.config)
+        self.codebook = self._load_codebook(manifest["codebook"])
+        self.index = self._open_index(shards, mmap, shard_options)
 
     def _query_config(self, files: Sequence[str | os.PathLike], overrides: Sequence[str]) -> Config:
         """The index's recorded config with query-time ``files`` and ``overrides`` on top."""
@@ -160,7 +170,7 @@ class Searcher:
         record = self.manifest.get("shards")
         location = search_dir(self.path, self.manifest)
         if shards is None and record and not location.is_dir():
-            shards = self.path / record["path"]
+            shards = inside(self.path, record["path"], "shards.path")
         if shards is None and is_segmented(self.manifest):
             return self._open_segments(mmap)
         if shards is None:
@@ -240,7 +250,7 @@ class Searcher:
         graph attached (None without a codebook)."""
         if record is None:
             return None
-        location = self.path / record["path"]
+        location = inside(self.path, record["path"], "codebook.path")
         if not location.exists() and not location.with_name(location.name + ".index").exists():
             raise IndexMismatchError(f"codebook {location} of index {self.path} is missing; "
                                      f"rebuild the index")

@@ -18,11 +18,23 @@ manifest no longer uses.  A kill before the rename leaves the index as it was (t
 next writer removes the unused directory), after it the updated index.  A reader
 that opened the index keeps its view: nothing it reads is modified, and the search
 arrays it mapped stay readable after they are unlinked.  One writer at a time
-(:func:`~d2r.index.layout.writer_lock`).
+(:func:`~d2r.index.layout.writer_lock`).  A failed ``add`` or ``compact`` removes the
+generation it started, and both check first that the device has room for it.
+
+Featureless images (blank, uniform, tiny) are never added.  One image alone
+(``d2r add`` of a single file, the HTTP API's upload) is refused like a featureless
+query (:class:`FeaturelessImageError`, nothing committed); in a batch they are left
+out and listed, as unreadable files are (``gen-*/features/skipped.tsv``,
+``summary.featureless``), so one blank frame does not cost the other photos.  A
+build indexes them instead (listed in its ``skipped.tsv``): it has no earlier entry
+to lose and keeps every image of a benchmark's database in the ranking, whereas an
+added featureless image could never be found and, with ``replace``, would silently
+take its original out of search.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -30,9 +42,9 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
-from d2r.errors import InputError
+from d2r.errors import DiskFullError, InputError
 from d2r.index.layout import (
     BOXES,
     FEATURES,
@@ -56,8 +68,8 @@ from d2r.pipeline.searcher import Searcher
 from d2r.progress import progress
 from d2r.sources import ImageSource
 
-__all__ = ["UpdateSummary", "UnknownImagesError", "add_images", "remove_images", "compact_index",
-           "live_names"]
+__all__ = ["UpdateSummary", "UnknownImagesError", "FeaturelessImageError", "add_images",
+           "remove_images", "compact_index", "live_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +77,21 @@ _NOT_IN_SEGMENTS = ("segments", "deleted", "data", "seconds", "items_per_image",
                     "updated", "images_roots")
 """``index.json`` keys a new segment's own record leaves out."""
 
+SPACE_MARGIN = 1 << 20
+"""Bytes an update needs besides its arrays (manifests, HDF5 headers)."""
+
 
 @dataclass
 class UpdateSummary:
-    """What an update did: names added (replacing ``replaced``), removed, left out."""
+    """What an update did: names added (replacing ``replaced``), removed, left out
+    (``skipped``: unreadable; ``featureless``: no features)."""
 
     index: Path
     added: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    featureless: list[str] = field(default_factory=list)
     num_images: int = 0
     seconds: float = 0.0
 
@@ -87,6 +104,54 @@ def live_names(searcher: Searcher) -> dict[str, str]:
 
 class UnknownImagesError(InputError):
     """Names to remove that the index does not hold (searchable)."""
+
+
+class FeaturelessImageError(InputError):
+    """An image to add in which the extractor found no features: no query could find it."""
+
+
+def _bytes_under(path: Path) -> int:
+    """The size of the files below ``path`` (0 when it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _check_space(out: Path, need: float, what: str) -> None:
+    """Refuse (:class:`~d2r.errors.DiskFullError`) when the device of ``out`` has less than
+    ``need`` bytes free for ``what``."""
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise DiskFullError(out, f"{what} needs about {need / 2**20:.1f} MiB, "
+                                 f"{free / 2**20:.1f} MiB free; the index is unchanged")
+
+
+def _search_bytes(out: Path, manifest: dict) -> int:
+    """The size of the search structures of every segment of an index."""
+    return sum(_bytes_under(inside(out, segment["search"], "search"))
+               for segment in segments(manifest))
+
+
+def _bytes_per_image(out: Path, manifest: dict, count: int) -> float:
+    """What one indexed image takes on disk: its stored features and maps and its share
+    of the search structures, averaged over the ``count`` images the index stores."""
+    data = {relative for segment in segments(manifest) for relative in segment["data"]}
+    stored = sum(_bytes_under(inside(out, relative, "a data directory") / part)
+                 for relative in data for part in (FEATURES, MAPS))
+    return (stored + _search_bytes(out, manifest)) / max(1, count)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(path: Path) -> Iterator[None]:
+    """Remove ``path`` (a new generation) when the block fails: it is never committed."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def _check_unsharded(out: Path) -> None:
@@ -113,7 +178,11 @@ def add_images(index_dir: str | os.PathLike, source: ImageSource, *, replace: bo
 
     Names already searchable are refused (:class:`~d2r.errors.InputError` naming them),
     or with ``replace`` the old entries are deleted in the same generation.  Unreadable
-    images are left out (``summary.skipped``); none readable is an error.
+    and featureless images are left out (``summary.skipped``, ``summary.featureless``);
+    a single featureless image is refused (:class:`FeaturelessImageError`), and so is a
+    source with nothing to add.  Refused up front (:class:`~d2r.errors.DiskFullError`)
+    when the device has clearly too little room: one and a half times what the index's
+    images take on average, per image added.
     """
     out = Path(index_dir)
     start = time.perf_counter()
@@ -125,32 +194,21 @@ def add_images(index_dir: str | os.PathLike, source: ImageSource, *, replace: bo
             if clash and not replace:
                 raise InputError(f"{len(clash)} of the {len(source)} images are already in index "
                                  f"{out} (e.g. {clash[0]!r}); pass --replace to replace them")
+            manifest = dict(searcher.manifest)
+            per_image = _bytes_per_image(out, manifest, len(searcher.names))
+            _check_space(out, 1.5 * per_image * len(source) + SPACE_MARGIN,
+                         f"adding {len(source)} images")
             generation = new_generation(out)
             data = out / generation
-            config, method, codebook = searcher.config, searcher.method, searcher.codebook
-            extractor = searcher.extractor
-            summary = extract_to_store(config, source, data / FEATURES, boxes_dir=data / BOXES,
-                                       extractor=extractor, show_progress=show_progress,
-                                       maps_path=data / MAPS if method.keeps_maps else None)
-            crash_point("extracted")
-            with FeatureStore.open(data / FEATURES, value_type=extractor.output_type) as store:
-                names = [name for name in source.names if name in store]
-                if not names:
-                    raise InputError(f"none of the {len(source)} images could be read; see "
-                                     f"{store.path / 'skipped.tsv'}")
-                index = method.new_index(codebook, store.dim)
-                featureless: list[str] = []
-                for batch, entries in encode_batches(method, config, codebook, store, names,
-                                                     data / BOXES, featureless=featureless,
-                                                     show_progress=show_progress):
-                    method.add(index, entries, batch)
-            manifest = dict(searcher.manifest)
-        search = f"{generation}/{SEARCH}"
-        segment = {"search": search, "data": [generation], "num_images": len(names)}
-        if source.root is not None:
-            segment["images_root"] = str(source.root)
-        record = {k: v for k, v in manifest.items() if k not in _NOT_IN_SEGMENTS}
-        index.save(out / search, config={**record, **segment, "num_skipped": len(summary.skipped)})
+            with _removed_on_failure(data):
+                index, names, summary = _encode_new(searcher, source, data, live, show_progress)
+                search = f"{generation}/{SEARCH}"
+                segment = {"search": search, "data": [generation], "num_images": len(names)}
+                if source.root is not None:
+                    segment["images_root"] = str(source.root)
+                record = {k: v for k, v in manifest.items() if k not in _NOT_IN_SEGMENTS}
+                index.save(out / search, config={**record, **segment,
+                                                 "num_skipped": len(summary.skipped)})
         crash_point("search-saved")
         replaced = [name for name in names if name in live]
         deleted = {path: list(gone) for path, gone in manifest.get("deleted", {}).items()}
@@ -160,12 +218,44 @@ def add_images(index_dir: str | os.PathLike, source: ImageSource, *, replace: bo
         manifest["deleted"] = {path: sorted(gone) for path, gone in deleted.items() if gone}
         manifest["num_images"] = len(live) - len(replaced) + len(names)
         _commit(out, manifest)
-    logger.info("added %d images to %s (%d replaced, %d skipped)", len(names), out,
-                len(replaced), len(summary.skipped))
+    logger.info("added %d images to %s (%d replaced, %d skipped, %d without features)",
+                len(names), out, len(replaced), len(summary.skipped), len(summary.featureless))
     return UpdateSummary(out, added=names, replaced=replaced,
                          skipped=[name for name, _ in summary.skipped],
+                         featureless=list(summary.featureless),
                          num_images=manifest["num_images"],
                          seconds=time.perf_counter() - start)
+
+
+def _encode_new(searcher: Searcher, source: ImageSource, data: Path, live: dict[str, str],
+                show_progress: Optional[bool]):
+    """Extract ``source`` into the new generation ``data`` (featureless images left out)
+    and encode it: the new segment's index, the names it holds and the extraction summary."""
+    config, method, codebook = searcher.config, searcher.method, searcher.codebook
+    extractor = searcher.extractor
+    summary = extract_to_store(config, source, data / FEATURES, boxes_dir=data / BOXES,
+                               extractor=extractor, show_progress=show_progress,
+                               maps_path=data / MAPS if method.keeps_maps else None,
+                               keep_featureless=False)
+    crash_point("extracted")
+    if len(source) == 1 and summary.featureless:
+        name = summary.featureless[0]
+        kept = "; the indexed image of that name is kept" if name in live else ""
+        raise FeaturelessImageError(f"{name}: no local features in the image (a blank or "
+                                    f"uniform image); no query could find it, not added{kept}")
+    with FeatureStore.open(data / FEATURES, value_type=extractor.output_type) as store:
+        names = [name for name in source.names if name in store]
+        if not names:
+            name, reason = [*summary.skipped, *((name, summary.featureless_reason)
+                                                for name in summary.featureless)][0]
+            raise InputError(f"none of the {len(source)} images could be added (e.g. {name}: "
+                             f"{reason}); nothing was added")
+        index = method.new_index(codebook, store.dim)
+        for batch, entries in encode_batches(method, config, codebook, store, names,
+                                             data / BOXES, featureless=[],
+                                             show_progress=show_progress):
+            method.add(index, entries, batch)
+    return index, names, summary
 
 
 def remove_images(index_dir: str | os.PathLike, names: Iterable[str]) -> UpdateSummary:
@@ -205,6 +295,8 @@ def compact_index(index_dir: str | os.PathLike, *,
 
     The live images are re-encoded from their stored features, in name order (the order
     a rebuild from a folder gives); an index without segments or deletions is left as it is.
+    Refused up front (:class:`~d2r.errors.DiskFullError`) when the device has less room
+    than the current search structures take (the compacted one is no larger).
     """
     out = Path(index_dir)
     start = time.perf_counter()
@@ -216,14 +308,16 @@ def compact_index(index_dir: str | os.PathLike, *,
                 return UpdateSummary(out, num_images=manifest["num_images"])
             live = live_names(searcher)
             data_of = {segment["search"]: segment["data"] for segment in segments(manifest)}
+            _check_space(out, _search_bytes(out, manifest) + SPACE_MARGIN, "compacting")
             generation = new_generation(out)
-            index = _encode_live(searcher, sorted(live), show_progress)
-        search = f"{generation}/{SEARCH}"
-        old_searches = list(data_of)
-        record = {k: v for k, v in manifest.items() if k not in _NOT_IN_SEGMENTS}
-        record.update(search=search, num_images=len(live))
-        index.save(out / search, config=record)
+            search = f"{generation}/{SEARCH}"
+            with _removed_on_failure(out / generation):
+                index = _encode_live(searcher, sorted(live), show_progress)
+                record = {k: v for k, v in manifest.items() if k not in _NOT_IN_SEGMENTS}
+                record.update(search=search, num_images=len(live))
+                index.save(out / search, config=record)
         crash_point("search-saved")
+        old_searches = list(data_of)
         roots = [segment.get("images_root") for segment in reversed(segments(manifest))]
         new = {k: v for k, v in manifest.items() if k not in ("segments", "deleted")}
         new.update(search=search, num_images=len(live),

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import yaml
 
-from d2r.config import diff_configs
+from d2r.config import diff_configs, load_yaml
 from training.delf.config import (
     ConfigError,
     TrainConfig,
@@ -308,7 +308,7 @@ def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a training run directory?")
-    return train_config_from_dict(yaml.safe_load(path.read_text()) or {})
+    return train_config_from_dict(load_yaml(path.read_text(), f"run config {path}") or {})
 
 
 def latest_checkpoint(path: str | os.PathLike) -> tuple[Path, str]:
@@ -336,7 +336,7 @@ def _record_config(run_dir: Path, config: TrainConfig) -> None:
     path = run_dir / RUN_CONFIG
     new = train_config_to_dict(config)
     if path.is_file():
-        old = yaml.safe_load(path.read_text()) or {}
+        old = load_yaml(path.read_text(), f"run config {path}") or {}
         model_diff = diff_configs(old.get("model", {}), new["model"], "model")
         if old.get("data", {}).get("num_classes") != new["data"]["num_classes"]:
             model_diff.append(f"data.num_classes: {old.get('data', {}).get('num_classes')!r} != {new['data']['num_classes']!r}")

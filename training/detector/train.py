@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from d2r.config import diff_configs, parse_override
+from d2r.config import ConfigError, diff_configs, load_yaml, parse_override
 
 __all__ = [
     "EXPERIMENT_KEY",
@@ -63,11 +63,13 @@ def read_experiment_file(path: str | Path) -> tuple[str, dict]:
     """(factory name, overrides) of an experiment YAML."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ExperimentError(f"cannot read experiment file {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ExperimentError(f"experiment file {path} is not valid YAML: {exc}") from exc
+    try:
+        data = load_yaml(text, f"experiment file {path}")
+    except ConfigError as exc:
+        raise ExperimentError(str(exc)) from None
     if not isinstance(data, dict) or not isinstance(data.get(EXPERIMENT_KEY), str):
         raise ExperimentError(
             f"experiment file {path} must be a mapping with a top-level "
