@@ -29,6 +29,7 @@ an unexpected error is a 500 with a generic message (the traceback goes to the l
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -40,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Iterator, Optional
 
 from fastapi import FastAPI, File, Form, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -145,8 +146,7 @@ class IndexService:
         self.searcher = Searcher(settings.index)
         self.searcher.extractor  # built (and a model loaded) once, before the first query
         self.scratch = Path(tempfile.mkdtemp(prefix="d2r-serve-"))
-        self.rerank_workers = max(1, (os.cpu_count() or 1) // settings.workers)
-        # threads verifying one search, so that all workers together use the cores once
+        self._searching, self._searching_lock = 0, threading.Lock()
         index = settings.index
         self._paths = sorted({str(index.absolute()), str(index.resolve())}, key=len,
                              reverse=True)
@@ -216,6 +216,19 @@ class IndexService:
         read_upload(data, label, max_bytes=limit, max_pixels=self.settings.max_pixels)
         return data
 
+    @contextlib.contextmanager
+    def _verifying_threads(self) -> Iterator[int]:
+        """Threads one search verifies with: the cores shared by the searches running now
+        (one search alone uses them all; the worker pool bounds how many share them)."""
+        with self._searching_lock:
+            self._searching += 1
+            threads = max(1, (os.cpu_count() or 1) // self._searching)
+        try:
+            yield threads
+        finally:
+            with self._searching_lock:
+                self._searching -= 1
+
     def search(self, upload: BinaryIO, filename: Optional[str], *, box: Optional[str], top: int,
                rerank: Optional[int], matches: bool, expand: Optional[int] = None) -> dict:
         """The ranked results of one query image and the seconds of each stage."""
@@ -245,10 +258,11 @@ class IndexService:
             del data
             timing: dict = {}
             start = time.perf_counter()
-            rows = run_image(searcher, file, box_values, timing=timing,
-                             k=search_depth(searcher, top),
-                             matches=self.settings.max_matches if matches else 0,
-                             workers=self.rerank_workers)
+            with self._verifying_threads() as threads:
+                rows = run_image(searcher, file, box_values, timing=timing,
+                                 k=search_depth(searcher, top),
+                                 matches=self.settings.max_matches if matches else 0,
+                                 workers=threads)
         except USER_ERRORS as exc:
             raise UploadError(_status(exc), self.scrub(str(exc), {file: label})) from None
         finally:

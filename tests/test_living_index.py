@@ -92,7 +92,13 @@ def _build(config, folder: Path, out: Path) -> Path:
     return build_index(config, ImageSource.from_directory(folder), out, show_progress=False)
 
 
-@pytest.fixture(scope="module", params=sorted(KINDS))
+SLOW_KINDS = {"multires_cam"}
+"""Kinds whose update tests run with ``-m slow`` only (~1 min of ResNet on 2 cores; the
+global_local index itself is covered by tests/test_global_local_index.py)."""
+
+
+@pytest.fixture(scope="module", params=[pytest.param(k, marks=pytest.mark.slow)
+                                        if k in SLOW_KINDS else k for k in sorted(KINDS)])
 def kind_case(request, tiny_dataset, tmp_path_factory):
     """A rebuild over all/ and a build over a/ sharing one codebook (CNN kinds: random
     weights, tiny images)."""
