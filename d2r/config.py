@@ -300,6 +300,26 @@ class VerificationConfig:
     relative_threshold: Optional[float] = None
     """Inlier threshold as a fraction of the query image's diagonal (None: ``ransac_threshold``
     pixels)."""
+    decision: Literal["nfa", "inliers"] = "inliers"
+    """When a pair counts as verified: ``inliers``, RANSAC's inlier count >= ``min_inliers``
+    (the default, for now); ``nfa``, the a-contrario test (one-to-one inliers, ``-log10`` of
+    the number of false alarms >= ``min_score``, a sane transform and inlier spread, at
+    least ``min_inliers`` inliers; :mod:`d2r.verification_score`).  ``nfa`` is not the
+    default yet: with the default matching it keeps too few true pairs and lowers the
+    re-ranked mAP (docs/benchmarks.md, issue 26)."""
+    min_score: float = 12.0
+    """``nfa``: the least score ``-log10 NFA`` (provisional: 0.8 false verifications per
+    1,000 unrelated pairs on a first run of ``benchmarks/verification_calibration.py``)."""
+    max_scale_ratio: float = 10.0
+    """``nfa``: refuse a transform that scales by more than this, either way."""
+    max_anisotropy: float = 6.0
+    """``nfa``: refuse a transform whose singular values differ by more than this factor
+    (strong shear or squash)."""
+    allow_reflection: bool = False
+    """``nfa``: accept mirrored matches (a transform with a negative determinant)."""
+    min_spread: float = 0.5
+    """``nfa``: refuse inliers whose query locations spread less than this many inlier
+    tolerances along their minor axis (all on one line, or in one small patch)."""
 
 
 @dataclass
@@ -546,6 +566,12 @@ LEGACY_VALUES: dict[str, Any] = {
     "codebook.ef_search": 128,
     "regions.selective_search_mode": "single",
     "regions.selective_search_max_side": 256,
+    "verification.decision": "inliers",
+    "verification.min_score": 12.0,
+    "verification.max_scale_ratio": 10.0,
+    "verification.max_anisotropy": 6.0,
+    "verification.allow_reflection": False,
+    "verification.min_spread": 0.5,
     "features.xfeat": {"weights_path": None, "weights_sha256": None, "max_keypoints": 4096,
                        "detection_threshold": 0.05, "max_image_side": None},
 }
@@ -635,6 +661,10 @@ RANGES: dict[str, str] = {
     "verification.ransac_threshold": "(0, inf)",
     "verification.max_trials": "[1, inf)",
     "verification.min_inliers": "[0, inf)",
+    "verification.min_score": "[0, inf)",
+    "verification.max_scale_ratio": "[1, inf)",
+    "verification.max_anisotropy": "[1, inf)",
+    "verification.min_spread": "[0, inf)",
 }
 """The declared range of every numeric setting, in interval notation (``[`` / ``]``
 inclusive, ``(`` / ``)`` exclusive); a null optional value is not checked, a tuple

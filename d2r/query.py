@@ -55,18 +55,15 @@ from d2r.checks import parse_box
 from d2r.config import Config
 from d2r.distributed.options import DEFAULT_CPUS_PER_SHARD
 from d2r.errors import InputError
+from d2r.api import DEFAULT_TOP, Hit, Index, open_index
 from d2r.io.atomic import atomic_write_json
-from d2r.pipeline.run import run_dataset, run_image, search_depth
+from d2r.pipeline.run import run_dataset
 from d2r.pipeline.searcher import Searcher
 from d2r.result_page import write_result_page
 from d2r.results import format_table
 from d2r.sources import locate as locate_in
 
 __all__ = ["main"]
-
-DEFAULT_TOP = 20
-"""Results ``d2r query --image`` prints unless ``--top`` says otherwise."""
-
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:
     try:
@@ -146,23 +143,36 @@ def _query(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         cli.check_output_dir(args.out, "--out")
     if args.json:
         cli.check_output_file(args.json, "--json")
+    if args.image:
+        return _query_image(args)
     overrides = list(args.overrides)
     if args.rerank is not None:
         overrides.append(f"verification.rerank={args.rerank}")
     with Searcher(args.index, files=args.config_file, overrides=overrides, shards=args.shards,
-                  shard_options={"address": args.ray_address,
-                                 "num_cpus_per_shard": args.ray_cpus_per_shard}) as searcher:
-        if args.dataset_dir:
-            metrics = run_dataset(searcher, args.dataset_dir, args.out,
-                                  benchmark=args.benchmark, rotations=args.rotations,
-                                  report=args.report, distractor_list=args.distractors,
-                                  distractor_root=args.distractor_dir)
-            print(format_table(metrics))
-            return 0
-        rows = run_image(searcher, args.image, box=args.box, k=search_depth(searcher, args.top))
-        config = searcher.config
+                  shard_options=_shard_options(args)) as searcher:
+        metrics = run_dataset(searcher, args.dataset_dir, args.out,
+                              benchmark=args.benchmark, rotations=args.rotations,
+                              report=args.report, distractor_list=args.distractors,
+                              distractor_root=args.distractor_dir)
+    print(format_table(metrics))
+    return 0
+
+
+def _shard_options(args: argparse.Namespace) -> dict:
+    return {"address": args.ray_address, "num_cpus_per_shard": args.ray_cpus_per_shard}
+
+
+def _query_image(args: argparse.Namespace) -> int:
+    """Search ``--image`` with :meth:`d2r.Index.search`; print (and write) its hits."""
+    with open_index(args.index, rerank=args.rerank, settings=args.overrides,
+                    config_files=args.config_file, shards=args.shards,
+                    shard_options=_shard_options(args)) as index:
+        config = index.settings
+        depth = max(args.top, config.search.top_k) if args.top else 0  # every hit searched
+        hits = index.search(args.image, box=args.box, top=depth)
         if args.out:
-            _write_image_results(Path(args.out), args, rows, searcher)
+            _write_image_results(Path(args.out), args, hits, index, config)
+    rows = [hit.row() for hit in hits]
     if args.json:
         atomic_write_json(args.json, rows)
     shown = rows[:args.top] if args.top else rows
@@ -171,44 +181,45 @@ def _query(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     elif args.format == "csv":
         _print_csv(shown)
     else:
-        _print_table(shown, rows, config)
+        _print_table(hits[:len(shown)], hits, config)
     return 0
 
 
-def _write_image_results(out: Path, args: argparse.Namespace, rows: list[dict],
-                         searcher: Searcher) -> None:
-    """``OUT/results.json`` (every row) and, with ``--report``, ``OUT/report/index.html``
-    with the top ``--top`` results."""
+def _write_image_results(out: Path, args: argparse.Namespace, hits: list[Hit], index: Index,
+                         config: Config) -> None:
+    """``OUT/results.json`` (every hit) and, with ``--report``, ``OUT/report/index.html``
+    with the top ``--top`` hits."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "results.json", rows)
+    atomic_write_json(out / "results.json", [hit.row() for hit in hits])
     if not args.report:
         return
-    locate = (lambda name: locate_in(args.images, name)) if args.images else searcher.image_file
+    locate = (lambda name: locate_in(args.images, name)) if args.images else index.image_file
     write_result_page(
-        out / "report", query=args.image, box=args.box, rows=rows,
-        shown=args.top or len(rows), locate=locate,
-        min_inliers=searcher.config.verification.min_inliers, index=str(args.index),
+        out / "report", query=args.image, box=args.box,
+        rows=[{**hit.row(), "verified": hit.verified} for hit in hits],
+        shown=args.top or len(hits), locate=locate,
+        min_inliers=config.verification.min_inliers, index=str(args.index),
         hint=None if args.images else "--images DIR")
 
 
-def _print_table(shown: list[dict], rows: list[dict], config: Config) -> None:
+def _print_table(shown: list[Hit], hits: list[Hit], config: Config) -> None:
     """The ``rank  score  inliers  name`` table, with how the list was ordered."""
-    verified = [row for row in rows if row.get("inliers", -1) >= config.verification.min_inliers]
-    if any("inliers" in row for row in rows):
-        checked = sum("inliers" in row for row in rows)
+    verified = sum(hit.verified for hit in hits)
+    checked = sum(hit.inliers is not None for hit in hits)
+    if checked:
         rest = "the others keep their search order"
         if config.search.query_expansion > 0 and verified:
             rest = (f"the others follow in the order of a search expanded with up to "
                     f"{config.search.query_expansion} of them (query expansion)")
-        print(f"# re-ranked: the top {checked} were spatially verified; the {len(verified)} with "
+        print(f"# re-ranked: the top {checked} were spatially verified; the {verified} with "
               f">= {config.verification.min_inliers} inliers come first (most inliers first), "
               f"{rest}")
     print(f"{'rank':>4}  {'score':>7}  {'inliers':>7}  name")
-    for row in shown:
-        inliers = str(row["inliers"]) if "inliers" in row else "-"
-        print(f"{row['rank']:4d}  {row['score']:7.4f}  {inliers:>7}  {row['name']}")
-    if len(shown) < len(rows):
-        print(f"# {len(rows) - len(shown)} more (--top 0 shows all)")
+    for hit in shown:
+        inliers = "-" if hit.inliers is None else str(hit.inliers)
+        print(f"{hit.rank:4d}  {hit.score:7.4f}  {inliers:>7}  {hit.name}")
+    if len(shown) < len(hits):
+        print(f"# {len(hits) - len(shown)} more (--top 0 shows all)")
 
 
 def _print_csv(rows: list[dict]) -> None:

@@ -54,11 +54,12 @@ def write_result_page(out_dir: str | os.PathLike, *, query: str | os.PathLike,
     """Write the page of one query; returns the path of ``index.html``.
 
     ``rows`` are every :func:`d2r.pipeline.run.run_image` result (``rank``, ``name``,
-    ``score``, ``inliers`` for the re-ranked head), the first ``shown`` (default all)
-    shown in order; the page states how many were spatially verified among all
-    ``rows``.  ``locate`` maps a database name to its file (None when unknown);
-    ``hint`` is the option that points at the database images (``"--images DIR"``),
-    suggested when some cannot be read.
+    ``score``, ``inliers`` for the re-ranked head) with ``verified`` (the decision of
+    :func:`d2r.pipeline.decision.is_verified`; missing: not verified), the first ``shown``
+    (default all) shown in order; the page states how many were spatially verified among
+    all ``rows`` (``min_inliers``: the threshold the sentence names).  ``locate`` maps a
+    database name to its file (None when unknown); ``hint`` is the option that points at
+    the database images (``"--images DIR"``), suggested when some cannot be read.
     """
     out = Path(out_dir)
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
@@ -68,9 +69,9 @@ def write_result_page(out_dir: str | os.PathLike, *, query: str | os.PathLike,
     save_jpeg(image, out / "thumbs" / "query.jpg")
     shown_rows = rows[:len(rows) if shown is None else shown]
     missing: list[str] = []
-    cards = [_card(out, row, locate, min_inliers, max_side, missing) for row in shown_rows]
+    cards = [_card(out, row, locate, max_side, missing) for row in shown_rows]
     checked = sum("inliers" in row for row in rows)
-    verified = sum(row.get("inliers", -1) >= min_inliers for row in rows)
+    verified = sum(bool(row.get("verified")) for row in rows)
     order = (f"The top {checked} were spatially verified: the {verified} with at least "
              f"{min_inliers} matched points come first (green border, most matched points "
              f"first); the others keep their search order." if checked else
@@ -102,13 +103,13 @@ def _missing_note(missing: Sequence[str], count: int, hint: Optional[str]) -> st
             f"{missing[0]}); {where}.")
 
 
-def _card(out: Path, row: dict, locate: Callable[[str], Optional[Path]], min_inliers: int,
-          max_side: int, missing: list[str]) -> str:
+def _card(out: Path, row: dict, locate: Callable[[str], Optional[Path]], max_side: int,
+          missing: list[str]) -> str:
     """One result as an HTML card, writing its thumbnail when the image can be read (else
     its reason is appended to ``missing``)."""
     name = html.escape(row["name"])
     inliers = row.get("inliers")
-    verified = inliers is not None and inliers >= min_inliers
+    verified = bool(row.get("verified"))
     caption = (f"<div>#{row['rank']} · score {row['score']:.4f}"
                + (f" · {inliers} matched points" if inliers is not None else "")
                + f"</div><div class='name'>{name}</div>")

@@ -8,7 +8,9 @@ Pipeline for one (query, database image) pair:
    ``distance_upper_bound`` in the DELF reference), optionally passing Lowe's
    ratio test and a mutual nearest-neighbour check.
 2. :func:`verify_pair` — an affine transform fitted by RANSAC to the matched
-   locations; its inlier count is the pair's verification score.  The model maps
+   locations, then the verification decision (:mod:`d2r.verification_score`): the
+   one-to-one inliers, their a-contrario score ``-log10 NFA`` and geometric sanity
+   (``decision="nfa"``), or RANSAC's inlier count alone (``"inliers"``).  The model maps
    **database (x, y) to query (x, y)**, as in the DELF reference, so the
    residual threshold is in query pixels (one tolerance for every candidate of
    a query) and many query features matched to one database feature cannot all
@@ -17,10 +19,10 @@ Pipeline for one (query, database image) pair:
    (``skimage.measure.ransac`` with ``AffineTransform``, all ``max_trials``
    iterations) reproduces the reference's procedure.
 3. :func:`rerank` / :func:`rerank_batch` — the re-ranking rule: among the top
-   ``top_n`` candidates, those with at least ``min_inliers`` inliers come first,
-   by inlier count (ties: higher initial score, then initial position); then the
-   other top-``top_n`` candidates in their initial order; then every candidate
-   after ``top_n`` unchanged.
+   ``top_n`` candidates, the verified ones come first, by score (``nfa``) or inlier
+   count (``inliers``), ties by inliers, then higher initial score, then initial
+   position; then the other top-``top_n`` candidates in their initial order; then
+   every candidate after ``top_n`` unchanged.
 
 Re-ranking knows nothing of the evaluation: junk images are verified like any
 other candidate (the revisitop evaluation ignores them on its own).  Candidate
@@ -41,6 +43,7 @@ import numpy as np
 from d2r.config import VerificationConfig
 from d2r.progress import track
 from d2r.types import LocalFeatures, SearchResult
+from d2r.verification_score import DECISIONS, decide
 
 __all__ = [
     "Verification",
@@ -77,20 +80,28 @@ class Verification:
 
     Attributes:
         num_matches: number of putative matches fed to RANSAC.
-        num_inliers: inliers of the best affine model (0 when none was fitted).
+        num_inliers: inliers of the fitted model, one-to-one (``decision="nfa"``) or as
+            RANSAC counts them (``"inliers"``); 0 when none was fitted.
         inlier_matches: (I, 2) int64 ``(query feature, database feature)`` indices.
         transform: float64 map from database (x, y) to query (x, y): (2, 3) affine or
             similarity, (3, 3) homography; None when no model was fitted.
+        score: ``-log10`` of the number of false alarms (:mod:`d2r.verification_score`);
+            0.0 when no model was fitted.
+        verified: whether the pair passes the decision.
+        reason: why it does not ("" when verified).
     """
 
     num_matches: int
     num_inliers: int
     inlier_matches: np.ndarray
     transform: np.ndarray | None
+    score: float
+    verified: bool
+    reason: str
 
     @classmethod
-    def failed(cls, num_matches: int = 0) -> "Verification":
-        return cls(int(num_matches), 0, np.zeros((0, 2), np.int64), None)
+    def failed(cls, num_matches: int = 0, reason: str = "no model") -> "Verification":
+        return cls(int(num_matches), 0, np.zeros((0, 2), np.int64), None, 0.0, False, reason)
 
 
 @dataclass(frozen=True)
@@ -100,12 +111,16 @@ class RerankResult:
     Attributes:
         ids: (K,) int64 database ids in the new order; -1 padding stays last.
         scores: (K,) float32 initial scores of ``ids`` (not monotone after re-ranking).
-        inliers: (K,) int32 inlier counts of ``ids``; -1 where not verified
+        inliers: (K,) int32 inlier counts of ``ids``; -1 where not checked
             (beyond ``top_n`` or padding).
         order: (K,) int64 positions in the initial list: ``ids == initial_ids[order]``.
         matches: K (I, 2) int64 inlier ``(query feature, database feature)`` pairs,
-            aligned with ``ids`` (empty where not verified).
-        num_verified: how many candidates were verified (``min(top_n, valid K)``).
+            aligned with ``ids`` (empty where not checked).
+        num_verified: how many candidates were checked (``min(top_n, valid K)``).
+        verification_scores: (K,) float32 ``-log10 NFA`` of ``ids`` (NaN where not
+            checked); None when the producer had no decision.
+        verified: (K,) bool, the decision for ``ids`` (False where not checked); the
+            verified candidates lead the list.  None when the producer had no decision.
     """
 
     ids: np.ndarray
@@ -114,6 +129,8 @@ class RerankResult:
     order: np.ndarray
     matches: tuple[np.ndarray, ...]
     num_verified: int
+    verification_scores: np.ndarray | None = None
+    verified: np.ndarray | None = None
 
 
 def _check_features(value: Any, what: str) -> LocalFeatures:
@@ -284,6 +301,13 @@ def verify_pair(
     model: str = "affine",
     relative_threshold: float | None = None,
     seed: int = 0,
+    decision: str = _DEFAULTS.decision,
+    min_inliers: int = _DEFAULTS.min_inliers,
+    min_score: float = _DEFAULTS.min_score,
+    max_scale_ratio: float = _DEFAULTS.max_scale_ratio,
+    max_anisotropy: float = _DEFAULTS.max_anisotropy,
+    allow_reflection: bool = _DEFAULTS.allow_reflection,
+    min_spread: float = _DEFAULTS.min_spread,
 ) -> Verification:
     """Robust geometric verification (affine RANSAC by default) of a pair's putative matches.
 
@@ -305,6 +329,9 @@ def verify_pair(
             image's diagonal instead of ``ransac_threshold`` pixels.
         seed: scikit-image's RNG seed; OpenCV's RANSAC draws from its own
             fixed-seed generator, so it is deterministic whatever the seed.
+        decision: ``"nfa"`` (one-to-one inliers, score, sanity) or ``"inliers"`` (RANSAC's
+            count >= ``min_inliers``); the other options are the ``verification`` config
+            keys of the same names (:func:`d2r.verification_score.decide`).
 
     Returns:
         A :class:`Verification`; a non-finite (degenerate) model counts as no model.
@@ -313,6 +340,8 @@ def verify_pair(
     db = _check_features(db, "db")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
     check_model(method, model)
     threshold = _positive_number(ransac_threshold, "ransac_threshold")
     if relative_threshold is not None:
@@ -331,7 +360,7 @@ def verify_pair(
     else:
         pairs = _check_matches(matches, len(query), len(db))
     if pairs.shape[0] < min_samples:
-        return Verification.failed(pairs.shape[0])
+        return Verification.failed(pairs.shape[0], "too few matches")
     dst = np.ascontiguousarray(query.locations[pairs[:, 0]])
     src = np.ascontiguousarray(db.locations[pairs[:, 1]])
     if method == "skimage":
@@ -346,12 +375,25 @@ def verify_pair(
         )
     if fitted is None or not np.all(np.isfinite(fitted)):
         return Verification.failed(pairs.shape[0])
-    inliers = pairs[mask]
+    fitted = np.asarray(fitted, dtype=np.float64)
+    inliers, score, reason = decide(
+        pairs, dst, src, fitted, query.locations, tolerance=threshold, model=model,
+        min_inliers=min_inliers, min_score=min_score, max_scale_ratio=max_scale_ratio,
+        max_anisotropy=max_anisotropy, allow_reflection=allow_reflection,
+        min_spread=min_spread,
+    )
+    if decision == "inliers":
+        inliers = pairs[mask]
+        reason = "" if inliers.shape[0] >= min_inliers else (
+            f"{inliers.shape[0]} inliers < {min_inliers}")
     return Verification(
         num_matches=int(pairs.shape[0]),
         num_inliers=int(inliers.shape[0]),
         inlier_matches=inliers,
-        transform=np.asarray(fitted, dtype=np.float64),
+        transform=fitted,
+        score=score,
+        verified=not reason,
+        reason=reason,
     )
 
 
@@ -419,14 +461,17 @@ def _fetcher(features: FeatureSource) -> Callable[[int], LocalFeatures]:
     )
 
 
-def _rerank_order(scores: np.ndarray, inliers: np.ndarray, num_top: int, min_inliers: int):
-    """(K,) int64 permutation of the initial positions implementing the re-ranking rule."""
-    k = scores.shape[0]
+def _rerank_order(scores: np.ndarray, inliers: np.ndarray, strength: np.ndarray,
+                  verified: np.ndarray) -> np.ndarray:
+    """(K,) int64 permutation of the initial positions implementing the re-ranking rule.
+
+    ``scores`` (K,) initial scores; ``inliers``, ``strength`` (the sort key: verification
+    score or inliers) and ``verified`` (num_top,) for the checked head."""
+    k, num_top = scores.shape[0], verified.shape[0]
     top = np.arange(num_top)
-    verified = inliers[:num_top] >= min_inliers
     chosen = top[verified]
-    # lexsort: last key is primary — more inliers, then higher score, then earlier position.
-    first = chosen[np.lexsort((chosen, -scores[chosen], -inliers[chosen]))]
+    # lexsort: last key is primary — strength, then inliers, then initial score, then position.
+    first = chosen[np.lexsort((chosen, -scores[chosen], -inliers[chosen], -strength[chosen]))]
     return np.concatenate([first, top[~verified], np.arange(num_top, k)]).astype(np.int64)
 
 
@@ -456,26 +501,33 @@ def _rerank_one(
 ) -> RerankResult:
     num_top = min(top_n, int(np.count_nonzero(ids >= 0)))
     db_features = [fetch(int(i)) for i in ids[:num_top]]
-    results = _verify_candidates(query, db_features, executor, pair_options)
-    inliers = np.full(ids.shape[0], -1, np.int32)
+    results = _verify_candidates(query, db_features, executor,
+                                 {**pair_options, "min_inliers": min_inliers})
+    k = ids.shape[0]
+    inliers = np.full(k, -1, np.int32)
     inliers[:num_top] = [r.num_inliers for r in results]
+    strength = np.full(k, np.nan, np.float32)
+    strength[:num_top] = [r.score for r in results]
+    verified = np.zeros(k, bool)
+    verified[:num_top] = [r.verified for r in results]
     empty = np.zeros((0, 2), np.int64)
-    matches = [r.inlier_matches for r in results] + [empty] * (ids.shape[0] - num_top)
-    order = _rerank_order(scores, inliers, num_top, min_inliers)
-    logger.debug(
-        "verified %d candidates, %d with >= %d inliers",
-        num_top, int(np.count_nonzero(inliers >= min_inliers)), min_inliers,
-    )
-    new_ids, new_scores, new_inliers = ids[order], scores[order], inliers[order]
-    for array in (new_ids, new_scores, new_inliers, order):
+    matches = [r.inlier_matches for r in results] + [empty] * (k - num_top)
+    by_inliers = pair_options.get("decision", _DEFAULTS.decision) == "inliers"
+    order = _rerank_order(scores, inliers, inliers if by_inliers else strength,
+                          verified[:num_top])
+    logger.debug("checked %d candidates, %d verified", num_top, int(verified.sum()))
+    new = [ids[order], scores[order], inliers[order], strength[order], verified[order], order]
+    for array in new:
         array.flags.writeable = False
     return RerankResult(
-        ids=new_ids,
-        scores=new_scores,
-        inliers=new_inliers,
+        ids=new[0],
+        scores=new[1],
+        inliers=new[2],
         order=order,
         matches=tuple(matches[i] for i in order),
         num_verified=num_top,
+        verification_scores=new[3],
+        verified=new[4],
     )
 
 
@@ -483,11 +535,14 @@ def _options(top_n, min_inliers, workers, pair_options) -> tuple[int, int, int]:
     top_n = _count(top_n, "top_n", 0)
     min_inliers = _count(min_inliers, "min_inliers", 1)
     workers = _count(workers, "workers", 1)
-    unknown = sorted(set(pair_options) - (set(verify_pair.__kwdefaults__) - {"matches"}))
+    unknown = sorted(set(pair_options)
+                     - (set(verify_pair.__kwdefaults__) - {"matches", "min_inliers"}))
     if unknown:
         raise TypeError(f"unknown verification options {unknown}")
     if pair_options.get("method", "opencv") not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {pair_options['method']!r}")
+    if pair_options.get("decision", _DEFAULTS.decision) not in DECISIONS:
+        raise ValueError(f"decision must be one of {DECISIONS}, got {pair_options['decision']!r}")
     return top_n, min_inliers, workers
 
 
@@ -503,11 +558,11 @@ def rerank(
 ) -> RerankResult:
     """Re-rank one query's initial ranking by spatial verification.
 
-    The rule: the top ``top_n`` candidates are verified; those with at least
-    ``min_inliers`` inliers move to the front, ordered by inlier count (ties:
-    higher initial score, then initial position); the rest of the top ``top_n``
-    follow in their initial order; candidates after ``top_n`` keep their
-    positions.
+    The rule: the top ``top_n`` candidates are checked; the verified ones (see
+    :func:`verify_pair`'s ``decision``) move to the front, ordered by score
+    (``decision="inliers"``: inlier count), ties by inliers, then higher initial score,
+    then initial position; the rest of the top ``top_n`` follow in their initial order;
+    candidates after ``top_n`` keep their positions.
 
     Args:
         query: the query's features.
@@ -517,7 +572,7 @@ def rerank(
             LocalFeatures`` (called once per verified candidate, from the
             calling thread).
         top_n: how many leading candidates to verify (0: none).
-        min_inliers: inliers needed to move a candidate to the front.
+        min_inliers: inliers needed to verify a candidate (a floor under the score).
         workers: threads verifying candidates in parallel (OpenCV and the
             numpy matching release the GIL).
         **pair_options: keyword options of :func:`verify_pair` (matching and
@@ -623,4 +678,10 @@ def rerank_options(config: VerificationConfig) -> dict[str, Any]:
         "method": config.method,
         "model": config.model,
         "relative_threshold": config.relative_threshold,
+        "decision": config.decision,
+        "min_score": config.min_score,
+        "max_scale_ratio": config.max_scale_ratio,
+        "max_anisotropy": config.max_anisotropy,
+        "allow_reflection": config.allow_reflection,
+        "min_spread": config.min_spread,
     }

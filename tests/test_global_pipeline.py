@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 
 def _run(*args):
@@ -13,6 +14,7 @@ def _run(*args):
     return proc
 
 
+@pytest.mark.slow  # 26 s: `learn` also runs in the regional test, whitening and QE in unit tests
 def test_rmac_with_learned_whitening_and_qe(tiny_dataset, tmp_path):
     small = ["--set", "images.max_side=96"]
     _run("d2r.global_.learn", "--dataset-dir", str(tiny_dataset), "--out", str(tmp_path / "w"),

@@ -187,15 +187,15 @@ def _alias_bomb(levels: int) -> str:
 
 def test_a_yaml_alias_bomb_is_refused_at_once_in_one_short_line(tmp_path, capsys,
                                                                 in_process_cli):
-    from d2r import build_index as build_cli
+    from d2r.build_index import main as build_index_main
 
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(_alias_bomb(7))
     assert len(bomb.read_bytes()) < 1024
     start = time.perf_counter()
     with pytest.raises(SystemExit) as exit_:
-        build_cli.main(["--images", str(tmp_path), "--out", str(tmp_path / "index"),
-                        "--config-file", str(bomb)])
+        build_index_main(["--images", str(tmp_path), "--out", str(tmp_path / "index"),
+                          "--config-file", str(bomb)])
     assert time.perf_counter() - start < 5
     assert exit_.value.code == 2
     assert capsys.readouterr().err == (

@@ -252,10 +252,13 @@ def controlled():
 
 
 def test_rerank_rule(controlled):
+    """The inlier-count rule (``decision="inliers"``); the calibrated one is tested in
+    tests/test_verification_decision.py."""
     query, db = controlled
     ids = np.arange(7, dtype=np.int64)
     scores = np.linspace(1.0, 0.4, 7).astype(np.float32)
-    result = V.rerank(query, SearchResult(scores[None], ids[None]), db, top_n=6, min_inliers=5)
+    result = V.rerank(query, SearchResult(scores[None], ids[None]), db, top_n=6, min_inliers=5,
+                      decision="inliers")
     # >= 5 inliers by count (10 vs 10: higher initial score first), the rest of the
     # top 6 in initial order, then id 6 untouched although it has 30 inliers.
     np.testing.assert_array_equal(result.ids, [3, 1, 4, 2, 0, 5, 6])
@@ -270,9 +273,11 @@ def test_rerank_rule(controlled):
 def test_rerank_ties_by_initial_score_then_position(controlled):
     query, db = controlled
     ids = np.array([1, 4, 3], np.int64)
-    result = V.rerank(query, (ids, np.array([0.2, 0.7, 0.1])), db, min_inliers=5)
+    result = V.rerank(query, (ids, np.array([0.2, 0.7, 0.1])), db, min_inliers=5,
+                      decision="inliers")
     np.testing.assert_array_equal(result.ids, [3, 4, 1])
-    result = V.rerank(query, (ids, np.array([0.5, 0.5, 0.1])), db, min_inliers=5)
+    result = V.rerank(query, (ids, np.array([0.5, 0.5, 0.1])), db, min_inliers=5,
+                      decision="inliers")
     np.testing.assert_array_equal(result.ids, [3, 1, 4])
 
 

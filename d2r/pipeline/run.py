@@ -1,7 +1,8 @@
 """Run queries against an opened index: one image, or every query of a benchmark.
 
-The library behind ``python -m d2r.query``: :func:`run_image` ranks the database
-for one image (with its re-ranked head and inlier counts), as deep as
+The library behind ``python -m d2r.query`` and :class:`d2r.Index`: :func:`run_image` ranks
+the database for one image (with its re-ranked head and inlier counts; :func:`run_images`
+for several in one search call), as deep as
 :func:`search_depth` says for the results wanted; :func:`run_dataset`
 runs a whole benchmark, evaluates it and writes ``ranks.npy`` ((Q, N) database
 indices of the dataset, best first), ``scores.npy``, ``metrics.json``,
@@ -29,7 +30,7 @@ from d2r.report import report_matches, run_settings, write_report
 from d2r.results import write_metrics
 
 __all__ = ["FeaturelessQueryError", "DamagedFeaturesError", "run_dataset", "run_image",
-           "search_depth"]
+           "run_images", "search_depth"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def _reading_features(searcher: Searcher):
 def run_image(searcher: Searcher, image: str | os.PathLike,
               box: Optional[Sequence[float]] = None, *, k: Optional[int] = None,
               timing: Optional[dict] = None, matches: int = 0,
-              workers: Optional[int] = None) -> list[dict]:
+              workers: Optional[int] = None, label: Optional[str] = None) -> list[dict]:
     """Ranked database images for one query image: ``[{"rank", "name", "score", "inliers"}]``.
 
     ``k``: results searched (default ``search.top_k``; see :func:`search_depth`).
@@ -75,44 +76,63 @@ def run_image(searcher: Searcher, image: str | os.PathLike,
     ``matches`` > 0 adds to each verified row ``"matches"``: up to that many inlier pairs
     ``[xq, yq, xd, yd]`` (pixels of the original images) and the database image's
     ``"image_size"`` ``[W, H]``.  ``workers``: threads verifying the re-ranked head (default:
-    the cores).
+    the cores).  ``label`` names the image in messages (default: its path).
     Raises :class:`FeaturelessQueryError` when the image (or box) has no features, and
     :class:`DamagedFeaturesError` when a stored feature file needed cannot be read.
     """
+    return run_images(searcher, [image], [box], k=k, timing=timing, matches=matches,
+                      workers=workers, labels=None if label is None else [label])[0]
+
+
+def run_images(searcher: Searcher, images: Sequence[str | os.PathLike],
+               boxes: Sequence[Optional[Sequence[float]]], *, k: Optional[int] = None,
+               timing: Optional[dict] = None, matches: int = 0, workers: Optional[int] = None,
+               labels: Optional[Sequence[str]] = None) -> list[list[dict]]:
+    """The rows of :func:`run_image` for each of ``images`` (each cropped to its entry of
+    ``boxes``, None: whole), extracted one after another, then searched and re-ranked in
+    one call each.  Refuses the first featureless image before any search."""
     clock = time.perf_counter()
-    query = searcher.query(image, box=box)
-    if len(query.features) == 0:
-        where = "the box" if box is not None else "the image"
-        raise FeaturelessQueryError(f"{image}: no local features in {where} (a blank image, or "
-                                    f"a box outside the content); nothing to search with")
+    queries = []
+    for i, (image, box) in enumerate(zip(images, boxes, strict=True)):
+        query = searcher.query(image, box=box)
+        if len(query.features) == 0:
+            where = "the box" if box is not None else "the image"
+            name = image if labels is None else labels[i]
+            raise FeaturelessQueryError(f"{name}: no local features in {where} (a blank image, "
+                                        f"or a box outside the content); nothing to search with")
+        queries.append(query)
     stages = {"extract": time.perf_counter() - clock}
     clock = time.perf_counter()
-    result = searcher.search([query.features], k=k)
+    result = searcher.search([query.features for query in queries], k=k)
     stages["search"] = time.perf_counter() - clock
     clock = time.perf_counter()
     with _reading_features(searcher):
-        result, reranked = searcher.rerank([query], result,
+        result, reranked = searcher.rerank(queries, result,
                                              workers=workers or os.cpu_count() or 1)
         stages["rerank"] = time.perf_counter() - clock
-        rows = _rows(searcher, query, result, reranked, matches)
+        rows = [_rows(searcher, query, result.ids[q], result.scores[q],
+                      None if reranked is None else reranked[q], matches)
+                for q, query in enumerate(queries)]
     if timing is not None:
         timing.update(stages)
     return rows
 
 
-def _rows(searcher: Searcher, query, result, reranked, matches: int) -> list[dict]:
-    """The result rows of one query (see :func:`run_image`)."""
+def _rows(searcher: Searcher, query, ids: np.ndarray, scores: np.ndarray, reranked,
+          matches: int) -> list[dict]:
+    """The result rows of one query (see :func:`run_image`): its (K,) ``ids`` and ``scores``
+    and its re-ranking details (None without re-ranking)."""
     rows = []
-    for rank, (image_id, score) in enumerate(zip(result.ids[0], result.scores[0]), 1):
+    for rank, (image_id, score) in enumerate(zip(ids, scores), 1):
         if image_id < 0:
             break
         row = {"rank": rank, "name": searcher.names[image_id], "score": float(score)}
-        if reranked is not None and rank <= len(reranked[0].inliers) \
-                and reranked[0].inliers[rank - 1] >= 0:
-            row["inliers"] = int(reranked[0].inliers[rank - 1])
+        if reranked is not None and rank <= len(reranked.inliers) \
+                and reranked.inliers[rank - 1] >= 0:
+            row["inliers"] = int(reranked.inliers[rank - 1])
             if matches and row["inliers"] >= 0:
                 row.update(_matched_points(searcher, query.features, int(image_id),
-                                           reranked[0].matches[rank - 1], matches))
+                                           reranked.matches[rank - 1], matches))
         rows.append(row)
     return rows
 

@@ -1,0 +1,371 @@
+"""The public Python API: build or open an index directory, search it, change it, check it.
+
+:func:`build_index` and :func:`open_index` return an :class:`Index`; its
+:meth:`~Index.search` answers one image with :class:`Hit` values, best first.  Every
+call goes through the same library functions as the commands (``d2r build-index``,
+``query``, ``add``, ``remove``, ``compact``, ``verify``), so what ``d2r query --image X``
+prints equals ``index.search(X)``; errors are the one-line :mod:`d2r.errors` types the
+commands print.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from d2r.config import Config, load_config
+from d2r.datasets.benchmarks import load_benchmark
+from d2r.errors import InputError
+from d2r.io.image_inputs import ImageInput, image_file, label
+from d2r.metric_table import MetricTable
+from d2r.pipeline.build import build_index as _build
+from d2r.pipeline.decision import is_verified
+from d2r.pipeline.run import run_dataset, run_images, search_depth
+from d2r.pipeline.searcher import Searcher
+from d2r.pipeline.update import UpdateSummary, add_images, compact_index, remove_images
+from d2r.pipeline.verify import verify_index
+from d2r.results import load_ranks
+from d2r.sources import ImageSource
+
+__all__ = ["DEFAULT_TOP", "ClosedIndexError", "Hit", "Index", "MetricTable", "Settings",
+           "build_index", "evaluate", "open_index"]
+
+DEFAULT_TOP = 20
+"""Hits :meth:`Index.search` (and ``d2r query --image``) returns unless told otherwise."""
+
+Box = Sequence[float]
+"""``(x1, y1, x2, y2)`` pixels of the query image (negative values allowed)."""
+
+Settings = Union[Mapping[str, Any], Sequence[str]]
+"""Config overrides: ``{"codebook.num_words": 64}``, or ``"key=value"`` strings as
+``--set`` takes them."""
+
+
+class ClosedIndexError(InputError):
+    """An :class:`Index` used after :meth:`Index.close` (or its ``with`` block)."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One database image found for a query, best first.
+
+    Attributes:
+        name: the database image's name in the index (as ``d2r query`` prints it).
+        score: its search score (float32 precision; after re-ranking not monotone).
+        rank: 1-based position in the result list.
+        inliers: RANSAC inliers when the image was spatially verified (the re-ranked head,
+            ``verification.rerank`` > 0), else None.
+        verified: whether ``inliers`` make it a verified match
+            (:func:`d2r.pipeline.decision.is_verified`).
+        matches: (K, 4) float32 ``[xq, yq, xd, yd]`` inlier pairs in pixels of the original
+            query and database images (rounded to 0.1 px) when re-ranked, else None.
+    """
+
+    name: str
+    score: float
+    rank: int
+    inliers: Optional[int] = None
+    verified: bool = False
+    matches: Optional[np.ndarray] = None
+
+    def row(self) -> dict[str, Any]:
+        """``{"rank", "name", "score", "inliers"?}``: the row ``d2r query --format json``
+        prints."""
+        row = {"rank": self.rank, "name": self.name, "score": self.score}
+        return row if self.inliers is None else {**row, "inliers": self.inliers}
+
+
+class Index:
+    """An opened index directory (from :func:`open_index` or :func:`build_index`).
+
+    ``search`` and ``search_many`` may run from several threads at once on one object;
+    ``add``, ``remove``, ``compact`` and ``close`` must not overlap a search.  The object
+    searches the generation it opened (and the one its own updates commit); other
+    processes' updates are seen by a new :func:`open_index`.  Closed by ``close()`` or at
+    the end of a ``with`` block.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, settings: Settings = (),
+                 config_files: Sequence[str | os.PathLike] = (),
+                 shards: Optional[str | os.PathLike] = None,
+                 shard_options: Optional[Mapping[str, Any]] = None) -> None:
+        self.path = Path(path)
+        self._open_args = {"files": tuple(config_files), "overrides": _overrides(settings),
+                           "shards": shards, "shard_options": dict(shard_options or {})}
+        self._lock = threading.Lock()
+        self._searcher: Optional[Searcher] = Searcher(self.path, **self._open_args)
+        self._extractor_ready = False
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The searchable images' names (removed ones left out), in index order."""
+        return tuple(self._open().live_ids())
+
+    def __len__(self) -> int:
+        """How many images are searchable."""
+        return self._open().num_images
+
+    @property
+    def settings(self) -> Config:
+        """The resolved query-time config (a copy: the index's record and the overrides)."""
+        return copy.deepcopy(self._open().config)
+
+    def image_file(self, name: str) -> Optional[Path]:
+        """The file searchable image ``name`` was indexed from (None: unknown, or a
+        benchmark's image); it may have moved since."""
+        return self._open().image_file(name)
+
+    def check(self) -> list[str]:
+        """Check every file of the index (what ``d2r verify`` does): one line per problem,
+        empty when the index is sound."""
+        self._open()
+        return verify_index(self.path)
+
+    # ------------------------------------------------------------------ searching
+
+    def search(self, image: ImageInput, *, box: Optional[Box] = None,
+               top: int = DEFAULT_TOP) -> list[Hit]:
+        """The best ``top`` database images for ``image`` (0: every image), best first.
+
+        ``image``: a path, a PIL image, an (H, W) / (H, W, 3) / (H, W, 4) uint8 or [0, 1]
+        float array, bytes or a binary file object.  ``box``: ``(x1, y1, x2, y2)`` pixels of
+        the query image to search with.  Raises :class:`~d2r.io.images.ImageError` (not an
+        image) and :class:`~d2r.pipeline.run.FeaturelessQueryError` (no features).
+        """
+        return self.search_many([image], boxes=[box], top=top)[0]
+
+    def search_many(self, images: Sequence[ImageInput], *,
+                    boxes: Optional[Sequence[Optional[Box]]] = None,
+                    top: int = DEFAULT_TOP) -> list[list[Hit]]:
+        """:meth:`search` of each of ``images`` (with its entry of ``boxes``): every image
+        extracted, then one search and one re-ranking call for all."""
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 0:
+            raise InputError(f"top must be an integer >= 0, got {top!r}")
+        images = list(images)
+        boxes = [None] * len(images) if boxes is None else list(boxes)
+        if len(boxes) != len(images):
+            raise InputError(f"{len(boxes)} boxes for {len(images)} images")
+        if not images:
+            return []
+        searcher = self._ready()
+        with _files(images) as paths:
+            rows = run_images(searcher, paths, boxes, k=search_depth(searcher, top),
+                              matches=sys.maxsize, labels=[label(i) for i in images])
+        return [[self._hit(row, searcher.config) for row in ranked[:top or None]]
+                for ranked in rows]
+
+    @staticmethod
+    def _hit(row: dict, config: Config) -> Hit:
+        inliers = row.get("inliers")
+        matches = np.asarray(row["matches"], np.float32).reshape(-1, 4) \
+            if "matches" in row else None
+        return Hit(name=row["name"], score=row["score"], rank=row["rank"], inliers=inliers,
+                   verified=is_verified(inliers, config.verification), matches=matches)
+
+    # ------------------------------------------------------------------ changing
+
+    def add(self, images: Sequence[ImageInput], *,
+            names: Optional[Sequence[Optional[str]]] = None, replace: bool = False,
+            progress: Optional[bool] = None) -> UpdateSummary:
+        """Add ``images`` (any input :meth:`search` takes) as a new segment, what
+        ``d2r add`` does; ``names[i]`` (default: a path's file name; required for other
+        inputs) names image ``i``.  ``replace``: replace images of the same names."""
+        images = list(images)
+        names = [None] * len(images) if names is None else list(names)
+        if len(names) != len(images):
+            raise InputError(f"{len(names)} names for {len(images)} images")
+        names = [_name(image, name, i, len(images)) for i, (image, name)
+                 in enumerate(zip(images, names))]
+        repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if repeated is not None:
+            raise InputError(f"two of the images to add are named {repeated!r}")
+        self._open()
+        with _files(images) as paths:
+            summary = add_images(self.path, ImageSource(tuple(names), tuple(map(Path, paths))),
+                                 replace=replace, show_progress=progress)
+        self._reopen()
+        return summary
+
+    def remove(self, names: Sequence[str]) -> UpdateSummary:
+        """Remove the images ``names`` (``d2r remove``): never returned again; a name the
+        index does not hold is refused and nothing is removed."""
+        self._open()
+        summary = remove_images(self.path, [names] if isinstance(names, str) else names)
+        self._reopen()
+        return summary
+
+    def compact(self, *, progress: Optional[bool] = None) -> UpdateSummary:
+        """Merge the added segments and drop removed images (``d2r compact``); searches
+        return the same hits before and after."""
+        self._open()
+        summary = compact_index(self.path, show_progress=progress)
+        self._reopen()
+        return summary
+
+    # ------------------------------------------------------------------ life cycle
+
+    def close(self) -> None:
+        """Close the index's files; later calls raise :class:`ClosedIndexError`."""
+        with self._lock:
+            searcher, self._searcher = self._searcher, None
+        if searcher is not None:
+            searcher.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._searcher is None else f"{len(self)} images"
+        return f"<d2r.Index {self.path} ({state})>"
+
+    def _open(self) -> Searcher:
+        searcher = self._searcher
+        if searcher is None:
+            raise ClosedIndexError(f"index {self.path} is closed; open it again with "
+                                   f"d2r.open_index")
+        return searcher
+
+    def _ready(self) -> Searcher:
+        """The searcher, its extractor built once (by one thread) before the first query."""
+        searcher = self._open()
+        if not self._extractor_ready:
+            with self._lock:
+                searcher.extractor  # noqa: B018 (builds it, loading a model if any)
+                self._extractor_ready = True
+        return searcher
+
+    def _reopen(self) -> None:
+        """Open the generation this object's update committed."""
+        searcher = Searcher(self.path, **self._open_args)
+        with self._lock:
+            old, self._searcher, self._extractor_ready = self._searcher, searcher, False
+        if old is not None:
+            old.close()
+
+
+def open_index(path: str | os.PathLike, *, rerank: Optional[int] = None,
+               settings: Settings = (), config_files: Sequence[str | os.PathLike] = (),
+               shards: Optional[str | os.PathLike] = None,
+               shard_options: Optional[Mapping[str, Any]] = None) -> Index:
+    """Open the index directory ``path`` for searching.
+
+    Query-time settings change the index's recorded config: ``rerank`` (spatially verify
+    the top N; 0: off), ``settings`` (``{"search.top_k": 200}`` or ``"key=value"``
+    strings; ``search.*``, ``verification.*`` and the query-side ``aggregation`` keys),
+    applied after the YAML ``config_files``; other keys are refused (the index was built
+    with them).  ``shards``, ``shard_options``: a sharded index's directory and
+    :class:`d2r.distributed.ShardedIndex` options (``address``, ``num_cpus_per_shard``).
+    """
+    overrides = _overrides(settings)
+    if rerank is not None:
+        overrides.append(f"verification.rerank={json.dumps(rerank)}")
+    return Index(path, settings=overrides, config_files=config_files, shards=shards,
+                 shard_options=shard_options)
+
+
+def build_index(images: str | os.PathLike | Sequence[str | os.PathLike],
+                out: str | os.PathLike, *, preset: str = "rootsift-asmk-star",
+                settings: Settings = (), config_files: Sequence[str | os.PathLike] = (),
+                progress: Optional[bool] = None) -> Index:
+    """Build an index of ``images`` into the directory ``out`` (``d2r build-index``) and
+    open it.
+
+    ``images``: a folder (every image below it, named by relative path) or a list of image
+    files (named by file name).  The config is the ``preset`` with the YAML
+    ``config_files`` and ``settings`` (``{"codebook.num_words": 64}`` or ``"key=value"``
+    strings) on top.  ``progress``: show progress bars (default: on a terminal).  A
+    killed build resumes when called again.
+    """
+    config = load_config(preset, files=config_files, overrides=_overrides(settings))
+    _build(config, _source(images), out, show_progress=progress)
+    return open_index(out)
+
+
+def evaluate(dataset_dir: str | os.PathLike, ranks: Union[np.ndarray, str, os.PathLike, None] = None,
+             *, index: Union[Index, str, os.PathLike, None] = None, benchmark: str = "auto",
+             rotations: Optional[str | os.PathLike] = None, out: Optional[str | os.PathLike] = None,
+             progress: Optional[bool] = None) -> MetricTable:
+    """The metrics of a benchmark: of ``ranks``, or of a run of every query on ``index``.
+
+    ``ranks``: (Q, N) int database indices of the dataset, best first (-1 pads), or a file
+    ``d2r evaluate --ranks`` reads.  ``index``: an :class:`Index` or its directory; its
+    run is what ``d2r query --dataset-dir`` does (queries cropped to their boxes,
+    re-ranked as the index's settings say) and writes its files to ``out`` when given.
+    ``benchmark`` and ``rotations`` select and read the dataset as
+    :func:`d2r.datasets.benchmarks.load_benchmark` does.
+    """
+    if (ranks is None) == (index is None):
+        raise InputError("evaluate needs either ranks or index, not both")
+    if ranks is not None:
+        dataset = load_benchmark(dataset_dir, kind=benchmark, rotations=rotations)
+        table = load_ranks(ranks) if isinstance(ranks, (str, os.PathLike)) else np.asarray(ranks)
+        if table.ndim != 2 or table.shape[0] != dataset.num_queries:
+            raise InputError(f"ranks of shape {table.shape}: need one row per query of "
+                             f"{dataset.name} ({dataset.num_queries})")
+        return MetricTable.from_dict(dataset.evaluate(table))
+    opened = index if isinstance(index, Index) else open_index(index)
+    try:
+        with contextlib.ExitStack() as stack:
+            folder = out if out is not None else stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="d2r-evaluate-"))
+            return MetricTable.from_dict(run_dataset(
+                opened._open(), dataset_dir, folder, benchmark=benchmark, rotations=rotations,
+                show_progress=progress))
+    finally:
+        if opened is not index:
+            opened.close()
+
+
+def _source(images: str | os.PathLike | Sequence[str | os.PathLike]) -> ImageSource:
+    if isinstance(images, (str, os.PathLike)):
+        return ImageSource.from_directory(images)
+    paths = [Path(path) for path in images]
+    if not paths:
+        raise InputError("no images to index")
+    names = [path.name for path in paths]
+    repeated = next((p for i, p in enumerate(paths) if p.name in names[:i]), None)
+    if repeated is not None:
+        raise InputError(f"{repeated}: another listed image has the file name "
+                         f"{repeated.name!r}; index a folder to name images by relative path")
+    return ImageSource(tuple(names), tuple(paths))
+
+
+def _name(image: ImageInput, name: Optional[str], i: int, count: int) -> str:
+    """The index name of image ``i`` of ``count`` to add."""
+    if name is not None:
+        return str(name)
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).name
+    raise InputError(f"image {i + 1} of {count} ({label(image)}) has no name: pass "
+                     f"names=[...] for images that are not files")
+
+
+@contextlib.contextmanager
+def _files(images: Sequence[ImageInput]) -> Iterator[list[str | os.PathLike]]:
+    """A file for each image input while the block runs (see :func:`image_file`)."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(image_file(image)) for image in images]
+
+
+def _overrides(settings: Settings) -> list[str]:
+    """``"key=value"`` strings of ``settings`` (a mapping's values written as YAML)."""
+    if isinstance(settings, Mapping):
+        return [f"{key}={json.dumps(value)}" for key, value in settings.items()]
+    if isinstance(settings, str):
+        return [settings]
+    return [str(text) for text in settings]
