@@ -15,8 +15,9 @@ database view) pair of *different* photographs is verified: ``21 * 20 * views**2
 ``--seed``), Medium protocol: every query (its box) against every easy and hard positive.
 That is every true pair, a superset of those in a top 100 (the database has 200 images).
 
-Both sets use d2r's RootSIFT (1,000 features) and the default matching and affine RANSAC of
-the ``verification`` config section; the scale, anisotropy and spread bounds are the
+Both sets use d2r's RootSIFT (1,000 features) and the matching and affine RANSAC of the
+preset's ``verification`` section (``--config``, default ``rootsift-asmk-star``: ratio test
+0.8); the scale, anisotropy and spread bounds are the
 section's defaults.  The script prints FPR (false verifications per 1,000 unrelated pairs)
 and TPR for the old rule (>= 8 RANSAC inliers) and the new default side by side, the curve
 of both families (score threshold; inlier threshold) and writes the plot to ``--plot``.
@@ -93,17 +94,15 @@ def _check_pairs(query: LocalFeatures, dbs: list[LocalFeatures],
                  config: VerificationConfig) -> np.ndarray:
     """(len(dbs), 3) float64 rows ``(old-rule inliers, score, sane)`` of one query.
 
-    The old rule is RANSAC's own count with today's default matching (descriptor
-    threshold only); the score and sanity use ``config``'s matching and bounds (the score
+    Both use ``config``'s matching (the preset's: RootSIFT has a ratio test); the old rule
+    is RANSAC's own count, the score and sanity use ``config``'s bounds (the score
     threshold left open, ``min_score=-inf``)."""
-    old_options = dict(descriptor_threshold=VerificationConfig.descriptor_threshold,
-                       ratio_test=None, mutual=False, decision="inliers")
     new_options = {k: v for k, v in rerank_options(config).items() if k != "top_n"}
-    new_options["min_score"] = -np.inf
+    old_options = {**new_options, "decision": "inliers"}
+    new_options.update(decision="nfa", min_score=-np.inf)
     rows = np.zeros((len(dbs), 3))
     for j, db in enumerate(dbs):
-        old = verify_pair(query, db, ransac_threshold=config.ransac_threshold,
-                          max_trials=config.max_trials, **old_options)
+        old = verify_pair(query, db, **old_options)
         new = verify_pair(query, db, **new_options)
         rows[j] = old.num_inliers, new.score, new.verified
     return rows
@@ -189,10 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path,
                         default=Path(__file__).resolve().parents[1] / "docs" / "img"
                         / "verification_calibration.png")
+    parser.add_argument("--config", default="rootsift-asmk-star",
+                        help="the preset whose verification settings are measured")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a verification setting to try, e.g. --set ratio_test=0.8")
     args = parser.parse_args(argv)
-    config = load_config(None, overrides=[f"verification.{s}" for s in args.set]).verification
+    config = load_config(args.config,
+                         overrides=[f"verification.{s}" for s in args.set]).verification
     start = time.perf_counter()
     negatives = unrelated_pairs(args.views, args.seed, args.workers, config)
     neg_s = time.perf_counter() - start

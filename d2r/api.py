@@ -29,7 +29,6 @@ from d2r.errors import InputError
 from d2r.io.image_inputs import ImageInput, image_file, label
 from d2r.metric_table import MetricTable
 from d2r.pipeline.build import build_index as _build
-from d2r.pipeline.decision import is_verified
 from d2r.pipeline.run import run_dataset, run_images, search_depth
 from d2r.pipeline.searcher import Searcher
 from d2r.pipeline.update import UpdateSummary, add_images, compact_index, remove_images
@@ -65,8 +64,10 @@ class Hit:
         rank: 1-based position in the result list.
         inliers: RANSAC inliers when the image was spatially verified (the re-ranked head,
             ``verification.rerank`` > 0), else None.
-        verified: whether ``inliers`` make it a verified match
-            (:func:`d2r.pipeline.decision.is_verified`).
+        verified: whether re-ranking's decision (``verification.decision``) verified it
+            as the same place or object (False when not re-ranked).
+        verification_score: the pair's ``-log10 NFA`` (:mod:`d2r.verification_score`) when
+            re-ranked, else None.
         matches: (K, 4) float32 ``[xq, yq, xd, yd]`` inlier pairs in pixels of the original
             query and database images (rounded to 0.1 px) when re-ranked, else None.
     """
@@ -77,12 +78,15 @@ class Hit:
     inliers: Optional[int] = None
     verified: bool = False
     matches: Optional[np.ndarray] = None
+    verification_score: Optional[float] = None
 
     def row(self) -> dict[str, Any]:
-        """``{"rank", "name", "score", "inliers"?}``: the row ``d2r query --format json``
-        prints."""
-        row = {"rank": self.rank, "name": self.name, "score": self.score}
-        return row if self.inliers is None else {**row, "inliers": self.inliers}
+        """``{"rank", "name", "score", "verified", "inliers"?, "verification_score"?}``: the
+        row ``d2r query --format json`` prints (the last two for the re-ranked head)."""
+        row = {"rank": self.rank, "name": self.name, "score": self.score,
+               "verified": self.verified}
+        return row if self.inliers is None else {
+            **row, "inliers": self.inliers, "verification_score": self.verification_score}
 
 
 class Index:
@@ -163,16 +167,15 @@ class Index:
         with _files(images) as paths:
             rows = run_images(searcher, paths, boxes, k=search_depth(searcher, top),
                               matches=sys.maxsize, labels=[label(i) for i in images])
-        return [[self._hit(row, searcher.config) for row in ranked[:top or None]]
-                for ranked in rows]
+        return [[self._hit(row) for row in ranked[:top or None]] for ranked in rows]
 
     @staticmethod
-    def _hit(row: dict, config: Config) -> Hit:
-        inliers = row.get("inliers")
+    def _hit(row: dict) -> Hit:
         matches = np.asarray(row["matches"], np.float32).reshape(-1, 4) \
             if "matches" in row else None
-        return Hit(name=row["name"], score=row["score"], rank=row["rank"], inliers=inliers,
-                   verified=is_verified(inliers, config.verification), matches=matches)
+        return Hit(name=row["name"], score=row["score"], rank=row["rank"],
+                   inliers=row.get("inliers"), verified=row["verified"], matches=matches,
+                   verification_score=row.get("verification_score"))
 
     # ------------------------------------------------------------------ changing
 

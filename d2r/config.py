@@ -30,6 +30,7 @@ __all__ = [
     "RootSiftConfig",
     "DelfConfig",
     "XFeatConfig",
+    "DiskConfig",
     "CnnGlobalConfig",
     "FeaturesConfig",
     "RegionsConfig",
@@ -124,6 +125,23 @@ class XFeatConfig:
 
 
 @dataclass
+class DiskConfig:
+    """DISK (Tyszkiewicz et al., NeurIPS 2020) with its published weights (:mod:`d2r.features.disk`)."""
+
+    weights_path: Optional[str] = None
+    """The published ``depth-save.pth`` (a PyTorch checkpoint, read without PyTorch);
+    ``python data/download.py disk`` fetches it and prints this setting."""
+    weights_sha256: Optional[str] = None
+    """Refuse a weights file with another sha256 (None: the published file's)."""
+    max_keypoints: int = 2048
+    """Keep at most this many keypoints, the strongest (the reference's ``max_num_keypoints``)."""
+    detection_threshold: float = 0.0
+    """Heatmap logit a keypoint must exceed (the reference's ``detection_threshold``)."""
+    max_image_side: Optional[int] = None
+    """Downscale so the longer side is at most this first (None: as decoded, ``images.max_side``)."""
+
+
+@dataclass
 class CnnGlobalConfig:
     """CNN global descriptor (``features.backend: cnn``): the comparison baselines."""
 
@@ -174,6 +192,7 @@ class FeaturesConfig:
     rootsift: RootSiftConfig = field(default_factory=RootSiftConfig)
     delf: DelfConfig = field(default_factory=DelfConfig)
     xfeat: XFeatConfig = field(default_factory=XFeatConfig)
+    disk: DiskConfig = field(default_factory=DiskConfig)
     cnn: CnnGlobalConfig = field(default_factory=CnnGlobalConfig)
 
 
@@ -574,6 +593,8 @@ LEGACY_VALUES: dict[str, Any] = {
     "verification.min_spread": 0.5,
     "features.xfeat": {"weights_path": None, "weights_sha256": None, "max_keypoints": 4096,
                        "detection_threshold": 0.05, "max_image_side": None},
+    "features.disk": {"weights_path": None, "weights_sha256": None, "max_keypoints": 2048,
+                      "detection_threshold": 0.0, "max_image_side": None},
 }
 """Keys added after d2r 0.1.0 and the value that reproduces what a record without them did."""
 
@@ -626,6 +647,9 @@ RANGES: dict[str, str] = {
     "features.xfeat.max_keypoints": "[1, inf)",
     "features.xfeat.detection_threshold": "[0, 1)",
     "features.xfeat.max_image_side": "[32, inf)",
+    "features.disk.max_keypoints": "[1, inf)",
+    "features.disk.detection_threshold": "(-inf, inf)",
+    "features.disk.max_image_side": "[16, inf)",
     "features.cnn.seed": "[0, inf)",
     "features.cnn.levels": "[1, 10]",
     "features.cnn.gem_p": "(0, inf)",

@@ -6,13 +6,15 @@ One image::
         [--top 20] [--format table|json|csv] [--json FILE] [--out DIR [--report]]
 
 prints the best ``--top N`` database images (default 20; 0: every image in the index)
-under a header ``rank  score  inliers  name``: the search goes ``max(N,
-search.top_k)`` deep, so ``--top`` above ``search.top_k`` is honoured (the HTTP
-API follows the same rule); after spatial re-ranking a line says how the list
-is ordered (verified images first).  ``--format json`` prints the same rows as
-a JSON list of ``{"rank", "name", "score", "inliers"?}`` (``inliers`` for the
-re-ranked head only), ``--format csv`` as CSV; ``--json FILE`` writes every
-result searched in that JSON shape.  ``--out DIR`` writes every result to
+under a header ``rank  score  inliers  -log10NFA  verified  name``: the search goes
+``max(N, search.top_k)`` deep, so ``--top`` above ``search.top_k`` is honoured (the
+HTTP API follows the same rule); after spatial re-ranking a line says how many of the
+re-ranked head were verified, by which rule (``verification.decision``), and how the
+list is ordered (verified images first).  ``--format json`` prints the same rows as a
+JSON list of ``{"rank", "name", "score", "verified", "inliers"?,
+"verification_score"?}`` (the last two for the re-ranked head only; the score is
+``-log10 NFA``), ``--format csv`` as CSV; ``--json FILE`` writes every result searched
+in that JSON shape.  ``--out DIR`` writes every result to
 ``DIR/results.json``; with ``--report`` also ``DIR/report/index.html``, the query
 and its top results as thumbnails (database images are looked up in the folder
 the index was built from, or ``--images DIR``).
@@ -57,6 +59,7 @@ from d2r.distributed.options import DEFAULT_CPUS_PER_SHARD
 from d2r.errors import InputError
 from d2r.api import DEFAULT_TOP, Hit, Index, open_index
 from d2r.io.atomic import atomic_write_json
+from d2r.pipeline.decision import rule, verified_order
 from d2r.pipeline.run import run_dataset
 from d2r.pipeline.searcher import Searcher
 from d2r.result_page import write_result_page
@@ -195,15 +198,14 @@ def _write_image_results(out: Path, args: argparse.Namespace, hits: list[Hit], i
         return
     locate = (lambda name: locate_in(args.images, name)) if args.images else index.image_file
     write_result_page(
-        out / "report", query=args.image, box=args.box,
-        rows=[{**hit.row(), "verified": hit.verified} for hit in hits],
-        shown=args.top or len(hits), locate=locate,
-        min_inliers=config.verification.min_inliers, index=str(args.index),
-        hint=None if args.images else "--images DIR")
+        out / "report", query=args.image, box=args.box, rows=[hit.row() for hit in hits],
+        shown=args.top or len(hits), locate=locate, verification=config.verification,
+        index=str(args.index), hint=None if args.images else "--images DIR")
 
 
 def _print_table(shown: list[Hit], hits: list[Hit], config: Config) -> None:
-    """The ``rank  score  inliers  name`` table, with how the list was ordered."""
+    """The ``rank  score  inliers  -log10NFA  verified  name`` table, with how the list was
+    ordered ("-": not re-ranked)."""
     verified = sum(hit.verified for hit in hits)
     checked = sum(hit.inliers is not None for hit in hits)
     if checked:
@@ -211,22 +213,31 @@ def _print_table(shown: list[Hit], hits: list[Hit], config: Config) -> None:
         if config.search.query_expansion > 0 and verified:
             rest = (f"the others follow in the order of a search expanded with up to "
                     f"{config.search.query_expansion} of them (query expansion)")
-        print(f"# re-ranked: the top {checked} were spatially verified; the {verified} with "
-              f">= {config.verification.min_inliers} inliers come first (most inliers first), "
-              f"{rest}")
-    print(f"{'rank':>4}  {'score':>7}  {'inliers':>7}  name")
+        print(f"# re-ranked: the top {checked} were spatially verified; {verified} verified "
+              f"({rule(config.verification)}) come first "
+              f"({verified_order(config.verification)}), {rest}")
+    print(f"{'rank':>4}  {'score':>7}  {'inliers':>7}  {'-log10NFA':>9}  {'verified':>8}  name")
     for hit in shown:
-        inliers = "-" if hit.inliers is None else str(hit.inliers)
-        print(f"{hit.rank:4d}  {hit.score:7.4f}  {inliers:>7}  {hit.name}")
+        head = hit.inliers is not None
+        print(f"{hit.rank:4d}  {hit.score:7.4f}  {hit.inliers if head else '-':>7}  "
+              f"{_number(hit.verification_score):>9}  "
+              f"{str(hit.verified).lower() if head else '-':>8}  {hit.name}")
     if len(shown) < len(hits):
         print(f"# {len(hits) - len(shown)} more (--top 0 shows all)")
 
 
+def _number(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _print_csv(rows: list[dict]) -> None:
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["rank", "score", "inliers", "name"])
+    writer.writerow(["rank", "score", "inliers", "verification_score", "verified", "name"])
     for row in rows:
-        writer.writerow([row["rank"], f"{row['score']:.6g}", row.get("inliers", ""), row["name"]])
+        score = row.get("verification_score")
+        writer.writerow([row["rank"], f"{row['score']:.6g}", row.get("inliers", ""),
+                         "" if score is None else f"{score:.6g}", str(row["verified"]).lower(),
+                         row["name"]])
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from d2r.datasets.benchmarks import Benchmark
 from d2r.datasets.revisited import RevisitedDataset
 from d2r.evaluation import compute_map
 from d2r.io.images import load_image_with_info
+from d2r.pipeline.decision import rule, verified_order
 from d2r.progress import track
 from d2r.types import Boxes, LocalFeatures
 
@@ -559,9 +560,9 @@ def run_settings(
     elif verification.rerank > 0:
         rows.append(("Re-ranking", f"the top {verification.rerank} results of each query are "
                      f"checked by spatial verification "
-                     f"({_RANSAC_WORDS.get(verification.method, verification.method)} RANSAC) and "
-                     f"moved up by their number of matched points; a pair needs at least "
-                     f"{verification.min_inliers} matched points"))
+                     f"({_RANSAC_WORDS.get(verification.method, verification.method)} RANSAC); "
+                     f"the verified ones ({rule(verification)}) move up, "
+                     f"{verified_order(verification)}"))
     else:
         rows.append(("Re-ranking", "none (initial ranking only)"))
     if num_queries is not None:

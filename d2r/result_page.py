@@ -3,7 +3,8 @@
 :func:`write_result_page` writes, under ``out_dir``::
 
     index.html          the query (its box drawn), how the list was ordered, and the
-                        top results as thumbnails with rank, score, inliers and name
+                        top results as thumbnails with rank, score, inliers, verification
+                        score and name (verified ones framed green)
     thumbs/query.jpg    the query thumbnail
     thumbs/r<rank>.jpg  one thumbnail per shown result
 
@@ -23,7 +24,9 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from d2r.config import VerificationConfig
 from d2r.errors import InputError
+from d2r.pipeline.decision import rule, verified_order
 from d2r.report import draw_boxes, save_jpeg, thumbnail
 
 __all__ = ["write_result_page"]
@@ -48,16 +51,16 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 
 def write_result_page(out_dir: str | os.PathLike, *, query: str | os.PathLike,
                       box: Optional[Sequence[float]], rows: Sequence[dict],
-                      locate: Callable[[str], Optional[Path]], min_inliers: int,
-                      index: str, shown: Optional[int] = None,
+                      locate: Callable[[str], Optional[Path]],
+                      verification: VerificationConfig, index: str, shown: Optional[int] = None,
                       hint: Optional[str] = None, max_side: int = 320) -> Path:
     """Write the page of one query; returns the path of ``index.html``.
 
     ``rows`` are every :func:`d2r.pipeline.run.run_image` result (``rank``, ``name``,
-    ``score``, ``inliers`` for the re-ranked head) with ``verified`` (the decision of
-    :func:`d2r.pipeline.decision.is_verified`; missing: not verified), the first ``shown``
-    (default all) shown in order; the page states how many were spatially verified among
-    all ``rows`` (``min_inliers``: the threshold the sentence names).  ``locate`` maps a
+    ``score``, ``verified``; ``inliers`` and ``verification_score`` for the re-ranked head),
+    the first ``shown`` (default all) shown in order, the verified ones framed green; the page
+    states how many of the re-ranked head were verified, by the rule of ``verification``
+    (:func:`d2r.pipeline.decision.rule`).  ``locate`` maps a
     database name to its file (None when unknown); ``hint`` is the option that points at
     the database images (``"--images DIR"``), suggested when some cannot be read.
     """
@@ -71,10 +74,11 @@ def write_result_page(out_dir: str | os.PathLike, *, query: str | os.PathLike,
     missing: list[str] = []
     cards = [_card(out, row, locate, max_side, missing) for row in shown_rows]
     checked = sum("inliers" in row for row in rows)
-    verified = sum(bool(row.get("verified")) for row in rows)
-    order = (f"The top {checked} were spatially verified: the {verified} with at least "
-             f"{min_inliers} matched points come first (green border, most matched points "
-             f"first); the others keep their search order." if checked else
+    verified = sum(row["verified"] for row in rows)
+    order = (f"The top {checked} were spatially verified: {verified} verified "
+             f"({rule(verification)}) come first (green border, "
+             f"{verified_order(verification)}); the others keep their search order."
+             if checked else
              "Ordered by search score (no spatial verification; use --rerank N).")
     note = _missing_note(missing, len(shown_rows), hint)
     page = out / "index.html"
@@ -82,7 +86,7 @@ def write_result_page(out_dir: str | os.PathLike, *, query: str | os.PathLike,
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>d2r: {html.escape(Path(query).name)}</title><style>{_STYLE}</style></head>"
         f"<body><h1>Results for {html.escape(str(query))}</h1>"
-        f"<p>Index: {html.escape(index)}. {order}</p>"
+        f"<p>Index: {html.escape(index)}. {html.escape(order)}</p>"
         + (f"<p class='note'>{html.escape(note)}</p>" if note else "") +
         "<div class='query'><img src='thumbs/query.jpg' alt='query'></div>"
         f"<h2>Top {len(shown_rows)}</h2><div class='results'>{''.join(cards)}</div>"
@@ -108,10 +112,11 @@ def _card(out: Path, row: dict, locate: Callable[[str], Optional[Path]], max_sid
     """One result as an HTML card, writing its thumbnail when the image can be read (else
     its reason is appended to ``missing``)."""
     name = html.escape(row["name"])
-    inliers = row.get("inliers")
-    verified = bool(row.get("verified"))
+    inliers, strength = row.get("inliers"), row.get("verification_score")
     caption = (f"<div>#{row['rank']} · score {row['score']:.4f}"
                + (f" · {inliers} matched points" if inliers is not None else "")
+               + (f" · -log10 NFA {strength:.1f}" if strength is not None else "")
+               + (" · verified" if row["verified"] else "")
                + f"</div><div class='name'>{name}</div>")
     path = locate(row["name"])
     if path is None:
@@ -127,4 +132,4 @@ def _card(out: Path, row: dict, locate: Callable[[str], Optional[Path]], max_sid
             missing.append(str(exc) if path.exists() else f"{path}: no such file")
             picture = (f"<div class='missing'>{'unreadable' if path.exists() else 'not found'}"
                        f"</div>")
-    return f"<div class='card{' verified' if verified else ''}'>{picture}{caption}</div>"
+    return f"<div class='card{' verified' if row['verified'] else ''}'>{picture}{caption}</div>"

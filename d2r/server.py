@@ -4,9 +4,11 @@ The index is opened once (its arrays memory-mapped), its extractor (and model) b
 once, and every query is answered from memory.  Endpoints (JSON unless said)::
 
     GET    /health          {"status": "ok", "images": N}
-    GET    /settings        what the web page needs: writes allowed, token needed, limits
+    GET    /settings        what the web page needs: writes allowed, token needed, limits,
+                            the verification decision and its rule in words
     POST   /search          multipart: image, box?, top?, rerank?, expand?, matches?
-                            -> {"results": [{"rank", "name", "score", "inliers"?}], "timing"}
+                            -> {"results": [{"rank", "name", "score", "verified", "inliers"?,
+                                "verification_score"?}], "timing"}
     POST   /images          multipart: image, name?, replace?  -> 201 {"name", "features"}
     DELETE /images/{name}   -> {"name", "removed": true}; 404 for an unknown name
     GET    /images/{name}   the image's thumbnail (JPEG)
@@ -53,6 +55,7 @@ from d2r import __version__
 from d2r.checks import parse_box
 from d2r.errors import USER_ERRORS, DiskFullError, disk_full
 from d2r.index.layout import MANIFEST, WriterBusyError
+from d2r.pipeline.decision import rule
 from d2r.pipeline.run import run_image, search_depth
 from d2r.pipeline.searcher import Searcher
 from d2r.pipeline.update import UnknownImagesError, add_images, remove_images
@@ -91,7 +94,7 @@ class ServeSettings:
         max_pixels: largest accepted image (width x height).
         top: results per search unless the request says otherwise.
         max_top: the most results a request may ask for.
-        max_matches: matched point pairs returned per verified result (``matches=1``).
+        max_matches: matched point pairs returned per re-ranked result (``matches=1``).
         thumbnail_side: longest side of the thumbnails of ``GET /images/{name}``.
         host: the address the server listens on (accepted in ``Host``).
         allowed_hosts: further host names clients may reach the server by.
@@ -407,6 +410,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 "token_required": bool(settings.token), "top": settings.top,
                 "rerank": searcher.config.verification.rerank,
                 "min_inliers": searcher.config.verification.min_inliers,
+                "decision": searcher.config.verification.decision,
+                "rule": rule(searcher.config.verification),
                 "max_upload_bytes": settings.max_upload_bytes,
                 "max_pixels": settings.max_pixels, "kind": searcher.manifest["kind"]}
 

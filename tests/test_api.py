@@ -19,7 +19,6 @@ from d2r.config import load_config
 from d2r.errors import InputError
 from d2r.io.images import ImageError
 from d2r.pipeline.build import build_index as pipeline_build
-from d2r.pipeline.decision import is_verified
 from d2r.pipeline.run import FeaturelessQueryError
 from d2r.pipeline.update import UnknownImagesError
 from d2r.sources import ImageSource
@@ -29,7 +28,7 @@ SMALL = {"codebook.num_words": 32, "features.rootsift.max_features": 80}
 
 def _key(hits):
     """What two searches must agree on, bit for bit."""
-    return [(h.rank, h.name, h.score, h.inliers, h.verified,
+    return [(h.rank, h.name, h.score, h.inliers, h.verified, h.verification_score,
              None if h.matches is None else h.matches.tobytes()) for h in hits]
 
 
@@ -90,8 +89,10 @@ def test_a_search_returns_typed_hits_best_first(index, query):
     with pytest.raises(AttributeError):
         hits[0].score = 1.0
     head = hits[0]
-    assert head.inliers is not None and head.verified == is_verified(head.inliers,
-                                                                     index.settings.verification)
+    assert head.inliers >= index.settings.verification.min_inliers and head.verified
+    assert head.verification_score > 0
+    assert head.row() == {"rank": 1, "name": head.name, "score": head.score, "verified": True,
+                          "inliers": head.inliers, "verification_score": head.verification_score}
     assert head.matches.dtype == np.float32 and head.matches.shape == (head.inliers, 4)
     assert len(index.search(query, top=0)) == len(index) == 16
 
@@ -127,7 +128,10 @@ def test_rerank_is_a_query_time_setting(built, index, query):
     with d2r.open_index(built) as plain:
         hits = plain.search(query)
         assert plain.settings.verification.rerank == 0
-    assert all(h.inliers is None and not h.verified and h.matches is None for h in hits)
+    assert all(h.inliers is None and not h.verified and h.matches is None
+               and h.verification_score is None for h in hits)
+    assert hits[0].row() == {"rank": 1, "name": hits[0].name, "score": hits[0].score,
+                             "verified": False}
     reranked = index.search(query)
     assert index.settings.verification.rerank == 8
     assert sum(h.inliers is not None for h in reranked) == 8

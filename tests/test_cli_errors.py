@@ -105,7 +105,8 @@ def test_negative_box_coordinates_parse(index, query_image, form):
     args = ["--box", box] if form == "separate" else [f"--box={box}"]
     proc = d2r("query", "--index", index, "--image", query_image, *args)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0].split() == ["rank", "score", "inliers", "name"]
+    assert proc.stdout.splitlines()[0].split() == ["rank", "score", "inliers", "-log10NFA",
+                                                   "verified", "name"]
 
 
 def test_unknown_preset(tiny_dataset, tmp_path):

@@ -416,3 +416,32 @@ def test_the_page_states_the_re_ranked_depth(index, photos, tmp_path):
     assert proc.returncode == 0, proc.stderr
     page = (tmp_path / "report" / "index.html").read_text()
     assert "The top 16 were spatially verified" in page
+
+
+def test_json_and_csv_carry_the_decision_and_its_score(index, photos):
+    """Every row says ``verified``; the re-ranked head also its inliers and -log10 NFA, in
+    the same order in JSON, CSV and the table, whose header counts the verified."""
+    query = ("query", "--index", index, "--image", photos / "synth_db_000000.jpg",
+             "--rerank", "4", "--top", "6")
+    printed = d2r(*query, "--format", "json")
+    assert printed.returncode == 0, printed.stderr
+    rows = json.loads(printed.stdout)
+    assert [sorted(row) for row in rows] == \
+        [["inliers", "name", "rank", "score", "verification_score", "verified"]] * 4 \
+        + [["name", "rank", "score", "verified"]] * 2
+    assert rows[0]["verified"] is True and rows[0]["verification_score"] > 12
+    assert [row["verified"] for row in rows[4:]] == [False, False]
+    written = d2r(*query, "--format", "csv")
+    assert written.returncode == 0, written.stderr
+    lines = written.stdout.splitlines()
+    assert lines[0] == "rank,score,inliers,verification_score,verified,name"
+    cells = [line.split(",") for line in lines[1:]]
+    assert [c[4] for c in cells] == [str(row["verified"]).lower() for row in rows]
+    assert [c[2] for c in cells] == [str(row.get("inliers", "")) for row in rows]
+    assert float(cells[0][3]) == pytest.approx(rows[0]["verification_score"], rel=1e-5)
+    assert cells[5][3] == ""
+    table = d2r(*query)
+    assert table.returncode == 0, table.stderr
+    verified = sum(row["verified"] for row in rows)
+    assert f"the top 4 were spatially verified; {verified} verified (>= 8 inliers) come first " \
+           f"(most inliers first)" in table.stdout.splitlines()[0]

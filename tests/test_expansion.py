@@ -123,12 +123,15 @@ def test_expansion_keeps_the_verified_head_and_reorders_the_rest(photos_index, v
     assert expanded.shape == plain.shape
     changed = 0
     for q, verified in enumerate(details):
-        head = int(np.sum(verified.inliers >= 6))
+        head = int(np.sum(verified.verified))
         np.testing.assert_array_equal(expanded[q, :head], plain[q, :head])  # never removed
         assert sorted(expanded[q]) == sorted(plain[q])  # the same 16 images, reordered
         assert after[q].inliers[:head].tolist() == verified.inliers[:head].tolist()
+        assert after[q].verified[:head].all() and after[q].verified.sum() == head
+        checked = after[q].inliers >= 0
+        np.testing.assert_array_equal(np.isnan(after[q].verification_scores), ~checked)
         changed += not np.array_equal(expanded[q], plain[q])
-    assert any(np.sum(d.inliers >= 6) for d in details)
+    assert any(np.sum(d.verified) for d in details)
     assert changed  # the expansion did reorder something
 
 
@@ -137,6 +140,18 @@ def test_a_query_without_verified_images_is_unchanged(photos_index):
     plain, _ = _ranking(index, queries, "verification.min_inliers=100000")
     expanded, _ = _ranking(index, queries, "verification.min_inliers=100000",
                            "search.query_expansion=3")
+    np.testing.assert_array_equal(expanded, plain)
+
+
+def test_expansion_uses_only_what_the_decision_verified(photos_index):
+    """Under ``nfa`` with an unreachable score, pairs with many inliers are not verified,
+    so nothing expands the query."""
+    index, queries = photos_index
+    refusing = ("verification.decision=nfa", "verification.min_score=100000")
+    plain, details = _ranking(index, queries, *refusing)
+    expanded, after = _ranking(index, queries, *refusing, "search.query_expansion=3")
+    assert any(np.sum(d.inliers >= 6) for d in details)
+    assert not any(d.verified.any() for d in after)
     np.testing.assert_array_equal(expanded, plain)
 
 

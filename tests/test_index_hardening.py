@@ -22,7 +22,8 @@ import pytest
 
 from d2r import verify as verify_cli
 from d2r.codebook import Codebook
-from d2r.config import CodebookConfig, ConfigError, MAX_YAML_VALUES, load_config
+from d2r.config import (CodebookConfig, ConfigError, MAX_YAML_VALUES, VerificationConfig,
+                        load_config)
 from d2r.index import layout
 from d2r.index.layout import IndexManifestError, read_manifest
 from d2r.index.storage import IndexFormatError
@@ -314,8 +315,10 @@ def test_a_rebuild_never_indexes_its_own_outputs(photos, tmp_path, query_image):
     (index / "uploads").mkdir()
     shutil.copy(query_image, index / "uploads" / "upload.jpg")
     write_result_page(work / "res" / "report", query=query_image, box=None,
-                      rows=[{"rank": 1, "name": "synth_db_000000.jpg", "score": 1.0}],
-                      locate=lambda name: work / name, min_inliers=8, index=str(index))
+                      rows=[{"rank": 1, "name": "synth_db_000000.jpg", "score": 1.0,
+                             "verified": False}],
+                      locate=lambda name: work / name, verification=VerificationConfig(),
+                      index=str(index))
     inside_index = sorted(index.rglob("*.jpg"))
     in_report = sorted((work / "res" / "report").rglob("*.jpg"))
     assert len(inside_index) >= 2 and len(in_report) == 2

@@ -317,8 +317,12 @@ def test_run_settings_in_plain_words():
     assert "abababababab" in rows["Visual words (codebook)"]
     assert "codebooks/0123456789abcdef" in rows["Visual words (codebook)"]
     assert "ASMK*" in rows["Image similarity"]
-    assert "top 100" in rows["Re-ranking"] and str(config.verification.min_inliers) in \
-        rows["Re-ranking"]
+    assert "top 100" in rows["Re-ranking"]
+    assert "the verified ones (>= 8 inliers) move up, most inliers first" in rows["Re-ranking"]
+    nfa = dict(R.run_settings(load_config("rootsift-asmk-star", overrides=[
+        "verification.rerank=100", "verification.decision=nfa"]), manifest))
+    assert "the verified ones (a-contrario, -log10 NFA >= 12) move up, highest score first" \
+        in nfa["Re-ranking"]
     assert rows["Queries"] == "40" and rows["Database images"] == "200"
     assert rows["Date"].startswith("2024-05-06 07:08")
     # a build that is no preset: the closest one and what differs

@@ -55,6 +55,32 @@ def test_page_shows_the_query_and_the_top_results(photos_index, tmp_path):
     assert "spatially verified" in page and "class='card verified'" in page
 
 
+def test_only_verified_results_are_framed_green(photos_index, tmp_path):
+    """Under a decision that refuses every pair, no card is green though many have >= 8
+    matched points; the page names the rule and shows each card's score."""
+    photos, index = photos_index
+    out = tmp_path / "res"
+    proc = d2r("query", "--index", index, "--image", photos / "a<b>&c.jpg", "--out", out,
+               "--report", "--rerank", "8", "--top", "8", "--set", "verification.decision=nfa",
+               "--set", "verification.min_score=100000")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((out / "results.json").read_text())
+    assert rows[0]["inliers"] >= 8 and not any(row["verified"] for row in rows)
+    page = (out / "report" / "index.html").read_text()
+    cards = _cards(page)
+    assert len(cards) == 8 and not any("class='card verified'" in card for card in cards)
+    assert all("-log10 NFA" in card for card in cards)
+    assert "0 verified (a-contrario, -log10 NFA &gt;= 100000) come first" in page
+
+    proc = d2r("query", "--index", index, "--image", photos / "a<b>&c.jpg", "--out", out,
+               "--report", "--rerank", "8", "--top", "8")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((out / "results.json").read_text())
+    cards = _cards((out / "report" / "index.html").read_text())
+    green = [("class='card verified'" in card) for card in cards]
+    assert green == [row["verified"] for row in rows[:8]] and any(green) and not all(green)
+
+
 def test_moved_images_get_a_card_and_images_finds_them(photos_index, tmp_path):
     photos = tmp_path / "photos"
     shutil.copytree(photos_index[0], photos)

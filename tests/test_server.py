@@ -3,8 +3,12 @@ loopback port, and concurrent searches while the index is updated."""
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,11 +19,17 @@ pytest.importorskip("fastapi")
 requests = pytest.importorskip("requests")
 from PIL import Image  # noqa: E402
 
+import d2r  # noqa: E402
+from d2r.config import load_config  # noqa: E402
+from d2r.pipeline.build import build_index  # noqa: E402
 from d2r.pipeline.run import run_image  # noqa: E402
 from d2r.pipeline.searcher import Searcher  # noqa: E402
-from tests._server import Server, photo_index  # noqa: E402
+from d2r.sources import ImageSource  # noqa: E402
+from tests._server import SMALL, Server, photo_index  # noqa: E402
 
 TOKEN = "s3cret"
+REFUSING = ["verification.decision=nfa", "verification.min_score=100000"]
+"""A decision no pair of the tiny benchmark passes, however many inliers it has."""
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +98,18 @@ def test_search_answers_what_d2r_query_answers(readonly, built, query):
     assert body["results"] == expected
     assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
     assert all("inliers" in r for r in body["results"])
+    for row in body["results"]:  # the default decision: >= 8 inliers
+        assert row["verified"] is (row["inliers"] >= 8)
+        assert isinstance(row["verification_score"], float)
+    assert body["results"][0]["verified"]
 
 
 def test_search_defaults_box_and_matches(readonly, query):
     body = _search(readonly, query).json()
     assert len(body["results"]) == 16  # top 20 by default, 16 images
     assert "inliers" not in body["results"][0]  # the index's rerank: 0
+    assert not any(r["verified"] for r in body["results"])
+    assert "verification_score" not in body["results"][0]
     boxed = _search(readonly, query, box="-10,-10,190,130", rerank=16, matches="true").json()
     verified = [r for r in boxed["results"] if r.get("inliers", 0) > 0]
     assert verified and boxed["results"] != body["results"]
@@ -228,3 +244,57 @@ def test_concurrent_searches_see_the_old_or_the_new_generation(server, tiny_data
     assert new != old and new[0][0] == "concurrent.jpg"
     assert len(answers) >= 8
     assert all(answer in (old, new) for answer in answers)
+
+
+def test_settings_state_the_decision(readonly):
+    settings = requests.get(readonly.url + "/settings", timeout=10).json()
+    assert settings["decision"] == "inliers" and settings["rule"] == ">= 8 inliers"
+
+
+@pytest.fixture(scope="module")
+def refusing(tiny_dataset, tmp_path_factory):
+    """A server over an index recorded with the :data:`REFUSING` decision."""
+    photos = tmp_path_factory.mktemp("refusing") / "photos"
+    photos.mkdir()
+    for image in sorted((tiny_dataset / "jpg").glob("synth_db_*.jpg")):
+        shutil.copy(image, photos)
+    config = load_config("rootsift-asmk-star", overrides=[*SMALL, *REFUSING])
+    index = build_index(config, ImageSource.from_directory(photos), photos.parent / "index",
+                        show_progress=False)
+    with Server(index) as running:
+        yield running
+
+
+def _d2r_query(index: Path, query: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "d2r", "query", "--index", str(index),
+                           "--image", str(query), "--rerank", "16", "--set", REFUSING[0],
+                           "--set", REFUSING[1], *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_a_pair_the_decision_refuses_is_unverified_everywhere(refusing, built, query):
+    """Under ``nfa`` with an unreachable ``min_score``, rows with >= 8 inliers say
+    ``verified: false`` in the server's JSON, ``d2r query`` JSON, CSV and table, and
+    :class:`d2r.Hit`; the server and the table name the rule."""
+    settings = requests.get(refusing.url + "/settings", timeout=10).json()
+    assert settings["decision"] == "nfa"
+    assert settings["rule"] == "a-contrario, -log10 NFA >= 100000"
+    served = _search(refusing, query, rerank=16).json()["results"]
+    printed = json.loads(_d2r_query(built, query, "--format", "json"))
+    table = list(csv.DictReader(io.StringIO(_d2r_query(built, query, "--format", "csv"))))
+    with d2r.open_index(built, rerank=16, settings=REFUSING) as index:
+        hits = index.search(query)
+    for rows in (served, printed):
+        assert any(r["inliers"] >= 8 for r in rows)
+        assert not any(r["verified"] for r in rows)
+        assert all(isinstance(r["verification_score"], float) for r in rows)
+    assert any(int(r["inliers"]) >= 8 for r in table)
+    assert {r["verified"] for r in table} == {"false"}
+    assert any(h.inliers >= 8 for h in hits) and not any(h.verified for h in hits)
+    assert printed == [h.row() for h in hits]
+    header, columns, first = _d2r_query(built, query).splitlines()[:3]
+    assert "; 0 verified (a-contrario, -log10 NFA >= 100000) come first" in header, header
+    assert columns.split() == ["rank", "score", "inliers", "-log10NFA", "verified", "name"]
+    assert first.split()[4] == "false"

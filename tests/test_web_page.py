@@ -80,11 +80,18 @@ def test_search_box_match_view_and_add(browser, server, tiny_dataset):
     rerank.clear()
     rerank.send_keys("16")
     browser.find_element(By.ID, "search").click()
-    wait.until(lambda d: "verified (at least" in d.find_element(By.ID, "status").text)
+    wait.until(lambda d: "checked were verified" in d.find_element(By.ID, "status").text)
     assert "verification" in browser.find_element(By.ID, "status").text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#results .result")) == 16
     first = browser.find_element(By.CSS_SELECTOR, "#results .result")
-    assert "#1 · score" in first.text and "inliers" in first.text
+    assert "#1 · score" in first.text and "inliers" in first.text and "-log10 NFA" in first.text
+    rows = requests.post(server.url + "/search", files={"image": ("q.jpg", query.read_bytes())},
+                         data={"rerank": "16"}, timeout=60).json()["results"]
+    green = [card.get_attribute("data-rank") for card in
+             browser.find_elements(By.CSS_SELECTOR, "#results .result.verified")]
+    assert green == [str(r["rank"]) for r in rows if r["verified"]] and green
+    assert (f"{len(green)} of the 16 checked were verified (>= 8 inliers, framed green)"
+            in browser.find_element(By.ID, "status").text)
     browser.set_window_size(420, 1000)  # one narrow card per row: "inliers" stays one word
     lines = browser.execute_script(
         "return [...document.querySelectorAll('#results .caption span')]"
@@ -103,6 +110,21 @@ def test_search_box_match_view_and_add(browser, server, tiny_dataset):
     assert len(browser.find_elements(By.CSS_SELECTOR, "#matchview path.match")) > 0
     assert "matched points drawn" in browser.find_element(By.ID, "matchtitle").text
     browser.find_element(By.ID, "closematch").click()
+
+    # the frame follows the decision's flag, not the inlier count
+    browser.execute_script("""showResults({timing: {total_s: 1, extract_s: 0.5, search_s: 0.1,
+      rerank_s: 0.4}, results: [
+      {rank: 1, name: arguments[0], score: 0.9, verified: false, inliers: 50,
+       verification_score: 3.25},
+      {rank: 2, name: arguments[0], score: 0.5, verified: true, inliers: 9,
+       verification_score: 14.5},
+      {rank: 3, name: arguments[0], score: 0.1, verified: false}]})""", rows[0]["name"])
+    cards = browser.find_elements(By.CSS_SELECTOR, "#results .result")
+    assert ["verified" in card.get_attribute("class").split() for card in cards] == \
+        [False, True, False]
+    assert "50 inliers · -log10 NFA 3.3" in cards[0].text and "verified" not in cards[0].text
+    assert "9 inliers · -log10 NFA 14.5 · verified" in cards[1].text
+    assert "1 of the 2 checked were verified" in browser.find_element(By.ID, "status").text
 
     name = browser.find_element(By.ID, "name")
     name.clear()

@@ -33,6 +33,7 @@ EXTRACTORS = Registry("extractor", "name", {
     "rootsift": "d2r.features.rootsift",
     "delf": "d2r.features.delf",
     "xfeat": "d2r.features.xfeat",
+    "disk": "d2r.features.disk",
     "cnn": "d2r.global_.extractor",
 }, required=("output_type", "record_type", "method_key", "from_config"),
     prefix="features.backend: ")

@@ -131,11 +131,10 @@ class _Kernel(LocalMethod):
 
     def _expand(self, searcher, query: LocalFeatures, verified: RerankResult,
                 ids: np.ndarray, scores: np.ndarray) -> RerankResult:
-        """One query's whole ranking (``ids``, ``scores``: after verification) after verified
-        expansion; without a verified image the same ranking."""
-        min_inliers = self.config.verification.min_inliers
+        """One query's whole ranking (``ids``, ``scores``: after verification) after expansion
+        with the images the decision verified; without one the same ranking."""
         k = ids.shape[0]
-        head = int(np.sum(verified.inliers[:verified.num_verified] >= min_inliers))
+        head = int(np.count_nonzero(verified.verified))  # the verified lead the list
         if head > 0:
             ids, scores = self._expanded_ranking(searcher, query, verified, head, k)
         checked = {int(i): pos for pos, i in enumerate(verified.ids[:verified.num_verified])}
@@ -146,7 +145,10 @@ class _Kernel(LocalMethod):
             inliers=np.array([verified.inliers[p] if p >= 0 else -1 for p in where], np.int32),
             order=np.array([verified.order[p] if p >= 0 else -1 for p in where], np.int64),
             matches=tuple(verified.matches[p] if p >= 0 else empty for p in where),
-            num_verified=verified.num_verified)
+            num_verified=verified.num_verified,
+            verification_scores=np.array([verified.verification_scores[p] if p >= 0 else np.nan
+                                          for p in where], np.float32),
+            verified=np.array([p >= 0 and verified.verified[p] for p in where], bool))
 
     def _expanded_ranking(self, searcher, query: LocalFeatures, verified: RerankResult,
                           head: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,19 +1,24 @@
-"""Whether a spatially verified database image counts as a match of the query.
+"""What "verified" means, in the words every surface states it.
 
-The one place that decides it: :class:`d2r.Hit`'s ``verified``, the table ``d2r query``
-prints and the one-query result page all ask :func:`is_verified`.
+The flag is decided once, by re-ranking (``RerankResult.verified``, under
+``verification.decision``); the rows of :func:`d2r.pipeline.run.run_image`, :class:`d2r.Hit`,
+``d2r query``, the result page, the server and its web page read it and never recompute it.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 from d2r.config import VerificationConfig
 
-__all__ = ["is_verified"]
+__all__ = ["rule", "verified_order"]
 
 
-def is_verified(inliers: Optional[int], config: VerificationConfig) -> bool:
-    """True when ``inliers`` (RANSAC inliers of a re-ranked pair; None: not re-ranked) reach
-    ``config.min_inliers``."""
-    return inliers is not None and inliers >= config.min_inliers
+def rule(config: VerificationConfig) -> str:
+    """The decision rule: ``">= 8 inliers"`` or ``"a-contrario, -log10 NFA >= 12"``."""
+    if config.decision == "nfa":
+        return f"a-contrario, -log10 NFA >= {config.min_score:g}"
+    return f">= {config.min_inliers} inliers"
+
+
+def verified_order(config: VerificationConfig) -> str:
+    """How the verified results are ordered among themselves."""
+    return "highest score first" if config.decision == "nfa" else "most inliers first"

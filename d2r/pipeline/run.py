@@ -69,11 +69,16 @@ def run_image(searcher: Searcher, image: str | os.PathLike,
               box: Optional[Sequence[float]] = None, *, k: Optional[int] = None,
               timing: Optional[dict] = None, matches: int = 0,
               workers: Optional[int] = None, label: Optional[str] = None) -> list[dict]:
-    """Ranked database images for one query image: ``[{"rank", "name", "score", "inliers"}]``.
+    """Ranked database images for one query image: ``[{"rank", "name", "score", "verified",
+    "inliers"?, "verification_score"?}]``.
+
+    ``verified`` is the decision of re-ranking (``RerankResult.verified``; False where not
+    checked); the re-ranked head also carries its RANSAC ``inliers`` and
+    ``verification_score`` (``-log10 NFA``; None when not computed).
 
     ``k``: results searched (default ``search.top_k``; see :func:`search_depth`).
     ``timing``, when given, receives the seconds of ``extract``, ``search`` and ``rerank``.
-    ``matches`` > 0 adds to each verified row ``"matches"``: up to that many inlier pairs
+    ``matches`` > 0 adds to each re-ranked row ``"matches"``: up to that many inlier pairs
     ``[xq, yq, xd, yd]`` (pixels of the original images) and the database image's
     ``"image_size"`` ``[W, H]``.  ``workers``: threads verifying the re-ranked head (default:
     the cores).  ``label`` names the image in messages (default: its path).
@@ -127,10 +132,14 @@ def _rows(searcher: Searcher, query, ids: np.ndarray, scores: np.ndarray, rerank
         if image_id < 0:
             break
         row = {"rank": rank, "name": searcher.names[image_id], "score": float(score)}
-        if reranked is not None and rank <= len(reranked.inliers) \
-                and reranked.inliers[rank - 1] >= 0:
+        checked = reranked is not None and rank <= len(reranked.inliers) \
+            and reranked.inliers[rank - 1] >= 0
+        row["verified"] = bool(checked and reranked.verified[rank - 1])
+        if checked:
+            strength = float(reranked.verification_scores[rank - 1])
             row["inliers"] = int(reranked.inliers[rank - 1])
-            if matches and row["inliers"] >= 0:
+            row["verification_score"] = None if np.isnan(strength) else strength
+            if matches:
                 row.update(_matched_points(searcher, query.features, int(image_id),
                                            reranked.matches[rank - 1], matches))
         rows.append(row)
