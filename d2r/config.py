@@ -324,11 +324,12 @@ class VerificationConfig:
     (the default, for now); ``nfa``, the a-contrario test (one-to-one inliers, ``-log10`` of
     the number of false alarms >= ``min_score``, a sane transform and inlier spread, at
     least ``min_inliers`` inliers; :mod:`d2r.verification_score`).  ``nfa`` is not the
-    default yet: with the default matching it keeps too few true pairs and lowers the
-    re-ranked mAP (docs/benchmarks.md, issue 26)."""
+    default yet: it keeps too few of the true pairs and lowers the re-ranked mAP of the
+    synthetic benchmark (docs/benchmarks.md, issue 26)."""
     min_score: float = 12.0
-    """``nfa``: the least score ``-log10 NFA`` (provisional: 0.8 false verifications per
-    1,000 unrelated pairs on a first run of ``benchmarks/verification_calibration.py``)."""
+    """``nfa``: the least score ``-log10 NFA`` (provisional: no false verification among
+    42,000 unrelated real-photo pairs with the RootSIFT preset, but two halves of a
+    repeated texture can score above it; docs/benchmarks.md)."""
     max_scale_ratio: float = 10.0
     """``nfa``: refuse a transform that scales by more than this, either way."""
     max_anisotropy: float = 6.0

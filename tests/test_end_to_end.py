@@ -70,7 +70,8 @@ def test_single_image_query_finds_its_landmark(tiny_dataset, built_index, tmp_pa
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) > 3
     assert ["inliers" in r for r in rows[:4]] == [True, True, True, False]
     assert printed[0].startswith("# re-ranked: the top 3 were spatially verified")
-    assert printed[1].split() == ["rank", "score", "inliers", "name"]
+    assert printed[1].split() == ["rank", "score", "inliers", "-log10NFA", "verified", "name"]
+    assert [r["verified"] for r in rows[3:]] == [False] * (len(rows) - 3)
     assert [line.split()[0] for line in printed[2:5]] == ["1", "2", "3"]
     assert printed[5] == f"# {len(rows) - 3} more (--top 0 shows all)"
     positives = set(dataset.gnd[0].easy) | set(dataset.gnd[0].hard)
