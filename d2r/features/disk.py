@@ -33,21 +33,12 @@ The reference's own resize (longer side 1024) is not applied: d2r's
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
 import numpy as np
 
-from d2r.checks import check_positive_int
-from d2r.features.base import BaseExtractor
 from d2r.features.disk_model import DISK_DIM, DIVISOR, load_disk_model
+from d2r.features.published import PublishedWeightsExtractor
 from d2r.features.registry import register_extractor
-from d2r.index.storage import file_sha256
 from d2r.types import LocalFeatures
-
-if TYPE_CHECKING:
-    from d2r.config import DiskConfig
 
 __all__ = ["DISK_SHA256", "MIN_IMAGE_SIDE", "DiskExtractor", "top_keypoints"]
 
@@ -105,71 +96,35 @@ def top_keypoints(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 @register_extractor
-class DiskExtractor(BaseExtractor):
+class DiskExtractor(PublishedWeightsExtractor):
     """DISK keypoints and 128-D descriptors; implements :class:`~d2r.features.base.LocalFeatureExtractor`.
 
     Args:
         model: the network (:func:`~d2r.features.disk_model.build_disk_model` with
             weights, e.g. from :func:`~d2r.features.disk_model.load_disk_model`).
         weights_sha256: names the weights in :meth:`config` (the checkpoint's sha256).
-        max_keypoints: keep at most this many keypoints, the strongest (reference: ``n``).
-        detection_threshold: heatmap logit a keypoint must exceed (reference: ``score_threshold``).
+        max_keypoints: keep at most this many keypoints, the strongest (reference: ``n``;
+            default 2048).
+        detection_threshold: heatmap logit a keypoint must exceed (reference:
+            ``score_threshold``; default 0).
         max_image_side: downscale images whose longer side exceeds this first.
     """
 
     name = "disk"
-    output_type = LocalFeatures
     record_type = "disk"
-    method_key = "aggregation.method"
-    """The config key naming the retrieval method that takes this extractor's output."""
-    extra = "tf"
+    LABEL = "DISK"
+    DIM = DISK_DIM
+    WEIGHTS_SHA256 = DISK_SHA256
+    DEFAULT_MAX_KEYPOINTS = 2048
+    DEFAULT_THRESHOLD = 0.0
+    load_model = staticmethod(load_disk_model)
+    dense_function = staticmethod(_dense_function)
 
-    def __init__(self, model, *, weights_sha256: str, max_keypoints: int = 2048,
-                 detection_threshold: float = 0.0, max_image_side: int | None = None) -> None:
-        super().__init__(max_image_side=max_image_side)
-        self.max_keypoints = check_positive_int("max_keypoints", max_keypoints)
-        if not np.isfinite(float(detection_threshold)):
-            raise ValueError(f"detection_threshold must be finite, got {detection_threshold!r}")
-        self.detection_threshold = float(detection_threshold)
-        self.weights_sha256 = str(weights_sha256)
-        self.model = model
-        self._dense = _dense_function(model)
-
-    @classmethod
-    def from_weights(cls, path: str | os.PathLike, *, sha256: str | None = DISK_SHA256,
-                     **params) -> "DiskExtractor":
-        """Extractor with the PyTorch checkpoint at ``path`` (refused unless its sha256 is
-        ``sha256``; None: any DISK checkpoint); ``params`` go to the constructor."""
-        model = load_disk_model(path, sha256=sha256)
-        return cls(model, weights_sha256=sha256 or file_sha256(path), **params)
-
-    @classmethod
-    def from_config(cls, config: "DiskConfig") -> "DiskExtractor":
-        """Extractor described by a :class:`d2r.config.DiskConfig` (``features.disk``)."""
-        from d2r.config import ConfigError
-
-        if not config.weights_path:
-            raise ConfigError("features.disk.weights_path is not set: DISK needs its published "
-                              "weights; `python data/download.py disk` fetches them and prints "
-                              "the --set to use")
-        return cls.from_weights(Path(config.weights_path), sha256=config.weights_sha256 or DISK_SHA256,
-                                max_keypoints=config.max_keypoints,
-                                detection_threshold=config.detection_threshold,
-                                max_image_side=config.max_image_side)
-
-    @property
-    def dim(self) -> int:
-        return DISK_DIM
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "type": "disk",
-            "dim": self.dim,
-            "weights_sha256": self.weights_sha256,
-            "max_keypoints": self.max_keypoints,
-            "detection_threshold": self.detection_threshold,
-            "max_image_side": self.max_image_side,
-        }
+    @staticmethod
+    def check_threshold(value: float) -> float:
+        if not np.isfinite(value):
+            raise ValueError(f"detection_threshold must be finite, got {value!r}")
+        return value
 
     def _extract_full(self, image: np.ndarray) -> LocalFeatures:
         height, width = image.shape[:2]

@@ -26,21 +26,12 @@ run in TensorFlow (GPU when it sees one), step 4 in numpy.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
 import numpy as np
 
-from d2r.checks import check_positive_int
-from d2r.features.base import BaseExtractor
+from d2r.features.published import PublishedWeightsExtractor
 from d2r.features.registry import register_extractor
 from d2r.features.xfeat_model import CELL, XFEAT_DIM, load_xfeat_model
-from d2r.index.storage import file_sha256
 from d2r.types import LocalFeatures
-
-if TYPE_CHECKING:
-    from d2r.config import XFeatConfig
 
 __all__ = ["XFEAT_SHA256", "MIN_IMAGE_SIDE", "XFeatExtractor", "select_keypoints"]
 
@@ -160,71 +151,34 @@ def select_keypoints(points: np.ndarray, heatmap: np.ndarray, reliability: np.nd
 
 
 @register_extractor
-class XFeatExtractor(BaseExtractor):
+class XFeatExtractor(PublishedWeightsExtractor):
     """XFeat keypoints and 64-D descriptors; implements :class:`~d2r.features.base.LocalFeatureExtractor`.
 
     Args:
         model: the network (:func:`~d2r.features.xfeat_model.build_xfeat_model` with
             weights, e.g. from :func:`~d2r.features.xfeat_model.load_xfeat_model`).
         weights_sha256: names the weights in :meth:`config` (the checkpoint's sha256).
-        max_keypoints: keep at most this many keypoints, best score first (reference: top_k).
-        detection_threshold: heatmap probability a keypoint must exceed.
+        max_keypoints: keep at most this many keypoints, best score first (reference: top_k;
+            default 4096).
+        detection_threshold: heatmap probability a keypoint must exceed (default 0.05).
         max_image_side: downscale images whose longer side exceeds this first.
     """
 
     name = "xfeat"
-    output_type = LocalFeatures
     record_type = "xfeat"
-    method_key = "aggregation.method"
-    """The config key naming the retrieval method that takes this extractor's output."""
-    extra = "tf"
+    LABEL = "XFeat"
+    DIM = XFEAT_DIM
+    WEIGHTS_SHA256 = XFEAT_SHA256
+    DEFAULT_MAX_KEYPOINTS = 4096
+    DEFAULT_THRESHOLD = 0.05
+    load_model = staticmethod(load_xfeat_model)
+    dense_function = staticmethod(_dense_function)
 
-    def __init__(self, model, *, weights_sha256: str, max_keypoints: int = 4096,
-                 detection_threshold: float = 0.05, max_image_side: int | None = None) -> None:
-        super().__init__(max_image_side=max_image_side)
-        self.max_keypoints = check_positive_int("max_keypoints", max_keypoints)
-        if not 0 <= float(detection_threshold) < 1:
-            raise ValueError(f"detection_threshold must be in [0, 1), got {detection_threshold!r}")
-        self.detection_threshold = float(detection_threshold)
-        self.weights_sha256 = str(weights_sha256)
-        self.model = model
-        self._dense = _dense_function(model)
-
-    @classmethod
-    def from_weights(cls, path: str | os.PathLike, *, sha256: str | None = XFEAT_SHA256,
-                     **params) -> "XFeatExtractor":
-        """Extractor with the PyTorch checkpoint at ``path`` (refused unless its sha256 is
-        ``sha256``; None: any XFeat checkpoint); ``params`` go to the constructor."""
-        model = load_xfeat_model(path, sha256=sha256)
-        return cls(model, weights_sha256=sha256 or file_sha256(path), **params)
-
-    @classmethod
-    def from_config(cls, config: "XFeatConfig") -> "XFeatExtractor":
-        """Extractor described by a :class:`d2r.config.XFeatConfig` (``features.xfeat``)."""
-        from d2r.config import ConfigError
-
-        if not config.weights_path:
-            raise ConfigError("features.xfeat.weights_path is not set: XFeat needs its published "
-                              "weights; `python data/download.py xfeat` fetches them and prints "
-                              "the --set to use")
-        return cls.from_weights(Path(config.weights_path), sha256=config.weights_sha256 or XFEAT_SHA256,
-                                max_keypoints=config.max_keypoints,
-                                detection_threshold=config.detection_threshold,
-                                max_image_side=config.max_image_side)
-
-    @property
-    def dim(self) -> int:
-        return XFEAT_DIM
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "type": "xfeat",
-            "dim": self.dim,
-            "weights_sha256": self.weights_sha256,
-            "max_keypoints": self.max_keypoints,
-            "detection_threshold": self.detection_threshold,
-            "max_image_side": self.max_image_side,
-        }
+    @staticmethod
+    def check_threshold(value: float) -> float:
+        if not 0 <= value < 1:
+            raise ValueError(f"detection_threshold must be in [0, 1), got {value!r}")
+        return value
 
     def _extract_full(self, image: np.ndarray) -> LocalFeatures:
         height, width = image.shape[:2]

@@ -37,7 +37,7 @@ import numpy as np
 from d2r.errors import InputError
 from d2r.index.storage import file_sha256
 
-__all__ = ["CheckpointError", "MAX_PICKLE_BYTES", "load_state_dict"]
+__all__ = ["CheckpointError", "MAX_PICKLE_BYTES", "checked_file", "load_state_dict"]
 
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64,
@@ -191,6 +191,20 @@ def _refuse_legacy(path: Path, head: bytes) -> None:
                               f"does not read; re-save it with a current torch.save")
 
 
+def checked_file(path: str | os.PathLike, sha256: str | None) -> Path:
+    """``path`` as a Path once it is a file whose sha256 is ``sha256`` (None: any), else
+    :class:`CheckpointError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if sha256 is not None:
+        actual = file_sha256(path)
+        if actual != sha256.lower():
+            raise CheckpointError(f"{path}: sha256 is {actual}, expected {sha256}: "
+                                  f"a damaged or different checkpoint")
+    return path
+
+
 def load_state_dict(path: str | os.PathLike, *, sha256: str | None = None) -> dict[str, np.ndarray]:
     """The tensors of the PyTorch state dict at ``path``: name -> numpy array.
 
@@ -200,14 +214,7 @@ def load_state_dict(path: str | os.PathLike, *, sha256: str | None = None) -> di
     names any global outside tensor rebuilding, and a value that is not a mapping of
     names to tensors.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if sha256 is not None:
-        actual = file_sha256(path)
-        if actual != sha256.lower():
-            raise CheckpointError(f"{path}: sha256 is {actual}, expected {sha256}: "
-                                  f"a damaged or different checkpoint")
+    path = checked_file(path, sha256)
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
             _refuse_legacy(path, f.read(16))

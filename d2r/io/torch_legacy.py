@@ -25,13 +25,11 @@ from __future__ import annotations
 import io
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 
-from d2r.index.storage import file_sha256
 from d2r.io.torch_checkpoint import (_LEGACY_MAGIC, CheckpointError, _Refused, _Storage,
-                                     _StorageType, _Unpickler)
+                                     _StorageType, _Unpickler, checked_file)
 
 __all__ = ["is_legacy_checkpoint", "load_legacy_state_dict"]
 
@@ -96,14 +94,7 @@ def load_legacy_state_dict(path: str | os.PathLike, *, sha256: str | None = None
     :class:`~d2r.io.torch_checkpoint.CheckpointError` (one line naming the file) for a
     missing, truncated, damaged, tampered or foreign file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if sha256 is not None:
-        actual = file_sha256(path)
-        if actual != sha256.lower():
-            raise CheckpointError(f"{path}: sha256 is {actual}, expected {sha256}: "
-                                  f"a damaged or different checkpoint")
+    path = checked_file(path, sha256)
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
