@@ -1,7 +1,7 @@
-"""Speed of AML re-ranking (:func:`d2r.global_.aml.aml_rerank`) against a frozen copy of the former code.
+"""Speed of AML re-ranking (:func:`d2r.cnn.aml.aml_rerank`) against a frozen copy of the former code.
 
 The former implementation (``reference_*`` below, copied unchanged from
-``d2r/global_/aml.py`` and ``d2r/global_/integral.py`` before they were sped
+``d2r/cnn/aml.py`` and ``d2r/cnn/integral.py`` before they were sped
 up) runs in the same process on the same data, so the ratios are fair on a
 shared machine; every run also checks that both give the same windows, ids and
 scores.
@@ -38,11 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from d2r.global_ import aml
-from d2r.global_._ranking import cap_tail, ranking_ids
-from d2r.global_.integral import IntegralMaxPool
-from d2r.global_.pooling import check_activations, check_regions, l2_normalize
-from d2r.global_.rmac import rmac
+from d2r.cnn import aml
+from d2r.cnn._ranking import cap_tail, ranking_ids
+from d2r.cnn.integral import IntegralMaxPool
+from d2r.cnn.pooling import check_activations, check_regions, l2_normalize
+from d2r.cnn.rmac import rmac
 from d2r.io.feature_store import FeatureStore
 from d2r.pipeline.searcher import _StoredMaps
 from d2r.types import ActivationMap, SearchResult

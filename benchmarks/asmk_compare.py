@@ -15,7 +15,7 @@ The script reports, as ratios asmk / d2r measured in the same run:
   saved CSR arrays, offsets and item lengths);
 * agreement of the top-100 rankings, each system on its own aggregation of the same
   quantized descriptors (identical lists; or identical up to the order of tied scores),
-  and our scores against ``d2r.aggregation.similarity_matrix``.
+  and our scores against ``d2r.encoding.aggregation.similarity_matrix``.
 
 Usage::
 
@@ -37,12 +37,12 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from d2r.aggregation import aggregate, similarity_matrix
-from d2r.codebook import quantize, train_codebook
+from d2r.encoding.aggregation import aggregate, similarity_matrix
+from d2r.encoding.codebook import quantize, train_codebook
 from d2r.config import CodebookConfig
 from d2r.index import compiled
 from d2r.index.inverted import InvertedIndex
-from d2r.quantizer import options
+from d2r.index.quantizer import options
 
 
 @dataclass

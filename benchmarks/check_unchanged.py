@@ -158,9 +158,11 @@ def export_commit(repo: Path, commit: str, dest: Path) -> str:
 
 
 def generate_benchmark(tree: Tree, out: Path, size: str) -> Path:
-    """The synthetic benchmark of ``size`` (seed 0) in ``out``, made by ``tree``."""
-    tree.run("-m", "d2r.datasets.synthetic", "--out", str(out), "--size", size, "--seed", "0",
-             "--overwrite")
+    """The synthetic benchmark of ``size`` (seed 0) in ``out``, made by ``tree`` (``d2r
+    synthetic``, or ``python -m d2r.datasets.synthetic`` in trees older than ``d2r/cli/``)."""
+    command = (("-m", "d2r", "synthetic") if (tree.root / "d2r" / "cli" / "synthetic.py").exists()
+               else ("-m", "d2r.datasets.synthetic"))
+    tree.run(*command, "--out", str(out), "--size", size, "--seed", "0", "--overwrite")
     return out
 
 

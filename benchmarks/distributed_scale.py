@@ -74,7 +74,7 @@ def _ray_init(num_cpus: int):
 
 
 def bench_extract(args) -> dict:
-    from d2r.sources import ImageSource
+    from d2r.pipeline.sources import ImageSource
     from d2r.config import load_config
     from d2r.datasets.synthetic import generate
     from d2r.distributed import run_extract_ray

@@ -21,8 +21,8 @@ weights file (e.g. Keras' ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``)
 
 Usage::
 
-    python -m d2r.datasets.synthetic --out /tmp/synth_small --size small
-    python -m d2r.datasets.synthetic --out /tmp/synth_train --size small --seed 1
+    d2r synthetic --out /tmp/synth_small --size small
+    d2r synthetic --out /tmp/synth_train --size small --seed 1
     python benchmarks/global_baselines.py --data /tmp/synth_small --train-data /tmp/synth_train
 
 Times are wall-clock on this machine, single process; "extract" is per database
@@ -40,22 +40,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from d2r.datasets.revisited import crop_query, load_revisited
-from d2r.evaluation import evaluate_protocols, result_to_ranks
-from d2r.global_.aml import aml_rerank
-from d2r.global_.backbones import Backbone, resize_image
-from d2r.global_.cam import cam_heatmap, cam_mask
-from d2r.global_.multires import multilayer_descriptor
-from d2r.global_.pfa import learn_pfa
-from d2r.global_.qe import (
+from d2r.evaluation.metrics import evaluate_protocols, result_to_ranks
+from d2r.cnn.aml import aml_rerank
+from d2r.cnn.backbones import Backbone, resize_image
+from d2r.cnn.cam import cam_heatmap, cam_mask
+from d2r.cnn.multires import multilayer_descriptor
+from d2r.cnn.pfa import learn_pfa
+from d2r.cnn.qe import (
     average_query_expansion,
     expand_queries,
     rerank_top,
     rescore_head,
 )
-from d2r.global_.regional import region_vectors
-from d2r.global_.rmac import mac_descriptor, rmac, rmac_training_vectors
-from d2r.global_.salient_regions import detect_salient_points, salient_regions
-from d2r.global_.whitening import learn_whitening
+from d2r.cnn.regional import region_vectors
+from d2r.cnn.rmac import mac_descriptor, rmac, rmac_training_vectors
+from d2r.cnn.salient_regions import detect_salient_points, salient_regions
+from d2r.cnn.whitening import learn_whitening
 from d2r.index.global_index import GlobalIndex
 from d2r.index.global_local import GlobalLocalIndex
 from d2r.index.region_vectors import RegionVectorIndex

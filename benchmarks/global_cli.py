@@ -2,7 +2,7 @@
 
 Unlike ``benchmarks/global_baselines.py`` (which calls the pooling functions
 directly), every row here goes through the library functions behind the CLIs:
-``d2r.global_.learn.learn`` (``python -m d2r.global_.learn``),
+``d2r.cnn.learn.learn`` (``d2r learn``),
 ``d2r.pipeline.build.build_index`` (``python -m d2r.build_index``) and
 ``d2r.pipeline.run.run_dataset`` with a ``d2r.pipeline.searcher.Searcher`` (``python -m d2r.query
 --dataset-dir``), configured by the presets in ``d2r/presets``.
@@ -37,8 +37,8 @@ the mAPs only show that the pipelines run end to end.
 
 Usage::
 
-    python -m d2r.datasets.synthetic --out /tmp/gb_synth_small --size small
-    python -m d2r.datasets.synthetic --out /tmp/gb_synth_train --size small --seed 1
+    d2r synthetic --out /tmp/gb_synth_small --size small
+    d2r synthetic --out /tmp/gb_synth_train --size small --seed 1
     python benchmarks/global_cli.py --data /tmp/gb_synth_small --train-data /tmp/gb_synth_train
 """
 
@@ -57,10 +57,10 @@ import numpy as np
 
 from d2r.index.layout import MAPS
 from d2r.pipeline.build import build_index
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 from d2r.config import diff_configs, load_config, to_dict
 from d2r.datasets.revisited import load_revisited
-from d2r.global_.learn import learn
+from d2r.cnn.learn import learn
 from d2r.pipeline.run import run_dataset
 from d2r.pipeline.searcher import QUERY_TIME_KEYS, Searcher
 
@@ -74,7 +74,7 @@ class Build:
     key: str
     preset: str
     overrides: list[str]
-    learn: dict | None = None  # kwargs of d2r.global_.learn.learn (+ "preset", "sets")
+    learn: dict | None = None  # kwargs of d2r.cnn.learn.learn (+ "preset", "sets")
     learn_from: str | None = None  # reuse what this other build learned (same learn options)
     # filled in by run_build
     path: Path | None = None

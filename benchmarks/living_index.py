@@ -29,7 +29,7 @@ from d2r.config import from_dict, upgrade_record
 from d2r.pipeline.build import build_index
 from d2r.pipeline.searcher import Searcher
 from d2r.pipeline.update import add_images, compact_index
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 
 
 def search_seconds(index: Path, queries: list[Path], repeats: int):

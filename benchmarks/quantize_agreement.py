@@ -5,7 +5,7 @@ synthetic benchmark's photos: ``d2r build-index --dataset-dir DATA --out IDX
 --config rootsift-asmk-star``), trains a codebook of each ``--words`` size with
 faiss k-means on the descriptors of the first images (cached in ``--cache``),
 and quantizes the descriptors of held-out images (``--test-images``, never
-trained on) with ``d2r.codebook.quantize`` exactly and with the HNSW graph at
+trained on) with ``d2r.encoding.codebook.quantize`` exactly and with the HNSW graph at
 each ``--ef-search``.  It prints the agreement of the first word with exact
 search, the recall of the k assignments (|approximate top-k ∩ exact top-k| / k),
 the graph's build time, and wall and CPU time with the speed-up over exact search
@@ -25,7 +25,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from d2r.codebook import load_codebook, quantize, save_codebook, train_codebook
+from d2r.encoding.codebook import load_codebook, quantize, save_codebook, train_codebook
 from d2r.io.feature_store import FeatureStore
 
 

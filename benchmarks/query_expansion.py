@@ -25,7 +25,7 @@ from d2r.datasets.synthetic import SIZES, generate
 from d2r.pipeline.build import build_index
 from d2r.pipeline.run import run_dataset
 from d2r.pipeline.searcher import Searcher
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 
 SV = ["verification.rerank=100"]
 ROWS = {

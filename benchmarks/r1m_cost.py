@@ -10,7 +10,7 @@ extraction
     actors (:func:`d2r.distributed.run_extract_ray`, actor start and merge included,
     ``ray.init`` timed apart).  Each mode runs once (no repeats).
 quantization
-    :func:`d2r.codebook.quantize` of ``--quantize-descriptors`` of the extracted descriptors
+    :func:`d2r.encoding.codebook.quantize` of ``--quantize-descriptors`` of the extracted descriptors
     (tiled when fewer) to a ``--words`` codebook: a random sample of them, jittered and
     L2-normalised (no k-means: the cost depends on K and D only), ``mode="exact"`` and
     ``"approximate"`` (HNSW with d2r's default parameters; its one-off graph build is timed
@@ -18,7 +18,7 @@ quantization
     threads and with one thread.  Descriptors/s become images/s by the measured
     descriptors/image.
 aggregation
-    :func:`d2r.aggregation.aggregate` (``asmk_star``, words given) of every extracted image.
+    :func:`d2r.encoding.aggregation.aggregate` (``asmk_star``, words given) of every extracted image.
 index writing
     :class:`d2r.index.inverted.InvertedIndexWriter` of synthetic R1M-shaped ASMK* items
     (``synthetic_batch`` of ``benchmarks/index_scale.py``: ~600 words/image out of 65536,
@@ -82,7 +82,7 @@ def bench_extraction(args, work: Path) -> tuple[dict, list[np.ndarray]]:
     from d2r.datasets.synthetic import generate
     from d2r.io.feature_store import FeatureStore
     from d2r.pipeline.extraction import extract_to_store
-    from d2r.sources import ImageSource
+    from d2r.pipeline.sources import ImageSource
 
     data = Path(args.data) if args.data else generate(
         work / "data", num_landmarks=min(8, args.extract_images), num_db_images=args.extract_images,
@@ -126,9 +126,9 @@ def bench_quantization(args, descriptors: list[np.ndarray]):
     """Quantization rates; also the codebook and each image's (approximate) words."""
     import faiss
 
-    from d2r.codebook import Codebook, quantize
+    from d2r.encoding.codebook import Codebook, quantize
     from d2r.config import CodebookConfig
-    from d2r.quantizer import options
+    from d2r.index.quantizer import options
 
     pool = np.concatenate(descriptors)
     rng = np.random.default_rng(args.seed)
@@ -157,7 +157,7 @@ def bench_quantization(args, descriptors: list[np.ndarray]):
 
 
 def bench_aggregation(args, descriptors, codebook, words) -> dict:
-    from d2r.aggregation import aggregate
+    from d2r.encoding.aggregation import aggregate
 
     items = [aggregate(d, codebook, "asmk_star", assignments=w) for d, w in zip(descriptors, words)]
     seconds = median_s(lambda: [aggregate(d, codebook, "asmk_star", assignments=w)

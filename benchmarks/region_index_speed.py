@@ -7,7 +7,7 @@
   products + ``np.maximum.reduceat``) against a naive per-image Python loop,
   ``max(q @ x.T)`` for every (query, image), then a stable argsort;
 * :class:`d2r.index.global_local.GlobalLocalIndex` (faiss L1 top-k on each slot, exact
-  re-scoring of the union) against :func:`d2r.global_.cam.min_manhattan_distance` over
+  re-scoring of the union) against :func:`d2r.cnn.cam.min_manhattan_distance` over
   the whole database, then a stable argsort.
 
 The data are random: database vectors are unit Gaussian, and every query is a noisy
@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from d2r.global_.cam import min_manhattan_distance
+from d2r.cnn.cam import min_manhattan_distance
 from d2r.index.global_index import GlobalIndex
 from d2r.index.global_local import GlobalLocalIndex
 from d2r.index.region_vectors import RegionVectorIndex

@@ -2,11 +2,11 @@
 
 Every database image of the synthetic benchmark that shows a landmark has its
 ground-truth box in ``boxes.csv`` (``id,box``, box ``"ymin xmin ymax xmax"``
-normalized).  For each :func:`d2r.detection.regions.selective_search` mode the
+normalized).  For each :func:`d2r.regions.selection.selective_search` mode the
 script times the proposals of every such image and measures, over the
 ground-truth boxes, the recall at IoU >= 0.5 within the top 100 and top 500
 proposals and the mean best IoU (MABO) of the top 500.  The reference in the
-same run is the R-MAC grid (:func:`d2r.detection.regions.rmac_grid`, the
+same run is the R-MAC grid (:func:`d2r.regions.selection.rmac_grid`, the
 ``regions.source: grid`` alternative, a fixed handful of boxes) with the whole
 image.  Seconds are wall-clock per image on this machine (one process, no
 warm-up outside the first image); proposals per image are the deduplicated
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from d2r.datasets.synthetic import SIZES, generate
-from d2r.detection.regions import rmac_grid, selective_search, whole_image
+from d2r.regions.selection import rmac_grid, selective_search, whole_image
 
 ALL_BOXES = 1_000_000
 TOPS = (100, 500)

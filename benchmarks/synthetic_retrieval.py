@@ -8,7 +8,7 @@ and with spatial re-ranking of the top 100, and print Medium / Hard mAP and
 per-query search / re-ranking time.  The reference in the same run is plain
 ASMK* (the first row).  Figures go to ``OUT/summary.json``.
 
-The data is ``--data`` (a synthetic set from ``python -m d2r.datasets.synthetic``)
+The data is ``--data`` (a synthetic set from ``d2r synthetic``)
 or a set generated into ``OUT/data`` with ``--size`` / ``--seed``.  With
 ``--detector`` the paper's own regions are added: R-ASMK* over detector boxes
 (per-crop features, as in the paper; and with ``regions.features=select``) and
@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from d2r.pipeline.build import build_index
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 from d2r.config import load_config
 from d2r.datasets.synthetic import SIZES, generate
 from d2r.pipeline.extraction import read_regions

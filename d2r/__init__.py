@@ -41,10 +41,9 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """The package, whose API names stay functions when the command modules of the same
-    names (``d2r.build_index``, ``d2r.evaluate``) are imported: those are reached through
-    ``python -m`` or ``importlib.import_module`` until the commands move to a folder of
-    their own."""
+    """The package, whose API name ``build_index`` stays the function when the entry-point
+    shim of the same name (``python -m d2r.build_index``, :mod:`d2r.cli.build_index`) is
+    imported."""
 
     def __setattr__(self, name: str, value) -> None:
         if name in _API and isinstance(value, types.ModuleType):

@@ -27,14 +27,13 @@ from d2r.config import Config, load_config
 from d2r.datasets.benchmarks import load_benchmark
 from d2r.errors import InputError
 from d2r.io.image_inputs import ImageInput, image_file, label
-from d2r.metric_table import MetricTable
+from d2r.evaluation.tables import MetricTable, load_ranks
 from d2r.pipeline.build import build_index as _build
 from d2r.pipeline.run import run_dataset, run_images, search_depth
 from d2r.pipeline.searcher import Searcher
 from d2r.pipeline.update import UpdateSummary, add_images, compact_index, remove_images
-from d2r.pipeline.verify import verify_index
-from d2r.results import load_ranks
-from d2r.sources import ImageSource
+from d2r.pipeline.check import check_index
+from d2r.pipeline.sources import ImageSource
 
 __all__ = ["DEFAULT_TOP", "ClosedIndexError", "Hit", "Index", "MetricTable", "Settings",
            "build_index", "evaluate", "open_index"]
@@ -66,7 +65,7 @@ class Hit:
             ``verification.rerank`` > 0), else None.
         verified: whether re-ranking's decision (``verification.decision``) verified it
             as the same place or object (False when not re-ranked).
-        verification_score: the pair's ``-log10 NFA`` (:mod:`d2r.verification_score`) when
+        verification_score: the pair's ``-log10 NFA`` (:mod:`d2r.spatial.score`) when
             re-ranked, else None.
         matches: (K, 4) float32 ``[xq, yq, xd, yd]`` inlier pairs in pixels of the original
             query and database images (rounded to 0.1 px) when re-ranked, else None.
@@ -132,10 +131,10 @@ class Index:
         return self._open().image_file(name)
 
     def check(self) -> list[str]:
-        """Check every file of the index (what ``d2r verify`` does): one line per problem,
+        """Check every file of the index (what ``d2r check`` does): one line per problem,
         empty when the index is sound."""
         self._open()
-        return verify_index(self.path)
+        return check_index(self.path)
 
     # ------------------------------------------------------------------ searching
 

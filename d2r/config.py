@@ -158,7 +158,7 @@ class CnnGlobalConfig:
     """R-MAC scales L."""
     gem_p: float = 3.0
     whitening_path: Optional[str] = None
-    """PCA-whitening learned on another data set (``python -m d2r.global_.learn``)."""
+    """PCA-whitening learned on another data set (``d2r learn``)."""
     resolutions: tuple[int, ...] = (550, 800, 1050)
     """``multires``: input sizes (longer side) fused early."""
     pfa_path: Optional[str] = None
@@ -216,7 +216,7 @@ class RegionsConfig:
     similarity); ``fast`` = the paper's 8 strategies (HSV, Lab x k 50, 100 x two
     similarity combinations); ``quality`` = its 80 strategies (HSV, Lab, rgI, H,
     I x k 50, 100, 150, 300 x four combinations), slower and more proposals.
-    See :func:`d2r.detection.regions.selective_search`."""
+    See :func:`d2r.regions.selection.selective_search`."""
     selective_search_max_side: int = 256
     """Selective search runs on the image downscaled to this longer side
     (pixels); boxes are mapped back to the full image."""
@@ -243,7 +243,7 @@ class CodebookConfig:
     quantization: Literal["auto", "exact", "approximate"] = "auto"
     """How descriptors find their words: ``exact`` (all K centroids), ``approximate`` (an HNSW
     graph over the centroids, stored in the index), ``auto``: approximate from 16384 words
-    (:mod:`d2r.quantizer`).  An index records the resolved choice."""
+    (:mod:`d2r.index.quantizer`).  An index records the resolved choice."""
     hnsw_m: int = 32
     """Approximate quantization: the HNSW graph's degree."""
     ef_construction: int = 200
@@ -285,7 +285,7 @@ class SearchConfig:
     query_expansion: int = 0
     """Query expansion with this many images (0: off): global descriptors average the top
     this many; local features (VLAD / ASMK / ASMK*, with ``verification.rerank``) use up
-    to this many spatially verified images (:mod:`d2r.expansion`)."""
+    to this many spatially verified images (:mod:`d2r.encoding.expansion`)."""
     qe_alpha: float = 0.0
     """Local verified expansion: weight of a verified image, ``(inliers / most inliers) **
     qe_alpha`` (0: a plain average)."""
@@ -323,7 +323,7 @@ class VerificationConfig:
     """When a pair counts as verified: ``inliers``, RANSAC's inlier count >= ``min_inliers``
     (the default, for now); ``nfa``, the a-contrario test (one-to-one inliers, ``-log10`` of
     the number of false alarms >= ``min_score``, a sane transform and inlier spread, at
-    least ``min_inliers`` inliers; :mod:`d2r.verification_score`).  ``nfa`` is not the
+    least ``min_inliers`` inliers; :mod:`d2r.spatial.score`).  ``nfa`` is not the
     default yet: it keeps too few of the true pairs and lowers the re-ranked mAP of the
     synthetic benchmark (docs/benchmarks.md, issue 26)."""
     min_score: float = 12.0

@@ -14,7 +14,7 @@ import requests
 
 from d2r.config import load_config
 from d2r.pipeline.build import build_index
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 
 SMALL = ["features.rootsift.max_features=200", "codebook.num_words=32"]
 

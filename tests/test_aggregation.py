@@ -1,4 +1,4 @@
-"""Tests of d2r.aggregation: hand-checked kernels, edge cases, brute-force properties."""
+"""Tests of d2r.encoding.aggregation: hand-checked kernels, edge cases, brute-force properties."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from d2r.aggregation import (
+from d2r.encoding.aggregation import (
     aggregate,
     aggregate_regions,
     binarize,
@@ -19,7 +19,7 @@ from d2r.aggregation import (
     similarity_matrix,
     word_similarities,
 )
-from d2r.codebook import Codebook, quantize
+from d2r.encoding.codebook import Codebook, quantize
 from d2r.types import AggregatedImage
 
 # A 5-word codebook in 2-D and descriptors whose nearest words are obvious.

@@ -21,7 +21,7 @@ from d2r.io.images import ImageError
 from d2r.pipeline.build import build_index as pipeline_build
 from d2r.pipeline.run import FeaturelessQueryError
 from d2r.pipeline.update import UnknownImagesError
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 
 SMALL = {"codebook.num_words": 32, "features.rootsift.max_features": 80}
 
@@ -76,8 +76,9 @@ def test_import_d2r_is_cheap_and_exports_the_api():
 def test_the_command_modules_do_not_shadow_the_api():
     import importlib
 
-    assert importlib.import_module("d2r.build_index").main is not None
-    importlib.import_module("d2r.evaluate")
+    importlib.import_module("d2r.build_index")  # the ``python -m d2r.build_index`` shim
+    assert importlib.import_module("d2r.cli.build_index").main is not None
+    importlib.import_module("d2r.cli.evaluate")
     assert callable(d2r.build_index) and d2r.build_index.__module__ == "d2r.api"
     assert d2r.evaluate.__module__ == "d2r.api"
 
@@ -140,7 +141,7 @@ def test_rerank_is_a_query_time_setting(built, index, query):
 
 
 def test_d2r_query_prints_what_search_returns(built, index, query, capsys):
-    from d2r.query import main
+    from d2r.cli.query import main
 
     assert main(["--index", str(built), "--image", str(query), "--rerank", "8",
                  "--format", "json"]) == 0

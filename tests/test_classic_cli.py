@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 from d2r.datasets.benchmarks import detect_benchmark, load_benchmark
 from d2r.datasets.classic import holidays_map
 from d2r.datasets.revisited import load_revisited
-from d2r.results import format_table, write_metrics
-from d2r.evaluate import main as evaluate_main
+from d2r.evaluation.tables import format_table, write_metrics
+from d2r.cli.evaluate import main as evaluate_main
 from d2r.io.feature_store import FeatureStore
 from d2r.io.images import LoadedImage
 
@@ -149,7 +149,7 @@ def test_unknown_directory_error_names_it(tmp_path):
     for part in (str(odd), "gnd_<name>.pkl", "gt_files", "100000.jpg", "ukbench00000.jpg",
                  str(odd / "jpg"), "--benchmark"):
         assert part in str(info.value)
-    proc = _run("d2r.evaluate", "--dataset-dir", odd, "--ranks", tmp_path / "r.npy", check=False)
+    proc = _run("d2r.cli.evaluate", "--dataset-dir", odd, "--ranks", tmp_path / "r.npy", check=False)
     assert proc.returncode == 2 and str(odd) in proc.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -198,7 +198,7 @@ def test_evaluate_cli_oxford_hand_computed(tmp_path):
                        ("junk", "a3\n")):
         (gt / f"tower_1_{kind}.txt").write_text(text)
     np.save(tmp_path / "ranks.npy", np.array([[0, 3, 4, 1, 5, 2]]))
-    proc = _run("d2r.evaluate", "--dataset-dir", root, "--ranks", tmp_path / "ranks.npy",
+    proc = _run("d2r.cli.evaluate", "--dataset-dir", root, "--ranks", tmp_path / "ranks.npy",
                 "--out", tmp_path / "out")
     # junk a3 is skipped: positives at ranks 0, 2, 4 of [a0, a4, a1, a5, a2]
     ap = ((1 + 1) / 2 + (1 / 2 + 2 / 3) / 2 + (2 / 4 + 3 / 5) / 2) / 3
@@ -252,7 +252,7 @@ def test_holidays_end_to_end_with_rotations(layouts, tmp_path):
     data = layouts["holidays"]
     rotations = data / "rotations.txt"
     index = tmp_path / "index"
-    _run("d2r.build_index", "--dataset-dir", data, "--rotations", rotations, "--out", index,
+    _run("d2r.cli.build_index", "--dataset-dir", data, "--rotations", rotations, "--out", index,
          *BUILD)
     with FeatureStore.open(index / "features") as store:
         for name in ("100101", "100200", "100000"):
@@ -261,7 +261,7 @@ def test_holidays_end_to_end_with_rotations(layouts, tmp_path):
             upright = (height, width) if name == "100101" else (width, height)
             assert tuple(store.get(name).image_size) == upright
     out = tmp_path / "results"
-    proc = _run("d2r.query", "--index", index, "--dataset-dir", data, "--rotations", rotations,
+    proc = _run("d2r.cli.query", "--index", index, "--dataset-dir", data, "--rotations", rotations,
                 "--out", out, "--rerank", "5", "--report")
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == CLASSIC_KEYS and "mAP" in proc.stdout
@@ -270,7 +270,7 @@ def test_holidays_end_to_end_with_rotations(layouts, tmp_path):
     # every query finds itself first and retrieval beats chance by far
     np.testing.assert_array_equal(ranks[:, 0], load_benchmark(data).dataset.query_ids)
     assert metrics["mAP"] > 50.0
-    _run("d2r.evaluate", "--dataset-dir", data, "--ranks", out, "--out", tmp_path / "eval")
+    _run("d2r.cli.evaluate", "--dataset-dir", data, "--ranks", out, "--out", tmp_path / "eval")
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
     page = (out / "report" / "index.html").read_text()
     assert "AP (all)" in page and 'data-label="positive"' in page
@@ -283,9 +283,9 @@ def test_oxford_and_ukbench_end_to_end(layouts, tmp_path):
     for kind, low in (("oxford-paris", 60.0), ("ukbench", 2.0)):
         data = layouts[kind]
         index = tmp_path / kind
-        _run("d2r.build_index", "--dataset-dir", data, "--out", index, *BUILD)
+        _run("d2r.cli.build_index", "--dataset-dir", data, "--out", index, *BUILD)
         out = tmp_path / f"{kind}-results"
-        _run("d2r.query", "--index", index, "--dataset-dir", data, "--benchmark", kind,
+        _run("d2r.cli.query", "--index", index, "--dataset-dir", data, "--benchmark", kind,
              "--out", out)
         metrics = json.loads((out / "metrics.json").read_text())
         if kind == "ukbench":
@@ -295,7 +295,7 @@ def test_oxford_and_ukbench_end_to_end(layouts, tmp_path):
 
 
 def test_query_refuses_rotations_for_other_benchmarks(layouts, tmp_path):
-    proc = _run("d2r.build_index", "--dataset-dir", layouts["ukbench"], "--rotations",
+    proc = _run("d2r.cli.build_index", "--dataset-dir", layouts["ukbench"], "--rotations",
                 layouts["holidays"] / "rotations.txt", "--out", tmp_path / "x", *BUILD,
                 check=False)
     assert proc.returncode != 0 and "Holidays only" in proc.stderr

@@ -172,7 +172,7 @@ def test_unknown_command_and_help():
     assert proc.returncode == 2 and "unknown command 'serch'" in proc.stderr
     helped = d2r("--help")
     assert helped.returncode == 0
-    for name in ("build-index", "query", "evaluate", "extract", "demo", "verify"):
+    for name in ("build-index", "query", "evaluate", "extract", "demo", "check", "synthetic"):
         assert re.search(rf"^\s+{name}\s", helped.stdout, re.M), helped.stdout
 
 

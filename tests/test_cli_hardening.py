@@ -23,8 +23,8 @@ from PIL import Image
 from test_cli_errors import SMALL, assert_user_error, d2r
 
 PARSED_COMMANDS = ("build-index", "query", "evaluate", "extract", "demo", "learn", "shards",
-                   "add", "remove", "compact", "serve", "verify")
-"""Commands whose parser is :class:`d2r.cli.Parser` (every command)."""
+                   "add", "remove", "compact", "serve", "check", "synthetic")
+"""Commands whose parser is :class:`d2r.cli.arguments.Parser` (every command)."""
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def test_a_damaged_feature_shard_met_while_re_ranking_is_named(index, photos, tm
         f.write(os.urandom(4096))
     proc = d2r("query", "--index", out, "--image", photos / "synth_db_000000.jpg",
                "--rerank", "100")
-    assert_user_error(proc, "query", r"shards/000000\.h5.*`d2r verify .*` checks every file")
+    assert_user_error(proc, "query", r"shards/000000\.h5.*`d2r check .*` checks every file")
 
 
 def test_more_assignments_than_words_is_refused(index, photos):

@@ -1,4 +1,4 @@
-"""Tests of d2r.codebook: k-means, storage, TF checkpoint reading, quantization."""
+"""Tests of d2r.encoding.codebook: k-means, storage, TF checkpoint reading, quantization."""
 
 import json
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from d2r.codebook import (
+from d2r.encoding.codebook import (
     Codebook,
     CodebookFormatError,
     load_codebook,

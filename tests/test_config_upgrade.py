@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from d2r.pipeline.build import build_index
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 from d2r.config import LEGACY_VALUES, load_config, to_dict, upgrade_record
 from d2r.pipeline.extraction import comparable_store_config, extract_to_store
 from d2r.io.feature_store import StoreConfigError

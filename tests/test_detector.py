@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from d2r.detection.detector import Detector, DetectorError, load_detector, normalized_to_pixels
+from d2r.regions.detector import Detector, DetectorError, load_detector, normalized_to_pixels
 
 # Normalized [ymin, xmin, ymax, xmax] boxes, raw scores (times the graph's gain of
 # 0.5 restored from the checkpoint) and num_detections = 3 (the 4th row is padding).
@@ -150,6 +150,6 @@ def test_tf2_signature_savedmodel(tmp_path):
 
 
 def test_importing_detector_module_does_not_import_tensorflow():
-    code = "import sys, d2r.detection.detector, d2r.detection.regions; print('tensorflow' in sys.modules)"
+    code = "import sys, d2r.regions.detector, d2r.regions.selection; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

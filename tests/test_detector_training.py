@@ -153,7 +153,7 @@ def test_shipped_experiments_load():
 
 def test_train_export_reload(tmp_path):
     """Train 2 steps, resume to 3, export, reload through load_detector, detect."""
-    from d2r.detection.detector import load_detector
+    from d2r.regions.detector import load_detector
     from training.detector.export import EXPORT_INFO, export_detector, load_run_params
     from training.detector.train import ExperimentError, load_experiment, train
 

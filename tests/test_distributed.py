@@ -18,7 +18,7 @@ import pytest
 from d2r.config import load_config
 from d2r.distributed import options as ray_options
 from d2r.distributed.shards import merge_topk, shard_bounds
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 from d2r.types import AggregatedImage
 
 from _index_items import random_items  # tests/ helper

@@ -20,7 +20,7 @@ def _run(module, *args, timeout=600):
 @pytest.fixture(scope="module")
 def built_index(tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "index"
-    _run("d2r.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(out),
+    _run("d2r.cli.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(out),
          "--config", "rootsift-asmk-star", "--set", "codebook.num_words=64")
     return out
 
@@ -38,7 +38,7 @@ def test_build_query_evaluate_and_rerank(tiny_dataset, built_index, tmp_path):
     manifest = json.loads((built_index / "index.json").read_text())
     assert manifest["num_images"] == 16 and manifest["kind"] == "inverted"
     plain = tmp_path / "plain"
-    _run("d2r.query", "--index", str(built_index), "--dataset-dir", str(tiny_dataset),
+    _run("d2r.cli.query", "--index", str(built_index), "--dataset-dir", str(tiny_dataset),
          "--out", str(plain))
     m_plain = _metrics(plain)
     ranks = np.load(plain / "ranks.npy")
@@ -46,7 +46,7 @@ def test_build_query_evaluate_and_rerank(tiny_dataset, built_index, tmp_path):
     # retrieval works far better than chance on the easy protocol
     assert m_plain["easy"]["mAP"] > 50.0
     reranked = tmp_path / "reranked"
-    _run("d2r.query", "--index", str(built_index), "--dataset-dir", str(tiny_dataset),
+    _run("d2r.cli.query", "--index", str(built_index), "--dataset-dir", str(tiny_dataset),
          "--out", str(reranked), "--rerank", "10")
     m_rerank = _metrics(reranked)
     reranked_ranks = np.load(reranked / "ranks.npy")
@@ -54,7 +54,7 @@ def test_build_query_evaluate_and_rerank(tiny_dataset, built_index, tmp_path):
     # only the verified top 10 may move
     np.testing.assert_array_equal(reranked_ranks[:, 10:], ranks[:, 10:])
     # the evaluate CLI gives the same numbers from the written rankings
-    _run("d2r.evaluate", "--dataset-dir", str(tiny_dataset), "--ranks", str(reranked / "ranks.npy"),
+    _run("d2r.cli.evaluate", "--dataset-dir", str(tiny_dataset), "--ranks", str(reranked / "ranks.npy"),
          "--out", str(tmp_path / "eval"))
     assert _metrics(tmp_path / "eval") == m_rerank
 
@@ -63,7 +63,7 @@ def test_single_image_query_finds_its_landmark(tiny_dataset, built_index, tmp_pa
     dataset = load_revisited(tiny_dataset)
     out = tmp_path / "rows.json"
     box = ",".join(str(float(v)) for v in dataset.query_boxes[0])
-    printed = _run("d2r.query", "--index", str(built_index), "--image",
+    printed = _run("d2r.cli.query", "--index", str(built_index), "--image",
                    str(dataset.query_path(0)), "--box", box, "--top", "3", "--rerank", "3",
                    "--json", str(out)).stdout.splitlines()
     rows = json.loads(out.read_text())
@@ -85,9 +85,9 @@ def test_regional_builds(tiny_dataset, tmp_path):
         args = ["--set", "codebook.num_words=32", "--set", extra]
         if "regional_search" in extra:
             args += ["--set", "regions.source=grid", "--set", "regions.features=select"]
-        _run("d2r.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(out),
+        _run("d2r.cli.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(out),
              "--config", preset, *args)
-        _run("d2r.query", "--index", str(out), "--dataset-dir", str(tiny_dataset),
+        _run("d2r.cli.query", "--index", str(out), "--dataset-dir", str(tiny_dataset),
              "--out", str(tmp_path / f"{preset}-res"))
         _metrics(tmp_path / f"{preset}-res")
         manifest = json.loads((out / "index.json").read_text())

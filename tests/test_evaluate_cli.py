@@ -1,4 +1,4 @@
-"""End-to-end tests of ``python -m d2r.evaluate`` run as a subprocess."""
+"""End-to-end tests of ``d2r evaluate`` run as a subprocess."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from d2r.evaluate import load_ranks, main
+from d2r.cli.evaluate import load_ranks, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ EXPECTED_MAP = {
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(
-        [sys.executable, "-m", "d2r.evaluate", *map(str, args)],
+        [sys.executable, "-m", "d2r.cli.evaluate", *map(str, args)],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
     )
 

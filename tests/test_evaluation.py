@@ -1,4 +1,4 @@
-"""Tests of d2r.evaluation against hand-computed values and a loop re-derivation."""
+"""Tests of d2r.evaluation.metrics against hand-computed values and a loop re-derivation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from d2r.evaluation import (
+from d2r.evaluation.metrics import (
     compute_ap,
     compute_map,
     evaluate_protocols,

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from d2r.config import ConfigError, load_config
-from d2r.expansion import expand_aggregated
+from d2r.encoding.expansion import expand_aggregated
 from d2r.pipeline.build import build_index
 from d2r.pipeline.searcher import Searcher
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 from d2r.types import AggregatedImage
 
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 from d2r.config import load_config
 from d2r.features.registry import make_extractor
 from d2r.pipeline.extraction import extract_to_store, image_features
@@ -15,7 +15,7 @@ from d2r.io.images import load_image_with_info, read_skipped
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "d2r.extract", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "d2r.cli.extract", *args], capture_output=True,
                           text=True, timeout=300)
 
 

@@ -6,8 +6,8 @@ import logging
 import numpy as np
 import pytest
 
-from d2r.global_._ranking import cap_tail
-from d2r.global_.aml import (
+from d2r.cnn._ranking import cap_tail
+from d2r.cnn.aml import (
     all_windows,
     aml_rerank,
     candidate_windows,
@@ -15,9 +15,9 @@ from d2r.global_.aml import (
     localize_exhaustive,
     window_iou,
 )
-from d2r.global_.integral import IntegralMaxPool
-from d2r.global_.pooling import l2_normalize
-from d2r.global_.qe import average_query_expansion, expand_queries, rerank_top
+from d2r.cnn.integral import IntegralMaxPool
+from d2r.cnn.pooling import l2_normalize
+from d2r.cnn.qe import average_query_expansion, expand_queries, rerank_top
 from d2r.types import SearchResult
 
 logger = logging.getLogger(__name__)

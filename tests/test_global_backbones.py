@@ -6,14 +6,14 @@ import sys
 import numpy as np
 import pytest
 
-from d2r.global_.describe import GlobalDescriber
+from d2r.cnn.describe import GlobalDescriber
 
 
 def test_core_modules_do_not_import_tensorflow():
     import subprocess
 
-    code = ("import sys, d2r.global_, d2r.global_.aml, d2r.global_.regional, d2r.global_.multires, "
-            "d2r.global_.describe, d2r.global_.backbones; print('tensorflow' in sys.modules)")
+    code = ("import sys, d2r.cnn, d2r.cnn.aml, d2r.cnn.regional, d2r.cnn.multires, "
+            "d2r.cnn.describe, d2r.cnn.backbones; print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -32,7 +32,7 @@ def resnet_shape(h, w, halvings):
 
 @pytest.fixture(scope="module")
 def vgg16():
-    from d2r.global_.backbones import Backbone
+    from d2r.cnn.backbones import Backbone
 
     return Backbone("vgg16", layers=("last", "previous_block", "penultimate"), seed=0)
 
@@ -62,7 +62,7 @@ def test_vgg16_max_side_and_describer(vgg16):
 
 @pytest.mark.slow
 def test_resnet50_maps_have_expected_shapes():
-    from d2r.global_.backbones import Backbone
+    from d2r.cnn.backbones import Backbone
 
     net = Backbone("resnet50", layers=("last", "previous_block"), seed=0)
     for size in [(37, 75), (61, 29)]:
@@ -73,7 +73,7 @@ def test_resnet50_maps_have_expected_shapes():
 
 
 def test_weights_are_read_from_a_local_file(tmp_path, vgg16):
-    from d2r.global_.backbones import Backbone
+    from d2r.cnn.backbones import Backbone
 
     path = tmp_path / "vgg16_notop.weights.h5"
     vgg16.keras_model.save_weights(path)
@@ -94,8 +94,8 @@ def test_weights_are_read_from_a_local_file(tmp_path, vgg16):
 def test_resnet101_and_classifier_for_cam(tmp_path):
     import keras
 
-    from d2r.global_.backbones import Backbone
-    from d2r.global_.cam import cam_heatmap
+    from d2r.cnn.backbones import Backbone
+    from d2r.cnn.cam import cam_heatmap
 
     net = Backbone("resnet101", seed=0)
     image = np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)

@@ -4,16 +4,16 @@ and the options that do not go together (numpy backbone: no TensorFlow)."""
 import numpy as np
 import pytest
 
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 from d2r.config import load_config
 from d2r.methods import validate
 from d2r.pipeline.extraction import extract_to_store
-from d2r.global_.cam import cam_heatmap, cam_mask
-from d2r.global_.describe import CamClassifier, GlobalDescriber
-from d2r.global_.extractor import GlobalDescriptorExtractor
-from d2r.global_.multires import multilayer_descriptor
-from d2r.global_.regional import region_vectors
-from d2r.global_.salient_regions import detect_salient_points, salient_regions
+from d2r.cnn.cam import cam_heatmap, cam_mask
+from d2r.cnn.describe import CamClassifier, GlobalDescriber
+from d2r.cnn.extractor import GlobalDescriptorExtractor
+from d2r.cnn.multires import multilayer_descriptor
+from d2r.cnn.regional import region_vectors
+from d2r.cnn.salient_regions import detect_salient_points, salient_regions
 from d2r.io.feature_store import FeatureStore
 from d2r.types import ActivationMap, GlobalDescriptors, LocalFeatures
 

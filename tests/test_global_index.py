@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from d2r.aggregation import aggregate, similarity_matrix
+from d2r.encoding.aggregation import aggregate, similarity_matrix
 from d2r.index.global_index import GlobalIndex
 from d2r.index.storage import IndexFormatError
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from d2r.global_.cam import min_manhattan_distance
+from d2r.cnn.cam import min_manhattan_distance
 from d2r.index import global_local
 from d2r.index.global_local import GlobalLocalIndex
 from d2r.index.storage import IndexFormatError, IndexWriter

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from d2r.global_.cam import cam_heatmap, cam_mask, min_manhattan_distance
-from d2r.global_.multires import fuse_resolutions, multilayer_descriptor, resize_map, study_rmac
-from d2r.global_.pfa import PFA, learn_pfa, load_pfa
-from d2r.global_.pooling import l2_normalize, region_max_pool
-from d2r.global_.regions import sliding_regions
+from d2r.cnn.cam import cam_heatmap, cam_mask, min_manhattan_distance
+from d2r.cnn.multires import fuse_resolutions, multilayer_descriptor, resize_map, study_rmac
+from d2r.cnn.pfa import PFA, learn_pfa, load_pfa
+from d2r.cnn.pooling import l2_normalize, region_max_pool
+from d2r.regions.grids import sliding_regions
 
 
 def relu_map(seed, h, w, c):
@@ -116,7 +116,7 @@ class FakeBackbone:
 
 
 def test_global_describer_methods_with_a_fake_backbone():
-    from d2r.global_.describe import GlobalDescriber
+    from d2r.cnn.describe import GlobalDescriber
 
     image = np.zeros((100, 160, 3), np.uint8)
     expected_dims = {"mac": 8, "rmac": 8, "gem": 8, "multires": 12}

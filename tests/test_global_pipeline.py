@@ -17,16 +17,16 @@ def _run(*args):
 @pytest.mark.slow  # 26 s: `learn` also runs in the regional test, whitening and QE in unit tests
 def test_rmac_with_learned_whitening_and_qe(tiny_dataset, tmp_path):
     small = ["--set", "images.max_side=96"]
-    _run("d2r.global_.learn", "--dataset-dir", str(tiny_dataset), "--out", str(tmp_path / "w"),
+    _run("d2r.cli.learn", "--dataset-dir", str(tiny_dataset), "--out", str(tmp_path / "w"),
          "--config", "rmac-vgg16", "--dim", "32", *small)
     index = tmp_path / "index"
-    _run("d2r.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(index),
+    _run("d2r.cli.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(index),
          "--config", "rmac-vgg16-qe", *small,
          "--set", f"features.cnn.whitening_path={tmp_path / 'w'}")
     manifest = json.loads((index / "index.json").read_text())
     assert manifest["kind"] == "global" and manifest["codebook"] is None
     assert manifest["features"]["extractor"]["dim"] == 32
-    _run("d2r.query", "--index", str(index), "--dataset-dir", str(tiny_dataset),
+    _run("d2r.cli.query", "--index", str(index), "--dataset-dir", str(tiny_dataset),
          "--out", str(tmp_path / "res"))
     metrics = json.loads((tmp_path / "res" / "metrics.json").read_text())
     assert set(metrics) == {"easy", "medium", "hard"}
@@ -47,19 +47,19 @@ def test_rmac_aml_reranks_the_head_only(tiny_dataset, tmp_path):
     import numpy as np
 
     index = tmp_path / "index"
-    _run("d2r.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(index),
+    _run("d2r.cli.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(index),
          "--config", "rmac-vgg16-aml", *SMALL)
     assert (index / "maps").is_dir()
     runs = {}
     for name, aml in (("plain", 0), ("aml", 6)):
         out = tmp_path / name
-        _run("d2r.query", "--index", str(index), "--dataset-dir", str(tiny_dataset), "--out",
+        _run("d2r.cli.query", "--index", str(index), "--dataset-dir", str(tiny_dataset), "--out",
              str(out), "--set", f"search.aml_rerank={aml}")
         runs[name] = np.load(out / "ranks.npy")
     plain, aml = runs["plain"], runs["aml"]
     np.testing.assert_array_equal(np.sort(plain[:, :6], axis=1), np.sort(aml[:, :6], axis=1))
     np.testing.assert_array_equal(plain[:, 6:], aml[:, 6:])
-    _run("d2r.query", "--index", str(index), "--dataset-dir", str(tiny_dataset), "--out",
+    _run("d2r.cli.query", "--index", str(index), "--dataset-dir", str(tiny_dataset), "--out",
          str(tmp_path / "qe"), "--set", "search.aml_rerank=6", "--set", "search.query_expansion=2")
     check_localize_rerank_against_fresh_maps(index, tiny_dataset)
 
@@ -69,7 +69,7 @@ def check_localize_rerank_against_fresh_maps(index, dataset_dir):
     import numpy as np
 
     from d2r.datasets.benchmarks import load_benchmark
-    from d2r.global_.aml import aml_rerank
+    from d2r.cnn.aml import aml_rerank
     from d2r.io.images import load_image_with_info
     from d2r.pipeline.searcher import Searcher
 
@@ -96,7 +96,7 @@ def check_localize_rerank_against_fresh_maps(index, dataset_dir):
 
 def test_aml_refuses_an_index_without_maps(tiny_dataset, tmp_path):
     index = tmp_path / "index"
-    _run("d2r.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(index),
+    _run("d2r.cli.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(index),
          "--config", "rmac-vgg16", *SMALL)
     proc = subprocess.run([sys.executable, "-m", "d2r.query", "--index", str(index),
                            "--dataset-dir", str(tiny_dataset), "--out", str(tmp_path / "r"),
@@ -106,17 +106,17 @@ def test_aml_refuses_an_index_without_maps(tiny_dataset, tmp_path):
 
 def test_regional_second_order_learn_build_query(tiny_dataset, tmp_path):
     learned = tmp_path / "learned"
-    _run("d2r.global_.learn", "--dataset-dir", str(tiny_dataset), "--out", str(learned),
+    _run("d2r.cli.learn", "--dataset-dir", str(tiny_dataset), "--out", str(learned),
          "--config", "regional-vgg16", "--dim", "24", "--reduction-dim", "8", *SMALL)
     index = tmp_path / "index"
-    _run("d2r.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(index),
+    _run("d2r.cli.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(index),
          "--config", "regional-vgg16-qe", *SMALL,
          "--set", f"features.cnn.reduction_path={learned / 'reduction'}",
          "--set", f"features.cnn.whitening_path={learned}")
     manifest = json.loads((index / "index.json").read_text())
     assert manifest["kind"] == "global_regions"
     assert manifest["features"]["extractor"]["dim"] == 24
-    _run("d2r.query", "--index", str(index), "--dataset-dir", str(tiny_dataset),
+    _run("d2r.cli.query", "--index", str(index), "--dataset-dir", str(tiny_dataset),
          "--out", str(tmp_path / "res"))
     metrics = json.loads((tmp_path / "res" / "metrics.json").read_text())
     assert set(metrics) == {"easy", "medium", "hard"}
@@ -124,11 +124,11 @@ def test_regional_second_order_learn_build_query(tiny_dataset, tmp_path):
 
 def test_multires_with_cam_masks(tiny_dataset, tmp_path):
     index = tmp_path / "index"
-    _run("d2r.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(index),
+    _run("d2r.cli.build_index", "--dataset-dir", str(tiny_dataset), "--out", str(index),
          "--config", "multires-rmac-resnet101-cam", *SMALL,
          "--set", "features.cnn.backbone=resnet50", "--set", "features.cnn.resolutions=[64,96]")
     manifest = json.loads((index / "index.json").read_text())
     assert manifest["kind"] == "global_local"
-    _run("d2r.query", "--index", str(index), "--dataset-dir", str(tiny_dataset),
+    _run("d2r.cli.query", "--index", str(index), "--dataset-dir", str(tiny_dataset),
          "--out", str(tmp_path / "res"), "--set", "search.query_expansion=2")
     assert (tmp_path / "res" / "metrics.json").exists()

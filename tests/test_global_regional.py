@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from scipy.linalg import logm
 
-from d2r.global_._kmeans import global_kmeans, kmeans
-from d2r.global_.regional import (
+from d2r.cnn._kmeans import global_kmeans, kmeans
+from d2r.cnn.regional import (
     first_order_pooling,
     log_euclidean_vector,
     region_vectors,
     second_order_pooling,
 )
-from d2r.global_.salient_regions import (
+from d2r.cnn.salient_regions import (
     candidate_regions,
     crow_channel_weights,
     crow_spatial_weights,
@@ -20,7 +20,7 @@ from d2r.global_.salient_regions import (
     salient_regions,
     select_points,
 )
-from d2r.global_.whitening import learn_whitening
+from d2r.cnn.whitening import learn_whitening
 
 
 def vec_upper(m):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from d2r.global_.pooling import gem, generalized_mean, l2_normalize, mac, region_max_pool, spoc
-from d2r.global_.regions import rmac_regions, sliding_regions
+from d2r.cnn.pooling import gem, generalized_mean, l2_normalize, mac, region_max_pool, spoc
+from d2r.regions.grids import rmac_regions, sliding_regions
 
 
 def boxes(xs, ys, side):

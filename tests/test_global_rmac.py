@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from d2r.global_.integral import IntegralMaxPool
-from d2r.global_.pooling import generalized_mean, l2_normalize, region_max_pool
-from d2r.global_.regions import rmac_regions
-from d2r.global_.rmac import aggregate_regions, mac_descriptor, rmac, rmac_region_vectors, rmac_training_vectors
-from d2r.global_.whitening import learn_whitening, load_whitening
+from d2r.cnn.integral import IntegralMaxPool
+from d2r.cnn.pooling import generalized_mean, l2_normalize, region_max_pool
+from d2r.regions.grids import rmac_regions
+from d2r.cnn.rmac import aggregate_regions, mac_descriptor, rmac, rmac_region_vectors, rmac_training_vectors
+from d2r.cnn.whitening import learn_whitening, load_whitening
 
 
 def relu_map(seed, h=9, w=13, c=16):

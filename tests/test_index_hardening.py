@@ -20,8 +20,8 @@ import h5py
 import numpy as np
 import pytest
 
-from d2r import verify as verify_cli
-from d2r.codebook import Codebook
+from d2r.cli import check as verify_cli
+from d2r.encoding.codebook import Codebook
 from d2r.config import (CodebookConfig, ConfigError, MAX_YAML_VALUES, VerificationConfig,
                         load_config)
 from d2r.index import layout
@@ -32,9 +32,9 @@ from d2r.io.images import ImageError, load_image_with_info
 from d2r.pipeline import searcher as searcher_module
 from d2r.pipeline.build import build_index
 from d2r.pipeline.searcher import Searcher
-from d2r.quantizer import attach_graph, save_graph
-from d2r.result_page import write_result_page
-from d2r.sources import ImageSource
+from d2r.index.quantizer import attach_graph, save_graph
+from d2r.report.query_page import write_result_page
+from d2r.pipeline.sources import ImageSource
 from d2r.types import LocalFeatures
 
 SETS = ("features.rootsift.max_features=80", "codebook.num_words=32")
@@ -188,7 +188,7 @@ def _alias_bomb(levels: int) -> str:
 
 def test_a_yaml_alias_bomb_is_refused_at_once_in_one_short_line(tmp_path, capsys,
                                                                 in_process_cli):
-    from d2r.build_index import main as build_index_main
+    from d2r.cli.build_index import main as build_index_main
 
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(_alias_bomb(7))
@@ -336,7 +336,7 @@ def test_lists_and_folders_inside_an_index_are_left_out(index, photos, tmp_path,
     shutil.copy(next(photos.glob("*.jpg")), index / "uploads" / "u.jpg")
     listing = tmp_path / "list.txt"
     listing.write_text(f"{next(photos.glob('*.jpg'))}\n{index / 'uploads' / 'u.jpg'}\n")
-    with caplog.at_level(logging.WARNING, logger="d2r.sources"):
+    with caplog.at_level(logging.WARNING, logger="d2r.pipeline.sources"):
         source = ImageSource.from_list(listing)
     assert len(source) == 1 and not source.names[0].endswith("u.jpg")
     assert f"left out 1 image inside {index.resolve()} (a d2r index: " in caplog.text
@@ -359,7 +359,7 @@ def _flip_block(file: Path, offset: int, size: int = 4096) -> None:
 def test_verify_finds_a_flipped_block_in_the_last_image_of_a_shard(index, capsys,
                                                                    in_process_cli):
     """A 4 KiB block flipped inside a descriptor chunk of the shard's last image (the first
-    image's chunks intact): ``d2r verify`` prints one ``BAD:`` line naming the shard, exit 1."""
+    image's chunks intact): ``d2r check`` prints one ``BAD:`` line naming the shard, exit 1."""
     assert verify_cli.main([str(index)]) == 0
     assert capsys.readouterr().out == f"OK: {index}\n"
     shard = index / "features" / "shards" / "000000.h5"
@@ -415,7 +415,7 @@ def test_an_image_list_that_is_a_folder_or_an_image_is_named_so(photos):
 
 
 def test_a_folder_given_as_an_image_is_named_a_folder(photos, index, capsys, in_process_cli):
-    from d2r import query as query_cli
+    from d2r.cli import query as query_cli
 
     with pytest.raises(ImageError, match=f"^{photos}: is a directory, not an image file$"):
         load_image_with_info(photos)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from d2r.aggregation import selectivity, shared_words, similarity, similarity_matrix, word_similarities
+from d2r.encoding.aggregation import selectivity, shared_words, similarity, similarity_matrix, word_similarities
 from d2r.index import inverted as inverted_module
 from d2r.index.inverted import (InvertedIndex, InvertedIndexWriter, code_kernel, code_weights, top_k,
                                 vector_selectivity)

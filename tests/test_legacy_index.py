@@ -79,7 +79,7 @@ def legacy_index(request, tmp_path) -> tuple[str, Path]:
 def test_legacy_index_gives_the_same_rankings(legacy_index, legacy_dataset, tmp_path):
     name, index = legacy_index
     results = tmp_path / "results"
-    _run("d2r.query", "--index", index, "--dataset-dir", legacy_dataset, "--out", results,
+    _run("d2r.cli.query", "--index", index, "--dataset-dir", legacy_dataset, "--out", results,
          *QUERY_ARGS[name])
     got = {a: np.load(results / f"{a}.npy") for a in ("ranks", "scores")}
     expected = {a: np.load(LEGACY / "expected" / name / f"{a}.npy") for a in ("ranks", "scores")}
@@ -93,7 +93,7 @@ def test_legacy_feature_store_is_continued(legacy_index, legacy_dataset):
     them untouched, and writes the same search arrays."""
     name, index = legacy_index
     kept = {part: _files(index / part) for part in ("features", "codebooks")}
-    _run("d2r.build_index", "--dataset-dir", legacy_dataset, "--out", index, *BUILD_ARGS[name])
+    _run("d2r.cli.build_index", "--dataset-dir", legacy_dataset, "--out", index, *BUILD_ARGS[name])
     for part, files in kept.items():
         assert _files(index / part) == files, f"{name}: {part}/ was changed"
     legacy_search, search = _files(LEGACY / name / "search"), _files(index / "search")

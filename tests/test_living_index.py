@@ -21,8 +21,8 @@ from d2r.io.crash import CRASH_EXIT_CODE
 from d2r.pipeline.build import build_index
 from d2r.pipeline.searcher import Searcher
 from d2r.pipeline.update import UnknownImagesError, add_images, compact_index, remove_images
-from d2r.pipeline.verify import verify_index
-from d2r.sources import ImageSource
+from d2r.pipeline.check import check_index
+from d2r.pipeline.sources import ImageSource
 
 SMALL = ["features.rootsift.max_features=80", "codebook.num_words=32"]
 
@@ -139,9 +139,9 @@ def test_add_remove_compact_equal_a_rebuild(kind_case, tmp_path):
     _same(after_remove, _without(expected, gone), exact)
     manifest = json.loads((index / "index.json").read_text())
     assert manifest["num_images"] == len(expected[0]) - len(gone)
-    assert verify_index(index) == []  # every segment hashed, every image's features read
+    assert check_index(index) == []  # every segment hashed, every image's features read
     compact_index(index, show_progress=False)
-    assert verify_index(index) == []
+    assert check_index(index) == []
     manifest = json.loads((index / "index.json").read_text())
     assert "segments" not in manifest and "deleted" not in manifest
     _same(_answers(index, queries), after_remove, exact)

@@ -83,7 +83,7 @@ def bow_index(tiny_dataset, tmp_path_factory):
     preset = work / "rootsift-bow-tfidf.yaml"
     preset.write_text("extends: rootsift-asmk-star\naggregation:\n  method: bow_tfidf\n"
                       "codebook:\n  num_words: 64\nfeatures:\n  rootsift:\n    max_features: 300\n")
-    proc = _run("d2r.build_index", "--dataset-dir", tiny_dataset, "--out", work / "index",
+    proc = _run("d2r.cli.build_index", "--dataset-dir", tiny_dataset, "--out", work / "index",
                 "--config-file", preset)
     assert "bow_tfidf" in proc.stdout
     return work / "index"
@@ -94,11 +94,11 @@ def test_plugin_method_builds_and_answers_through_the_clis(bow_index, tiny_datas
     assert manifest["kind"] == "global" and manifest["config"]["aggregation"]["method"] == "bow_tfidf"
     names = json.loads((bow_index / "search" / "names.json").read_text())
     image = tiny_dataset / "jpg" / f"{names[3]}.jpg"
-    _run("d2r.query", "--index", bow_index, "--image", image, "--json", tmp_path / "r.json")
+    _run("d2r.cli.query", "--index", bow_index, "--image", image, "--json", tmp_path / "r.json")
     rows = json.loads((tmp_path / "r.json").read_text())
     assert rows[0]["name"] == names[3] and rows[0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert all(a["score"] >= b["score"] for a, b in zip(rows, rows[1:]))
-    _run("d2r.query", "--index", bow_index, "--dataset-dir", tiny_dataset, "--out",
+    _run("d2r.cli.query", "--index", bow_index, "--dataset-dir", tiny_dataset, "--out",
          tmp_path / "results", "--rerank", "5")
     metrics = json.loads((tmp_path / "results" / "metrics.json").read_text())
     assert 0 < metrics["medium"]["mAP"] <= 100

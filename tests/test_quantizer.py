@@ -13,13 +13,13 @@ import faiss
 import numpy as np
 import pytest
 
-from d2r.codebook import Codebook, hnsw_graph, quantize
+from d2r.encoding.codebook import Codebook, hnsw_graph, quantize
 from d2r.config import CodebookConfig, load_config
 from d2r.pipeline.build import build_index
 from d2r.pipeline.searcher import Searcher
 from d2r.pipeline.update import add_images
-from d2r.quantizer import QuantizerError, attach_graph, options, resolve
-from d2r.sources import ImageSource
+from d2r.index.quantizer import QuantizerError, attach_graph, options, resolve
+from d2r.pipeline.sources import ImageSource
 
 APPROXIMATE = ["codebook.num_words=32", "codebook.quantization=approximate", "codebook.hnsw_m=4",
                "codebook.ef_construction=16", "codebook.ef_search=2"]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from d2r.aggregation import similarity_matrix
+from d2r.encoding.aggregation import similarity_matrix
 from d2r.index.regional import RegionalIndex
 from d2r.index.storage import IndexFormatError
 from d2r.types import AggregatedImage

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from d2r.config import ConfigError, RegionsConfig, from_dict
-from d2r.detection import regions as regions_module
-from d2r.detection.regions import (
+from d2r.regions import selection as regions_module
+from d2r.regions.selection import (
     PROPOSAL_LABEL,
     SELECTIVE_SEARCH_MODES,
     SIMILARITIES,

@@ -68,7 +68,7 @@ def test_a_name_cannot_be_registered_twice():
 
 def test_method_hooks_pick_the_index_kind():
     """The index kind follows from the method (and its regional-search setting)."""
-    from d2r.codebook import Codebook
+    from d2r.encoding.codebook import Codebook
     import numpy as np
 
     codebook = Codebook(np.eye(4, 8, dtype=np.float32))

@@ -147,8 +147,8 @@ def test_large_arrays_are_hashed_once_per_change(tmp_path, monkeypatch):
     """Above SMALL_ARRAY_BYTES an array is hashed on the first open after a change of its
     size / mtime / inode (recorded in .verified.json), not at every open."""
     monkeypatch.setattr(storage, "SMALL_ARRAY_BYTES", 0)
-    from d2r.aggregation import aggregate
-    from d2r.codebook import Codebook
+    from d2r.encoding.aggregation import aggregate
+    from d2r.encoding.codebook import Codebook
 
     rng = np.random.default_rng(0)
     codebook = Codebook(rng.normal(size=(8, 16)).astype(np.float32))
@@ -235,7 +235,7 @@ def test_a_foreign_directory_is_never_touched(tiny_dataset, tmp_path):
 
 
 def _verify(index: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "d2r.verify", str(index)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "d2r.cli.check", str(index)], capture_output=True,
                           text=True, timeout=300)
 
 

@@ -60,7 +60,7 @@ def test_out_of_range_settings_are_refused_by_key(override, message):
 
 def test_a_bad_setting_is_refused_before_any_work(tiny_dataset, tmp_path):
     out = tmp_path / "index"
-    proc = _run("d2r.build_index", "--dataset-dir", tiny_dataset, "--out", out, *SMALL,
+    proc = _run("d2r.cli.build_index", "--dataset-dir", tiny_dataset, "--out", out, *SMALL,
                 "--set", "codebook.num_words=-1", check=False)
     assert proc.returncode != 0 and "codebook.num_words=-1 is out of range" in proc.stderr
     assert not out.exists()  # refused before extraction started
@@ -91,7 +91,7 @@ def test_list_paths_outside_the_list_folder_stay_inside_the_index(photos, tmp_pa
     (lists / "images.txt").write_text("\n".join(lines) + "\n")
     before = sorted(p.name for p in photos.iterdir())
     out = tmp_path / "index"
-    proc = _run("d2r.build_index", "--image-list", lists / "images.txt", "--out", out, *SMALL,
+    proc = _run("d2r.cli.build_index", "--image-list", lists / "images.txt", "--out", out, *SMALL,
                 "--set", "regions.source=grid")
     assert "2 skipped" in proc.stdout
     assert sorted(p.name for p in photos.iterdir()) == before
@@ -108,7 +108,7 @@ def test_undecodable_file_names_are_skipped_and_listed(photos, tmp_path):
     shutil.copytree(photos, folder)
     os.rename(folder / "blank.png", os.path.join(os.fsencode(folder), b"zzz\xff.png"))
     out = tmp_path / "index"
-    _run("d2r.build_index", "--images", folder, "--out", out, *SMALL)
+    _run("d2r.cli.build_index", "--images", folder, "--out", out, *SMALL)
     assert len(json.loads((out / "search" / "names.json").read_text())) == 3
     assert read_skipped(out / "features" / "skipped.tsv") == [
         ("zzz\\xff.png", "file name is not valid UTF-8 text")]
@@ -116,24 +116,24 @@ def test_undecodable_file_names_are_skipped_and_listed(photos, tmp_path):
 
 def test_featureless_images_are_reported_and_featureless_queries_refused(photos, tmp_path):
     out = tmp_path / "index"
-    proc = _run("d2r.build_index", "--images", photos, "--out", out, *SMALL)
+    proc = _run("d2r.cli.build_index", "--images", photos, "--out", out, *SMALL)
     assert "1 without features" in proc.stdout
     assert json.loads((out / "index.json").read_text())["num_featureless"] == 1
     skipped = read_skipped(out / "features" / "skipped.tsv")
     assert skipped == [("blank.png", "no features (blank image?): indexed, but no query can "
                                      "find it")]
-    proc = _run("d2r.query", "--index", out, "--image", photos / "blank.png", check=False)
+    proc = _run("d2r.cli.query", "--index", out, "--image", photos / "blank.png", check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "no local features in the image" in proc.stderr and "Traceback" not in proc.stderr
     photo = sorted(photos.glob("*.jpg"))[0]
-    proc = _run("d2r.query", "--index", out, "--image", photo, "--box", "0,0,2,2", check=False)
+    proc = _run("d2r.cli.query", "--index", out, "--image", photo, "--box", "0,0,2,2", check=False)
     assert proc.returncode == 2 and "no local features in the box" in proc.stderr
-    _run("d2r.query", "--index", out, "--image", photo)
+    _run("d2r.cli.query", "--index", out, "--image", photo)
 
 
 def test_a_negative_rerank_depth_is_refused(photos, tmp_path):
     out = tmp_path / "index"
-    _run("d2r.build_index", "--images", photos, "--out", out, *SMALL)
-    proc = _run("d2r.query", "--index", out, "--image", sorted(photos.glob("*.jpg"))[0],
+    _run("d2r.cli.build_index", "--images", photos, "--out", out, *SMALL)
+    proc = _run("d2r.cli.query", "--index", out, "--image", sorted(photos.glob("*.jpg"))[0],
                 "--rerank", "-1", check=False)
     assert proc.returncode != 0 and "verification.rerank=-1 is out of range" in proc.stderr

@@ -1,4 +1,4 @@
-"""Tests for d2r.report: files, relative links, border colours, PR curves, metrics before and
+"""Tests for d2r.report.benchmark: files, relative links, border colours, PR curves, metrics before and
 after re-ranking, the settings block, thumbnail sizes, browser rendering."""
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from d2r import report as R
-from d2r import verification as V
+from d2r.report import benchmark as R
+from d2r.spatial import verification as V
 from d2r.config import load_config
 from d2r.datasets.revisited import load_revisited
-from d2r.evaluation import compute_map, protocol_gnd
+from d2r.evaluation.metrics import compute_map, protocol_gnd
 from d2r.types import Boxes, LocalFeatures
 
 TOP_K = 6
@@ -379,7 +379,7 @@ def reranked_run(tiny_dataset, tmp_path_factory):
     from d2r.pipeline.build import build_index
     from d2r.pipeline.run import run_dataset
     from d2r.pipeline.searcher import Searcher
-    from d2r.sources import ImageSource
+    from d2r.pipeline.sources import ImageSource
 
     root = tmp_path_factory.mktemp("run")
     config = load_config("rootsift-asmk-star", overrides=["codebook.num_words=64"])

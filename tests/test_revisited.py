@@ -19,7 +19,7 @@ from d2r.datasets.revisited import (
     with_distractors,
 )
 from d2r.datasets.safe_pickle import UnsafePickleError, load_pickle
-from d2r.evaluation import evaluate_protocols
+from d2r.evaluation.metrics import evaluate_protocols
 
 IMLIST = ["all_souls_000001", "all_souls_000002", "radcliffe_000003", "magdalen_000004"]
 

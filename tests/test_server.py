@@ -24,7 +24,7 @@ from d2r.config import load_config  # noqa: E402
 from d2r.pipeline.build import build_index  # noqa: E402
 from d2r.pipeline.run import run_image  # noqa: E402
 from d2r.pipeline.searcher import Searcher  # noqa: E402
-from d2r.sources import ImageSource  # noqa: E402
+from d2r.pipeline.sources import ImageSource  # noqa: E402
 from tests._server import SMALL, Server, photo_index  # noqa: E402
 
 TOKEN = "s3cret"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from d2r.cli import synthetic as synthetic_cli
 from d2r.datasets import synthetic as S
 from d2r.datasets.synthetic import LabelThresholds, View
 
@@ -310,9 +311,11 @@ def test_bad_arguments(tmp_path, kwargs, match):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli(tmp_path, caplog):
+def test_cli(tmp_path, capsys):
     argv = ["--out", str(tmp_path / "cli"), "--size", "tiny", "--seed", "2", "--name", "demo"]
-    out = S.main(argv)
+    assert synthetic_cli.main(argv) == 0
+    out = tmp_path / "cli"
+    assert str(out) in capsys.readouterr().out
     assert (out / "gnd_demo.pkl").is_file()
     manifest = json.loads((out / "synthetic.json").read_text())
     assert manifest["seed"] == 2 and manifest["num_db_images"] == TINY["num_db_images"]

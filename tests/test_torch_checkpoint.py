@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from d2r.errors import InputError
-from d2r.index.storage import file_sha256
+from d2r.io.hashing import file_sha256
 from d2r.io.torch_checkpoint import CheckpointError, load_state_dict
 from tests._xfeat_weights import xfeat_weights  # noqa: F401  (a fixture)
 

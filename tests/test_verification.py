@@ -1,4 +1,4 @@
-"""Tests for d2r.verification: matching, affine RANSAC, the re-ranking rule."""
+"""Tests for d2r.spatial.verification: matching, affine RANSAC, the re-ranking rule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from d2r import verification as V
+from d2r.spatial import verification as V
 from d2r.config import VerificationConfig
 from d2r.types import LocalFeatures, SearchResult
 
@@ -359,7 +359,7 @@ def test_rerank_options_from_config():
                                           ("opencv", "homography"), ("opencv", "similarity")])
 def test_usac_and_other_models_find_a_planted_transform(method, model):
     """A similarity (scale 1.2, 10 degrees, shift) plants 60 true matches among 20 outliers."""
-    from d2r.verification import verify_pair
+    from d2r.spatial.verification import verify_pair
 
     rng = np.random.default_rng(5)
     db_xy = rng.uniform(0, 400, (80, 2)).astype(np.float32)
@@ -386,7 +386,7 @@ def test_usac_and_other_models_find_a_planted_transform(method, model):
 def test_impossible_method_model_pairs_are_refused():
     from d2r.config import ConfigError, load_config
     from d2r.methods import validate
-    from d2r.verification import check_model
+    from d2r.spatial.verification import check_model
 
     with pytest.raises(ValueError, match="USAC does not fit similarity"):
         check_model("usac", "similarity")

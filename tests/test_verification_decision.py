@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-from d2r import verification as V
-from d2r.verification_score import log10_binomial_tail, log10_nfa
+from d2r.spatial import verification as V
+from d2r.spatial.score import log10_binomial_tail, log10_nfa
 from d2r.types import LocalFeatures
 
 OLD = dict(decision="inliers")
@@ -90,7 +90,7 @@ def test_reflection_is_refused_unless_allowed():
 
 
 def test_inliers_in_a_tiny_patch_or_on_a_line_are_refused():
-    from d2r.verification_score import spread
+    from d2r.spatial.score import spread
 
     rng = np.random.default_rng(4)
     q_xy, d_xy = _planted(rng, AFFINE, k=40, n_random=40, spread=(200, 212))

@@ -17,7 +17,7 @@ The classic benchmarks' images are read from the first of ``DIR/jpg``,
 per-landmark folders must be merged into one). ``kind="auto"``
 (:func:`detect_benchmark`) checks for a ``gnd_*`` file, then ``gt_files/``,
 then the image names. Metrics are in percent except the N-S score; mP@k is
-the revisitop precision at k (:func:`d2r.evaluation.compute_map`). Ground-truth
+the revisitop precision at k (:func:`d2r.evaluation.metrics.compute_map`). Ground-truth
 images missing from an Oxford5k / Paris6k database (Paris6k's corrupt images
 are usually deleted) are dropped with a logged warning.
 """
@@ -46,8 +46,8 @@ from d2r.datasets.revisited import (
     with_distractors,
 )
 from d2r.errors import InputError
-from d2r.evaluation import PROTOCOLS, compute_map, evaluate_protocols
-from d2r.evaluation import protocol_gnd as revisited_protocol_gnd
+from d2r.evaluation.metrics import PROTOCOLS, compute_map, evaluate_protocols
+from d2r.evaluation.metrics import protocol_gnd as revisited_protocol_gnd
 
 __all__ = [
     "BENCHMARKS", "CLASSIC_PROTOCOL", "IMAGE_DIRS", "Benchmark", "detect_benchmark",

@@ -6,7 +6,7 @@
   ``<q>_good.txt`` / ``<q>_ok.txt`` / ``<q>_junk.txt`` (one image name per
   line). Positives are good + ok, junk is ignored, the query image stays in the
   database, and AP is the trapezoidal rule of ``compute_ap.cpp`` (the same as
-  :func:`d2r.evaluation.compute_ap`).
+  :func:`d2r.evaluation.metrics.compute_ap`).
 * **INRIA Holidays.** Images are named by number (``100000.jpg``); an image
   belongs to group ``number // 100`` and the group's query is the image with
   ``number % 100 == 0``. Every image is in the database; for each query the
@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from d2r.errors import InputError
-from d2r.evaluation import compute_map
+from d2r.evaluation.metrics import compute_map
 
 __all__ = [
     "ClassicDataset",

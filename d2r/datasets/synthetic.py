@@ -55,7 +55,6 @@ Pillow / scikit-image versions give the same files, byte for byte.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import io
@@ -86,7 +85,6 @@ __all__ = [
     "measure_view",
     "label_view",
     "generate",
-    "main",
 ]
 
 logger = logging.getLogger(__name__)
@@ -931,25 +929,3 @@ def _write_csvs(out: Path, rows, lms: list[Landmark]) -> None:
             writer.writerow(
                 [lm.landmark_id, lm.name, lm.source, *lm.crop, lm.image.shape[1], lm.image.shape[0]]
             )
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
-    """CLI: ``python -m d2r.datasets.synthetic --out DIR [--seed N] [--size NAME]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m d2r.datasets.synthetic",
-        description="Generate the synthetic landmark-retrieval benchmark (revisitop layout).",
-    )
-    parser.add_argument("--out", required=True, help="output directory (missing or empty)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="default", help="preset size")
-    parser.add_argument("--name", default="synth", help="dataset name (gnd_<name>.pkl)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier dataset")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return generate(
-        args.out, seed=args.seed, name=args.name, overwrite=args.overwrite, **SIZES[args.size]
-    )
-
-
-if __name__ == "__main__":
-    main()

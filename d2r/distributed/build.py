@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from d2r.codebook import Codebook
+from d2r.encoding.codebook import Codebook
 from d2r.config import Config
 from d2r.distributed._ray import init_ray, kill_actors, run_on_actors
 from d2r.distributed.extract import run_extract_ray
@@ -58,8 +58,8 @@ from d2r.pipeline.build import (
     start_build,
 )
 from d2r.pipeline.extraction import image_regions
-from d2r.quantizer import attach_graph
-from d2r.sources import ImageSource
+from d2r.index.quantizer import attach_graph
+from d2r.pipeline.sources import ImageSource
 
 __all__ = ["build_index_ray", "encode_ray"]
 
@@ -108,7 +108,7 @@ def encode_ray(
     ``on_batch(i, entries)`` receives the database entries of ``batches[i]`` (the
     method's ``encode_database`` of each image) in batch order.  ``graph``: (index
     directory, quantizer record) of the HNSW graph the actors quantize with
-    (:func:`d2r.quantizer.attach_graph`; the directory must be readable by them).
+    (:func:`d2r.index.quantizer.attach_graph`; the directory must be readable by them).
     """
     if not batches:
         return
@@ -244,7 +244,7 @@ class _IndexWriter:
         if not self.num_shards:
             if self.shard_dir.exists():
                 logger.warning("%s is from an earlier build; split the new index again "
-                               "(python -m d2r.distributed.shards %s --shards N --overwrite)",
+                               "(d2r shards %s --shards N --overwrite)",
                                self.shard_dir, out)
             save_index(self.index, out, record)
             return

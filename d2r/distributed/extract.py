@@ -51,7 +51,7 @@ from d2r.pipeline.extraction import (
     finish_summary,
     store_config,
 )
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 
 __all__ = ["run_extract_ray", "merge_feature_stores", "part_store_paths", "parts_dir_for"]
 

@@ -3,7 +3,7 @@
 The ``DEFAULT_*`` values are the defaults of both the Ray entry points' keyword
 arguments (:func:`d2r.distributed.run_extract_ray`, ``build_index_ray``,
 :class:`d2r.distributed.ShardedIndex`) and the command-line flags.
-``python -m d2r.extract`` and ``python -m d2r.build_index`` call
+``d2r extract`` and ``python -m d2r.build_index`` call
 :func:`add_ray_args` on their parser and, when :func:`ray_requested`, run
 :func:`d2r.distributed.run_extract_ray` / :func:`d2r.distributed.build_index_ray`
 with ``**ray_kwargs(args)``.  An unset ``num_workers`` means as many extraction

@@ -22,7 +22,6 @@ the merged top-k equals the single-index result (scores and ids).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ import re
 import resource
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -44,7 +43,7 @@ from d2r.distributed.options import (
 from d2r.index.inverted import check_k
 from d2r.index.merge import merge_topk
 from d2r.index.layout import read_versioned_json
-from d2r.index.registry import index_class, open_index
+from d2r.index.registry import index_class, open_index, register_sharded
 from d2r.index.storage import IndexFormatError
 from d2r.types import SearchResult
 
@@ -59,7 +58,6 @@ __all__ = [
     "remove_extra_shards",
     "merge_topk",
     "ShardedIndex",
-    "main",
 ]
 
 logger = logging.getLogger("d2r.distributed.shards")
@@ -223,8 +221,10 @@ class _ShardServer:
         return scores, np.where(ids >= 0, ids + self.first_id, -1)
 
 
+@register_sharded
 class ShardedIndex:
-    """A sharded index directory served by one Ray actor per shard.
+    """A sharded index directory served by one Ray actor per shard (sharded search executor
+    ``ray``).
 
     Args:
         path: directory with ``shards.json`` (:func:`split_index`, ``build_index_ray``).
@@ -240,6 +240,8 @@ class ShardedIndex:
     Raises:
         UnknownIndexKind: the shards are of a kind no registered index class serves.
     """
+
+    executor = "ray"
 
     def __init__(self, path: str | os.PathLike, *, address: Optional[str] = None,
                  mmap: bool = True, num_cpus_per_shard: float = DEFAULT_CPUS_PER_SHARD,
@@ -306,37 +308,3 @@ class ShardedIndex:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m d2r.distributed.shards INDEX --shards N [--out DIR]``: split a built index."""
-    from d2r import cli
-
-    parser = cli.Parser("d2r shards", "Split a built index into N shard indexes for sharded "
-                                      "search on Ray.")
-    parser.add_index(positional=True,
-                     help="index directory (index.json + search/) or a bare index")
-    parser.add_argument("--shards", type=int, required=True, metavar="N", help="number of shards")
-    parser.add_argument("--out", metavar="DIR", help="sharded directory (default INDEX/shards)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing shards")
-    cli.add_common_args(parser)
-    return cli.run(parser, argv, _split)
-
-
-def _split(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """Split the index ``args`` names; print the shards."""
-    from d2r.errors import InputError
-
-    try:
-        out = split_index(args.index, num_shards=args.shards, out=args.out,
-                          overwrite=args.overwrite)
-    except (FileExistsError, ValueError) as exc:
-        raise InputError(str(exc)) from None
-    manifest = read_shards_manifest(out)
-    print(f"{manifest['num_images']} images in {len(manifest['shards'])} {manifest['kind']} "
-          f"shards -> {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

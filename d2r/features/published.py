@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 from d2r.checks import check_positive_int
 from d2r.features.base import BaseExtractor
-from d2r.index.storage import file_sha256
+from d2r.io.hashing import file_sha256
 from d2r.types import LocalFeatures
 
 __all__ = ["PublishedWeightsExtractor"]

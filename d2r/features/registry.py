@@ -34,7 +34,7 @@ EXTRACTORS = Registry("extractor", "name", {
     "delf": "d2r.features.delf",
     "xfeat": "d2r.features.xfeat",
     "disk": "d2r.features.disk",
-    "cnn": "d2r.global_.extractor",
+    "cnn": "d2r.cnn.extractor",
 }, required=("output_type", "record_type", "method_key", "from_config"),
     prefix="features.backend: ")
 """The feature extractors by ``features.backend`` (built-ins: name -> their module)."""

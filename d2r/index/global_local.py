@@ -1,13 +1,13 @@
 """Exhaustive index for global + CAM-masked local descriptor pairs, min-of-L1 distance.
 
-For the multi-resolution R-MAC with CAM masks (:func:`d2r.global_.cam.cam_mask`) every image
+For the multi-resolution R-MAC with CAM masks (:func:`d2r.cnn.cam.cam_mask`) every image
 has a global descriptor ``g`` (D,) and a CAM-masked local descriptor ``l`` (D,), stored
 together as one (N, 2, D) float32 array (``vectors.npy``, memory-mapped when loaded; slot 0
 global, slot 1 local).  A query ``(g_q, l_q)`` is at distance::
 
     d(q, x) = min(|g_q - g_x|_1, |l_q - l_x|_1)
 
-from image ``x`` (:func:`d2r.global_.cam.min_manhattan_distance`), and the index reports the
+from image ``x`` (:func:`d2r.cnn.cam.min_manhattan_distance`), and the index reports the
 score ``-d`` so that :class:`~d2r.types.SearchResult` stays "higher is better, descending".
 
 Search is exact.  For a chunk of database rows, ``faiss.knn(..., metric=METRIC_L1)`` finds the
@@ -48,7 +48,7 @@ def _exact_min_l1(queries: np.ndarray, database: np.ndarray, cand: np.ndarray) -
         cand: (Q, C) int64 rows of ``database`` for every query.
 
     Returns:
-        (Q, C) float32 distances (rounded like :func:`d2r.global_.cam.min_manhattan_distance`).
+        (Q, C) float32 distances (rounded like :func:`d2r.cnn.cam.min_manhattan_distance`).
     """
     num_queries, num_cand = cand.shape
     dim = queries.shape[2]

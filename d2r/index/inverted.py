@@ -38,7 +38,7 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from d2r.aggregation import check_normalize, selectivity
+from d2r.encoding.aggregation import check_normalize, selectivity
 from d2r.checks import check_positive_int
 from d2r.index import compiled
 from d2r.index.names import EntryNames
@@ -132,7 +132,7 @@ class _CodeKernel(NamedTuple):
 
 def sigma_by_distance(dim: int, *, alpha: float = 3.0, tau: float = 0.0) -> np.ndarray:
     """sigma(1 - 2h/D) for the Hamming distances h = 0..8 ceil(D/8) of packed D-bit codes:
-    (8 ceil(D/8) + 1,) float64, computed by :func:`~d2r.aggregation.selectivity` itself."""
+    (8 ceil(D/8) + 1,) float64, computed by :func:`~d2r.encoding.aggregation.selectivity` itself."""
     dim = int(dim)
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
@@ -145,7 +145,7 @@ def code_kernel(dim: int, *, alpha: float = 3.0, tau: float = 0.0) -> _CodeKerne
     """Lookup tables for the selectivity of packed D-bit sign codes.
 
     For codes, u = 1 - 2h/D depends only on the integer Hamming distance h, so sigma(u) is a
-    table over h = 0..8 ceil(D/8) computed with :func:`~d2r.aggregation.selectivity` itself
+    table over h = 0..8 ceil(D/8) computed with :func:`~d2r.encoding.aggregation.selectivity` itself
     (lookups are bit-identical to it).  Codes are XORed as the widest unsigned words that
     divide the row width (``view``).  When a row is exactly two such words (D in 121..128,
     64-bit words), the two per-word popcounts, read together as one uint16
@@ -184,7 +184,7 @@ def code_weights(xor: np.ndarray, kernel: _CodeKernel) -> np.ndarray:
 
 
 def vector_selectivity(u: np.ndarray, *, alpha: float = 3.0, tau: float = 0.0) -> np.ndarray:
-    """:func:`~d2r.aggregation.selectivity` of float similarities, up to rounding: float64.
+    """:func:`~d2r.encoding.aggregation.selectivity` of float similarities, up to rounding: float64.
 
     ``sign(u) |u|**alpha`` where ``u > tau``, else 0.  For an integer ``alpha`` in 1..16
     (ASMK's 3), a few branch-free passes: the threshold zeroes the base (``max(u, 0)``, or

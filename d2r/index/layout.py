@@ -6,7 +6,7 @@
     INDEX/maps/         activation maps for AML re-ranking (when the method keeps them)
     INDEX/boxes/        regions per image as .boxes files (when regions are used)
     INDEX/codebooks/    codebooks (trained, or a copy of the one loaded), one folder per
-                        codebook config, and the quantizer's HNSW graph (:mod:`d2r.quantizer`)
+                        codebook config, and the quantizer's HNSW graph (:mod:`d2r.index.quantizer`)
     INDEX/gen-<id>/search/  the search structure (an :class:`~d2r.index.registry.Index`)
                         of one generation
     INDEX/search        a symbolic link to the current generation's search structure
@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from d2r import __version__
 from d2r.checks import shown
-from d2r.codebook import METADATA_FILE as CODEBOOK_METADATA, Codebook, save_codebook
+from d2r.encoding.codebook import METADATA_FILE as CODEBOOK_METADATA, Codebook, save_codebook
 from d2r.config import HNSW_KEYS, Config, to_dict
 from d2r.errors import InputError
 from d2r.io.feature_store import FeatureStore
@@ -119,10 +119,10 @@ def index_record(config: Config, codebook, out: Path, *, kind: str, features: di
                  quantizer: Optional[dict] = None) -> dict[str, Any]:
     """The ``index.json`` content (without timing) of an index built into ``out``.
 
-    ``codebook`` is the :class:`~d2r.codebook.Codebook` used (kept in ``out``:
+    ``codebook`` is the :class:`~d2r.encoding.codebook.Codebook` used (kept in ``out``:
     :func:`keep_codebook`), or None, and ``quantizer`` the record of its stored HNSW graph
-    (:func:`d2r.quantizer.save_graph`); ``images_root`` the folder the image names are
-    relative to (:attr:`d2r.sources.ImageSource.root`), kept so that result pages can show
+    (:func:`d2r.index.quantizer.save_graph`); ``images_root`` the folder the image names are
+    relative to (:attr:`d2r.pipeline.sources.ImageSource.root`), kept so that result pages can show
     the images.
     """
     record = {

@@ -1,8 +1,8 @@
 """Exhaustive best-region-pair index for regional CNN descriptors (after Jeong et al.).
 
 Every database image ``x`` is described by ``R_x >= 1`` l2-normalized region vectors (D,),
-the first being the whole image by convention (:func:`d2r.global_.regional.region_vectors`
-on :func:`d2r.global_.salient_regions.salient_regions`).  A query is a set of ``R_q >= 1``
+the first being the whole image by convention (:func:`d2r.cnn.regional.region_vectors`
+on :func:`d2r.cnn.salient_regions.salient_regions`).  A query is a set of ``R_q >= 1``
 region vectors, and an image is as similar as its best pair of regions::
 
     S(q, x) = max_{r in q, s in x} <r, s>

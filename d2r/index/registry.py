@@ -93,6 +93,16 @@ register_index = INDEX_KINDS.register
 index_kinds = INDEX_KINDS.names
 index_class = INDEX_KINDS.get
 
+SHARDED_SEARCH = Registry("sharded search", "executor", {
+    "ray": "d2r.distributed.shards",
+})
+"""Search structures over an index split into shard indexes, by the executor that serves the
+shards (built-in: ``ray``, :class:`d2r.distributed.shards.ShardedIndex`, one actor per shard).
+The searcher opens shards through it, so the pipeline imports no executor."""
+
+register_sharded = SHARDED_SEARCH.register
+sharded_index_class = SHARDED_SEARCH.get
+
 
 def stored_kind(path: str | os.PathLike) -> str:
     """The kind recorded in the manifest of index directory ``path``."""

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from d2r.errors import InputError
-from d2r.index.storage import file_sha256
+from d2r.io.hashing import file_sha256
 
 __all__ = ["CheckpointError", "MAX_PICKLE_BYTES", "checked_file", "load_state_dict"]
 

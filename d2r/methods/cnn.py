@@ -25,13 +25,13 @@ from typing import ClassVar, Optional, Sequence
 import numpy as np
 
 from d2r.config import ConfigError
-from d2r.global_.aml import aml_rerank
-from d2r.global_.qe import expand_queries, rescore_head
+from d2r.cnn.aml import aml_rerank
+from d2r.cnn.qe import expand_queries, rescore_head
 from d2r.index.global_index import GlobalIndex
 from d2r.index.global_local import GlobalLocalIndex
 from d2r.index.region_vectors import RegionVectorIndex
 from d2r.methods import register_method
-from d2r.methods.base import RetrievalMethod
+from d2r.methods.base import Database, Query, RetrievalMethod
 from d2r.types import GlobalDescriptors, SearchResult
 
 __all__ = ["Mac", "Rmac", "Gem", "MultiResolution", "RegionalSecondOrder"]
@@ -121,7 +121,7 @@ class _CnnMethod(RetrievalMethod):
         """Query expansion depth at search time (0 when AML re-ranking expands instead)."""
         return 0 if self.uses_maps else self.config.search.query_expansion
 
-    def rerank(self, searcher, queries, result: SearchResult, *,
+    def rerank(self, database: Database, queries: Sequence[Query], result: SearchResult, *,
                workers: int = 1) -> tuple[SearchResult, Optional[list]]:
         """AML: localize each query in the maps of its top ``search.aml_rerank`` and re-rank them.
 
@@ -136,11 +136,11 @@ class _CnnMethod(RetrievalMethod):
         search = self.config.search
         if any(q.activation_map is None for q in queries):
             raise ValueError("AML re-ranking needs the queries' activation maps (Searcher.query)")
-        describer = searcher.extractor.describer
+        describer = database.extractor.describer
         maps = [q.activation_map.values for q in queries]
         vectors = np.stack([q.features.vectors[0] for q in queries])
         reranked, windows, regions = aml_rerank(
-            result, np.stack([m.max(axis=(0, 1)) for m in maps]), searcher.database_maps(),
+            result, np.stack([m.max(axis=(0, 1)) for m in maps]), database.database_maps(),
             query_vectors=vectors, query_aspect_ratios=[m.shape[1] / m.shape[0] for m in maps],
             describe_region=lambda crop: describer.describe_maps({"map": [crop]}),
             top_n=search.aml_rerank, levels=search.aml_levels, workers=workers)

@@ -27,17 +27,18 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from d2r.aggregation import aggregate, aggregate_regions
-from d2r.codebook import Codebook
+from d2r.encoding.aggregation import aggregate, aggregate_regions
+from d2r.encoding.codebook import Codebook
 from d2r.config import ConfigError
-from d2r.expansion import expand_aggregated
+from d2r.encoding.expansion import expand_aggregated
 from d2r.index.global_index import GlobalIndex
 from d2r.index.inverted import InvertedIndex
 from d2r.index.regional import RegionalIndex
 from d2r.methods import register_method
+from d2r.methods.base import Database, Query
 from d2r.methods.local import LocalMethod
 from d2r.types import AggregatedImage, LocalFeatures, SearchResult
-from d2r.verification import RerankResult, stack_results
+from d2r.spatial.verification import RerankResult, stack_results
 
 __all__ = ["Vlad", "Asmk", "AsmkStar", "RegionalVlad", "NaiveRegionalAsmk", "RegionalAsmk",
            "RegionalAsmkStar"]
@@ -117,26 +118,27 @@ class _Kernel(LocalMethod):
 
     expands = True
 
-    def rerank(self, searcher, queries, result: SearchResult, *, workers: int = 1):
+    def rerank(self, database: Database, queries: Sequence[Query], result: SearchResult, *,
+               workers: int = 1):
         """Spatial verification, then (``search.query_expansion`` > 0) verified query
         expansion: the verified images stay on top in their verified order, a search with
-        the expanded query (:func:`d2r.expansion.expand_aggregated`) orders the rest."""
-        result, reranked = super().rerank(searcher, queries, result, workers=workers)
+        the expanded query (:func:`d2r.encoding.expansion.expand_aggregated`) orders the rest."""
+        result, reranked = super().rerank(database, queries, result, workers=workers)
         if reranked is None or self.config.search.query_expansion <= 0:
             return result, reranked
-        rows = [self._expand(searcher, query.features, verified, ids, scores)
+        rows = [self._expand(database, query.features, verified, ids, scores)
                 for query, verified, ids, scores in zip(queries, reranked, result.ids,
                                                         result.scores)]
-        return stack_results(rows, searcher.names), rows
+        return stack_results(rows, database.names), rows
 
-    def _expand(self, searcher, query: LocalFeatures, verified: RerankResult,
+    def _expand(self, database, query: LocalFeatures, verified: RerankResult,
                 ids: np.ndarray, scores: np.ndarray) -> RerankResult:
         """One query's whole ranking (``ids``, ``scores``: after verification) after expansion
         with the images the decision verified; without one the same ranking."""
         k = ids.shape[0]
         head = int(np.count_nonzero(verified.verified))  # the verified lead the list
         if head > 0:
-            ids, scores = self._expanded_ranking(searcher, query, verified, head, k)
+            ids, scores = self._expanded_ranking(database, query, verified, head, k)
         checked = {int(i): pos for pos, i in enumerate(verified.ids[:verified.num_verified])}
         where = [checked.get(int(i), -1) for i in ids]
         empty = np.zeros((0, 2), np.int64)
@@ -150,15 +152,15 @@ class _Kernel(LocalMethod):
                                           for p in where], np.float32),
             verified=np.array([p >= 0 and verified.verified[p] for p in where], bool))
 
-    def _expanded_ranking(self, searcher, query: LocalFeatures, verified: RerankResult,
+    def _expanded_ranking(self, database, query: LocalFeatures, verified: RerankResult,
                           head: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``head`` verified images, then the expanded query's search without them."""
         search = self.config.search
         used = range(min(head, search.query_expansion))
-        codebook = searcher.codebook
+        codebook = database.codebook
         images = []
         for pos in used:
-            features = searcher.database_features(int(verified.ids[pos]))
+            features = database.database_features(int(verified.ids[pos]))
             matched = np.unique(verified.matches[pos][:, 1])
             if search.qe_features == "inliers":
                 features = features.select(matched)
@@ -172,7 +174,7 @@ class _Kernel(LocalMethod):
         weights = (inliers / inliers.max()) ** search.qe_alpha
         query_image = expand_aggregated(self.encode_query(query, codebook), images,
                                         method=self.plain, weights=weights)
-        again = searcher.index.search([query_image], k=k + head, **self.search_options())
+        again = database.index.search([query_image], k=k + head, **self.search_options())
         top_ids = verified.ids[:head]
         rest = ~np.isin(again.ids[0], top_ids)
         ids = np.concatenate([top_ids, again.ids[0][rest]])[:k]

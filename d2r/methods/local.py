@@ -13,12 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
-from d2r.codebook import Codebook, quantize
+from d2r.encoding.codebook import Codebook, quantize
 from d2r.config import ConfigError
-from d2r.methods.base import RetrievalMethod
-from d2r.quantizer import options
+from d2r.methods.base import Database, Query, RetrievalMethod
+from d2r.index.quantizer import options
 from d2r.types import LocalFeatures, SearchResult
-from d2r.verification import check_model, rerank_batch, rerank_options, stack_results
+from d2r.spatial.verification import check_model, rerank_batch, rerank_options, stack_results
 
 __all__ = ["LocalMethod", "assign_words"]
 
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 def assign_words(descriptors: Sequence[np.ndarray], codebook: Codebook, *, num_assignments: int,
                  **quantizer) -> list[np.ndarray]:
     """(N_i, num_assignments) word ids of several (N_i, D) descriptor sets, one quantizer call
-    (``quantizer``: :func:`d2r.codebook.quantize`'s mode and HNSW options)."""
+    (``quantizer``: :func:`d2r.encoding.codebook.quantize`'s mode and HNSW options)."""
     sizes = [len(d) for d in descriptors]
     if sum(sizes) == 0:
         return [np.zeros((0, num_assignments), np.int64) for _ in sizes]
@@ -81,21 +81,22 @@ class LocalMethod(RetrievalMethod):
                             else agg.num_assignments_db,
                             **options(self.config.codebook, codebook.num_words))
 
-    def rerank(self, searcher, queries, result: SearchResult, *, workers: int = 1):
+    def rerank(self, database: Database, queries: Sequence[Query], result: SearchResult, *,
+               workers: int = 1):
         """Spatially verify the top ``verification.rerank`` of each ranking.
 
         Only the verified head goes to verification; the tail is appended unchanged,
         so a full ranking of a million images costs no per-entry bookkeeping.  The
-        details are the :class:`~d2r.verification.RerankResult` of each query.
+        details are the :class:`~d2r.spatial.verification.RerankResult` of each query.
         """
         options = rerank_options(self.config.verification)
         top_n = options["top_n"]
         if top_n <= 0:
             return result, None
         head = SearchResult(result.scores[:, :top_n], result.ids[:, :top_n], result.names)
-        reranked = rerank_batch([q.features for q in queries], head, searcher.database_features,
+        reranked = rerank_batch([q.features for q in queries], head, database.database_features,
                                 workers=workers, **options)
-        top = stack_results(reranked, searcher.names)
+        top = stack_results(reranked, database.names)
         return SearchResult(np.concatenate([top.scores, result.scores[:, top_n:]], axis=1),
                             np.concatenate([top.ids, result.ids[:, top_n:]], axis=1),
-                            searcher.names), reranked
+                            database.names), reranked

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from d2r.codebook import Codebook, load_codebook, open_codebook, save_codebook, train_codebook
+from d2r.encoding.codebook import Codebook, load_codebook, open_codebook, save_codebook, train_codebook
 from d2r.config import Config
 from d2r.errors import InputError
 from d2r.features.registry import make_extractor
@@ -49,8 +49,8 @@ from d2r.io.images import read_skipped
 from d2r.methods import validate
 from d2r.pipeline.extraction import SKIPPED_FILE, extract_to_store, image_regions
 from d2r.progress import progress
-from d2r.quantizer import resolve, save_graph
-from d2r.sources import ImageSource
+from d2r.index.quantizer import resolve, save_graph
+from d2r.pipeline.sources import ImageSource
 
 __all__ = [
     "build_index", "indexed_names", "check_codebook_size", "load_or_train_codebook",
@@ -157,7 +157,7 @@ def prepare_quantizer(config: Config, codebook: Optional[Codebook],
                       out: Path) -> tuple[Config, Optional[dict]]:
     """``config`` with ``codebook.quantization`` resolved for ``codebook``, and the record of
     its HNSW graph, written into ``out`` (reused from the index being rebuilt there) when
-    the quantization is approximate (:mod:`d2r.quantizer`)."""
+    the quantization is approximate (:mod:`d2r.index.quantizer`)."""
     if codebook is None:
         return config, None
     previous = None

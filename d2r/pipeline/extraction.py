@@ -1,7 +1,7 @@
-"""Features of images into a resumable feature store: the library behind ``python -m d2r.extract``.
+"""Features of images into a resumable feature store: the library behind ``d2r extract``.
 
 :func:`extract_to_store` runs the registered extractor (:mod:`d2r.features.registry`)
-over an :class:`~d2r.sources.ImageSource` and puts each image's value
+over an :class:`~d2r.pipeline.sources.ImageSource` and puts each image's value
 (:class:`~d2r.types.LocalFeatures` or :class:`~d2r.types.GlobalDescriptors`, in
 original-image pixels) into a :class:`~d2r.io.feature_store.FeatureStore`, and the
 :class:`~d2r.types.ActivationMap` into a second store when asked.  Images already
@@ -28,14 +28,14 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from d2r.config import Config, to_dict, upgrade_record
-from d2r.detection.regions import select_regions_for
+from d2r.regions.selection import select_regions_for
 from d2r.features.base import check_box
 from d2r.features.registry import comparable_extractor_config, make_extractor
 from d2r.io.delf_files import read_boxes, write_boxes
 from d2r.io.feature_store import FeatureStore
 from d2r.io.images import LoadedImage, iter_images, write_skipped
 from d2r.progress import progress
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 from d2r.types import ActivationMap, Boxes, GlobalDescriptors, LocalFeatures
 
 Extractor = Any
@@ -163,7 +163,7 @@ class RegionFinder:
 
     def _detect(self, image: LoadedImage) -> Boxes:
         if self._detector is None:
-            from d2r.detection.detector import load_detector
+            from d2r.regions.detector import load_detector
 
             if not self.config.detector_path:
                 raise ValueError("regions.source=detector needs regions.detector_path")

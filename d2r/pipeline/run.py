@@ -26,8 +26,8 @@ from d2r.errors import InputError, disk_full
 from d2r.pipeline.extraction import read_regions
 from d2r.pipeline.searcher import Searcher
 from d2r.progress import track
-from d2r.report import report_matches, run_settings, write_report
-from d2r.results import write_metrics
+from d2r.report.benchmark import report_matches, run_settings, write_report
+from d2r.evaluation.tables import write_metrics
 
 __all__ = ["FeaturelessQueryError", "DamagedFeaturesError", "run_dataset", "run_image",
            "run_images", "search_depth"]
@@ -61,7 +61,7 @@ def _reading_features(searcher: Searcher):
     except OSError as exc:
         if disk_full(exc):
             raise
-        raise DamagedFeaturesError(f"index {searcher.path}: {exc}; `d2r verify "
+        raise DamagedFeaturesError(f"index {searcher.path}: {exc}; `d2r check "
                                    f"{searcher.path}` checks every file of it") from exc
 
 

@@ -16,12 +16,11 @@ import copy
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from d2r.codebook import open_codebook
-from d2r.quantizer import attach_graph
+from d2r.encoding.codebook import open_codebook
+from d2r.index.quantizer import attach_graph
 from d2r.config import (
     Config,
     ConfigError,
@@ -46,13 +45,14 @@ from d2r.index.layout import (
     search_dir,
     segments,
 )
-from d2r.index.registry import index_class
+from d2r.index.registry import index_class, sharded_index_class
 from d2r.index.segmented import SegmentedIndex
 from d2r.io.feature_store import FeatureStore
 from d2r.io.images import load_image_with_info
 from d2r.methods import validate
+from d2r.methods.base import Query
 from d2r.pipeline.extraction import image_features, image_features_and_map
-from d2r.sources import locate
+from d2r.pipeline.sources import locate
 from d2r.types import ActivationMap, SearchResult
 
 __all__ = ["IndexMismatchError", "QUERY_TIME_KEYS", "Query", "Searcher"]
@@ -65,21 +65,6 @@ QUERY_TIME_KEYS = (
     "aggregation.database_normalization",
 )
 """Config keys that may differ from the index's at query time; everything else is fixed."""
-
-
-@dataclass(frozen=True)
-class Query:
-    """One query: its features and, when the method re-ranks with maps, its activation map.
-
-    Attributes:
-        features: what the method searches with (:class:`~d2r.types.LocalFeatures`, or
-            :class:`~d2r.types.GlobalDescriptors` of a CNN baseline).
-        activation_map: the query (crop)'s :class:`~d2r.types.ActivationMap`; None unless
-            the method uses maps (AML re-ranking).
-    """
-
-    features: Any
-    activation_map: Optional[ActivationMap] = None
 
 
 class _StoredMaps:
@@ -107,7 +92,7 @@ class Searcher:
         shards: search this sharded directory (``shards.json``, one Ray actor per shard)
             instead of ``INDEX/search``; by default an index built with shards and no
             ``search/`` is searched through its ``INDEX/shards``.
-        shard_options: keyword arguments of :class:`d2r.distributed.ShardedIndex`
+        shard_options: keyword arguments of :class:`d2r.distributed.shards.ShardedIndex`
             (``address``, ``num_cpus_per_shard``, ...).
     """
 
@@ -181,9 +166,7 @@ class Searcher:
             raise IndexMismatchError(f"sharded search serves codebook indexes (local features); "
                                      f"index {self.path} holds CNN descriptors")
         require("ray", "sharded search (--shards, an index built with --ray-shards)")
-        from d2r.distributed.shards import ShardedIndex
-
-        index = ShardedIndex(shards, mmap=mmap, **shard_options)
+        index = sharded_index_class("ray")(shards, mmap=mmap, **shard_options)
         if index.kind != kind:
             index.close()
             raise IndexMismatchError(f"{shards} holds a {index.kind} index, {self.path} was "
@@ -302,7 +285,7 @@ class Searcher:
                workers: int = 1) -> tuple[SearchResult, Optional[list]]:
         """The method's re-ranking of the head of ``result`` (spatial verification, AML, or
         none) and its per-query details (spatial verification: the
-        :class:`~d2r.verification.RerankResult` of each query; else None)."""
+        :class:`~d2r.spatial.verification.RerankResult` of each query; else None)."""
         return self.method.rerank(self, queries, result, workers=workers)
 
     def database_features(self, image_id: int):

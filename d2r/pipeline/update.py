@@ -66,7 +66,7 @@ from d2r.pipeline.build import BATCH, encode_batches
 from d2r.pipeline.extraction import extract_to_store, image_regions
 from d2r.pipeline.searcher import Searcher
 from d2r.progress import progress
-from d2r.sources import ImageSource
+from d2r.pipeline.sources import ImageSource
 
 __all__ = ["UpdateSummary", "UnknownImagesError", "FeaturelessImageError", "add_images",
            "remove_images", "compact_index", "live_names"]
