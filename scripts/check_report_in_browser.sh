@@ -6,7 +6,7 @@
 #
 # Builds a tiny synthetic benchmark (d2r.datasets.synthetic), RootSIFT features,
 # a random initial ranking re-ranked by spatial verification, and writes the
-# report (d2r.report.write_report) to OUT_DIR/report (default: a new temporary
+# report (d2r.report.benchmark.write_report) to OUT_DIR/report (default: a new temporary
 # directory).  Chromium then opens report/index.html and one match page from
 # file:// and saves OUT_DIR/index.png and OUT_DIR/match.png; the script fails
 # unless both screenshots show rendered thumbnails (many distinct colours) and
@@ -42,8 +42,8 @@ from d2r.datasets.revisited import load_revisited
 from d2r.datasets.synthetic import generate
 from d2r.features.rootsift import RootSiftExtractor
 from d2r.io.images import load_image
-from d2r.report import report_matches, write_report
-from d2r.verification import rerank_batch, stack_results
+from d2r.report.benchmark import report_matches, write_report
+from d2r.spatial.verification import rerank_batch, stack_results
 
 out = Path(sys.argv[1])
 root = out / "synth"
@@ -82,7 +82,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from d2r.report import LABEL_COLOURS
+from d2r.report.benchmark import LABEL_COLOURS
 
 out = Path(sys.argv[1])
 failed = []

@@ -9,8 +9,8 @@ mkdir -p "$W"
 export TF_CPP_MIN_LOG_LEVEL=2
 
 # 1. data: training images (seed 1, large) and the held-out benchmark (seed 0, default size)
-[ -d "$W/synth_train" ] || python -m d2r.datasets.synthetic --out "$W/synth_train" --seed 1 --size large --name synthtrain
-[ -d "$W/synth_eval" ] || python -m d2r.datasets.synthetic --out "$W/synth_eval" --seed 0 --size default
+[ -d "$W/synth_train" ] || d2r synthetic --out "$W/synth_train" --seed 1 --size large --name synthtrain
+[ -d "$W/synth_eval" ] || d2r synthetic --out "$W/synth_eval" --seed 0 --size default
 [ -f "$W/data/dataset.json" ] || python -m training.delf.prepare_data --synthetic "$W/synth_train" --out "$W/data" --num-shards 8
 
 # 2. train; the random baseline is the same network saved at step 0 (same seed)

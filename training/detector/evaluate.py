@@ -1,6 +1,6 @@
 """AP@0.5 of a detector on held-out TFRecords (written by ``prepare_data``).
 
-The detector runs through :func:`d2r.detection.detector.load_detector`, so
+The detector runs through :func:`d2r.regions.detector.load_detector`, so
 this measures the exported model exactly as retrieval uses it.  AP is the
 all-point interpolated average precision of PASCAL VOC 2010+: detections of
 all images sorted by score, each matched to the unmatched ground-truth box of
@@ -103,7 +103,7 @@ def read_examples(pattern: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
 
 
 def evaluate_detector(detector, pattern: str, *, iou_threshold: float = 0.5) -> dict:
-    """AP of ``detector`` (a :class:`d2r.detection.detector.Detector`) on the records of ``pattern``.
+    """AP of ``detector`` (a :class:`d2r.regions.detector.Detector`) on the records of ``pattern``.
 
     Every box is kept (``score_threshold=0``, up to the detector's
     ``max_boxes``).  Returns ``{"ap", "iou_threshold", "images", "groundtruth_boxes",
@@ -123,7 +123,7 @@ def evaluate_detector(detector, pattern: str, *, iou_threshold: float = 0.5) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from d2r.detection.detector import load_detector
+    from d2r.regions.detector import load_detector
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--detector", required=True, help="exported SavedModel directory")

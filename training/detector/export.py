@@ -10,7 +10,7 @@ experiment's ``task.model.input_size``) and returns
 * ``detection_classes`` (1, N) float32 (1 = landmark),
 * ``num_detections`` (1,) float32,
 
-so :func:`d2r.detection.detector.load_detector` loads it like the released
+so :func:`d2r.regions.detector.load_detector` loads it like the released
 Detect-to-Retrieve models.  ``d2r_detector.json`` beside ``saved_model.pb``
 records the experiment, the checkpoint and its step.  The experiment comes
 from the run's ``experiment.yaml`` (written by ``train.py``).
