@@ -1,17 +1,7 @@
-"""Learn the post-processing of CNN global descriptors on another data set.
-
-``d2r learn --dataset-dir OTHER --config rmac-vgg16 --out W``
-learns the PCA-whitening of MAC / R-MAC vectors (the R-MAC paper learns it on
-Paris for Oxford and vice versa), or with ``--pfa DIM`` the Principal Feature
-Analysis selection of multi-resolution descriptors, from the database images
-of ``OTHER``.  Use the result with ``--set features.cnn.whitening_path=W`` (or
-``features.cnn.pfa_path=W/pfa.json``).
-
-For ``method: regional`` it learns, in two passes over the images, the PCA of
-local features to K' (``--reduction-dim``, 128; from at most 256 random map cells
-per image) into ``W/reduction`` and then the whitening of the region vectors
-pooled with it into ``W``: use both, ``features.cnn.reduction_path=W/reduction``
-and ``features.cnn.whitening_path=W``.
+"""Learn the post-processing of CNN global descriptors on another data set (the library
+behind ``d2r learn``, whose help describes the outputs): PCA-whitening of MAC / R-MAC
+vectors, the PFA selection of multi-resolution descriptors, or the local PCA and region
+whitening of regional second-order pooling.
 """
 
 from __future__ import annotations

@@ -51,6 +51,11 @@ in degrees.
 
 Generation is deterministic: the same arguments and the same numpy / OpenCV /
 Pillow / scikit-image versions give the same files, byte for byte.
+
+One module over 500 lines on purpose: the scene model, the view sampling, the
+labelling thresholds and the writer are one generator whose byte-for-byte output
+every stored benchmark figure depends on; split, a change in one part could not
+be read beside the parts whose output it changes.
 """
 
 from __future__ import annotations

@@ -44,6 +44,10 @@ Models (steps 2-3 run inside TensorFlow, behind one signature):
   PCA-reduced), ``scales`` and ``attention``.
 
 TensorFlow is imported only when a model is built or loaded.
+
+One module over 500 lines on purpose: one extractor, whose three model sources
+share the image pyramid, the attention selection and the PCA/whitening path that
+makes its features equal the reference's (its network is in ``delf_model.py``).
 """
 
 from __future__ import annotations

@@ -39,6 +39,10 @@ Writes are atomic: the bytes go to a temporary file in the target's
 directory, which then replaces the target (a reader never sees a partial
 file; there is no fsync, so this is not a guarantee against power loss).
 Corrupt or truncated files raise ValueError naming the file.
+
+One module over 500 lines on purpose: it is the one boundary with the DELF
+reference's protobuf formats, whose readers and writers share the wire-level
+decoding and the (y, x) conversions; nothing else in d2r reads these formats.
 """
 
 from __future__ import annotations

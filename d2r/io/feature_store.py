@@ -28,6 +28,10 @@ A store holds one type of value, chosen by its opener (``value_type``):
 :class:`~d2r.types.GlobalDescriptors` (one row per vector, its centre as location,
 unit scale and score) or :class:`~d2r.types.ActivationMap` (one row per map cell in
 row-major order, the cell's (column, row) as location, (W', H') as image size).
+
+One module over 500 lines on purpose: the store's crash safety rests on one
+ordering of manifest, shard and catalog writes and one writer lock, which read
+best in one place.
 """
 
 from __future__ import annotations

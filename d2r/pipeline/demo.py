@@ -1,17 +1,5 @@
-"""The whole system on the embedded synthetic benchmark (the library behind ``d2r demo``).
-
-Generates the synthetic landmark benchmark (from photographs shipped with
-scikit-image; nothing is downloaded), builds an index with a preset
-(default ``rootsift-asmk-star``: no model weights needed), runs every query
-without and with spatial re-ranking and with verified query expansion, evaluates (ROxf-style Easy / Medium /
-Hard) and writes the HTML report.  Everything lands under ``--out``::
-
-    OUT/data/        the benchmark (revisitop layout)
-    OUT/index/       the index
-    OUT/results/     rankings, metrics.json, timing.json (no re-ranking)
-    OUT/reranked/    the same with re-ranking, plus report/index.html
-    OUT/expanded/    re-ranking then verified query expansion (local-feature kernels)
-"""
+"""The whole system on the embedded synthetic benchmark (the library behind ``d2r demo``,
+whose help lists what lands under ``out``)."""
 
 from __future__ import annotations
 
