@@ -3,12 +3,12 @@
 One query of a synthetic benchmark (:mod:`d2r.datasets.synthetic`, generated
 into a temporary directory) is verified against ``--candidates`` database
 images with RootSIFT features.  Putative matches are computed once with
-:func:`d2r.spatial.verification.match_descriptors`; both RANSAC procedures then run on
+:func:`d2r.spatial.matching.match_descriptors`; both RANSAC procedures then run on
 the *same* matches:
 
-* ``opencv``: :func:`d2r.spatial.verification.verify_pair` with ``method="opencv"``
+* ``opencv``: :func:`d2r.spatial.ransac.verify_pair` with ``method="opencv"``
   (``cv2.estimateAffine2D``, adaptive stop at 99 % confidence), serially and
-  through :func:`d2r.spatial.verification.rerank` with ``--workers`` threads;
+  through :func:`d2r.spatial.reranking.rerank` with ``--workers`` threads;
 * ``skimage``: the DELF reference's procedure, ``skimage.measure.ransac`` with
   ``AffineTransform``, ``min_samples=3``, all ``max_trials`` iterations.
 
@@ -38,7 +38,9 @@ from d2r.datasets.synthetic import generate
 from d2r.evaluation.metrics import compute_map, protocol_gnd
 from d2r.features.rootsift import RootSiftExtractor
 from d2r.io.images import load_image
-from d2r.spatial.verification import match_descriptors, rerank, verify_pair
+from d2r.spatial.matching import match_descriptors
+from d2r.spatial.ransac import verify_pair
+from d2r.spatial.reranking import rerank
 
 
 def _kdtree_matches(query, db, threshold: float) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Every database image of the synthetic benchmark that shows a landmark has its
 ground-truth box in ``boxes.csv`` (``id,box``, box ``"ymin xmin ymax xmax"``
-normalized).  For each :func:`d2r.regions.selection.selective_search` mode the
+normalized).  For each :func:`d2r.regions.selective_search.selective_search` mode the
 script times the proposals of every such image and measures, over the
 ground-truth boxes, the recall at IoU >= 0.5 within the top 100 and top 500
 proposals and the mean best IoU (MABO) of the top 500.  The reference in the
@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from d2r.datasets.synthetic import SIZES, generate
-from d2r.regions.selection import rmac_grid, selective_search, whole_image
+from d2r.regions.selection import rmac_grid, whole_image
+from d2r.regions.selective_search import selective_search
 
 ALL_BOXES = 1_000_000
 TOPS = (100, 500)

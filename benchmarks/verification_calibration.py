@@ -42,7 +42,8 @@ from d2r.datasets.synthetic import generate
 from d2r.features.rootsift import RootSiftExtractor
 from d2r.io.images import load_image
 from d2r.types import LocalFeatures
-from d2r.spatial.verification import rerank_options, verify_pair
+from d2r.spatial.ransac import verify_pair
+from d2r.spatial.reranking import rerank_options
 
 SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass",
                   "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "page",

@@ -26,7 +26,7 @@ import numpy as np
 from d2r.config import Config, load_config
 from d2r.datasets.benchmarks import load_benchmark
 from d2r.errors import InputError
-from d2r.io.image_inputs import ImageInput, image_file, label
+from d2r.io.image_inputs import ImageInput, image_file, image_source, label
 from d2r.evaluation.tables import MetricTable, load_ranks
 from d2r.pipeline.build import build_index as _build
 from d2r.pipeline.run import run_dataset, run_images, search_depth
@@ -69,6 +69,7 @@ class Hit:
             re-ranked, else None.
         matches: (K, 4) float32 ``[xq, yq, xd, yd]`` inlier pairs in pixels of the original
             query and database images (rounded to 0.1 px) when re-ranked, else None.
+        image_size: ``(W, H)`` of the database image the matches are in, when re-ranked.
     """
 
     name: str
@@ -78,24 +79,36 @@ class Hit:
     verified: bool = False
     matches: Optional[np.ndarray] = None
     verification_score: Optional[float] = None
+    image_size: Optional[tuple[int, int]] = None
 
-    def row(self) -> dict[str, Any]:
+    def row(self, *, matches: int = 0) -> dict[str, Any]:
         """``{"rank", "name", "score", "verified", "inliers"?, "verification_score"?}``: the
-        row ``d2r query --format json`` prints (the last two for the re-ranked head)."""
+        row ``d2r query --format json`` prints (the last two for the re-ranked head).
+        ``matches`` > 0 adds, for the re-ranked head, ``"matches"`` (at most that many inlier
+        pairs, evenly picked) and ``"image_size"``: the row of the server's ``/search``."""
         row = {"rank": self.rank, "name": self.name, "score": self.score,
                "verified": self.verified}
-        return row if self.inliers is None else {
-            **row, "inliers": self.inliers, "verification_score": self.verification_score}
+        if self.inliers is None:
+            return row
+        row.update(inliers=self.inliers, verification_score=self.verification_score)
+        if matches and self.matches is not None:
+            pairs = self.matches
+            if len(pairs) > matches:
+                pairs = pairs[np.linspace(0, len(pairs) - 1, matches).astype(int)]
+            row.update(matches=pairs.tolist(), image_size=list(self.image_size))
+        return row
 
 
 class Index:
     """An opened index directory (from :func:`open_index` or :func:`build_index`).
 
     ``search`` and ``search_many`` may run from several threads at once on one object;
-    ``add``, ``remove``, ``compact`` and ``close`` must not overlap a search.  The object
-    searches the generation it opened (and the one its own updates commit); other
-    processes' updates are seen by a new :func:`open_index`.  Closed by ``close()`` or at
-    the end of a ``with`` block.
+    ``add``, ``remove`` and ``compact`` may run while searches do (one update at a time:
+    another holding the index's writer lock raises
+    :class:`~d2r.index.layout.WriterBusyError`); a search finishes on the generation it
+    started with.  The object searches the generation it opened and the ones its own
+    updates commit; :meth:`refresh` opens one another process committed.  ``close`` must
+    not overlap a search.  Closed by ``close()`` or at the end of a ``with`` block.
     """
 
     def __init__(self, path: str | os.PathLike, *, settings: Settings = (),
@@ -130,6 +143,41 @@ class Index:
         benchmark's image); it may have moved since."""
         return self._open().image_file(name)
 
+    @property
+    def kind(self) -> str:
+        """The kind of the search structure (``inverted``, ``regional``, ``global`` ...)."""
+        return self._open().manifest["kind"]
+
+    def features(self, name: str) -> Any:
+        """The stored whole-image features of searchable image ``name`` (a
+        :class:`~d2r.types.LocalFeatures` or :class:`~d2r.types.GlobalDescriptors`)."""
+        searcher = self._open()
+        image_id = searcher.live_ids().get(name)
+        if image_id is None:
+            raise InputError(f"no image named {name!r} in index {self.path}")
+        return searcher.database_features(image_id)
+
+    def warm_up(self) -> None:
+        """Build the extractor (loading its model, if any) now rather than at the first
+        search."""
+        self._ready()
+
+    def refresh(self) -> None:
+        """Open the generation committed since this object opened its own (another
+        process's ``d2r add``, ``remove``, ``compact`` or rebuild).  Searches running
+        meanwhile finish on the generation they started with; the extractor is kept when
+        the new generation records the same one.  On failure the object keeps answering
+        from the generation it had."""
+        searcher = Searcher(self.path, **self._open_args)
+        with self._lock:
+            old = self._open()
+            same = searcher.manifest["features"]["extractor"] == \
+                old.manifest["features"]["extractor"]
+            if same and self._extractor_ready:
+                searcher.share_extractor(old)
+            self._searcher = searcher
+            self._extractor_ready = same and self._extractor_ready
+
     def check(self) -> list[str]:
         """Check every file of the index (what ``d2r check`` does): one line per problem,
         empty when the index is sound."""
@@ -138,22 +186,33 @@ class Index:
 
     # ------------------------------------------------------------------ searching
 
-    def search(self, image: ImageInput, *, box: Optional[Box] = None,
-               top: int = DEFAULT_TOP) -> list[Hit]:
+    def search(self, image: ImageInput, *, box: Optional[Box] = None, top: int = DEFAULT_TOP,
+               settings: Settings = (), label: Optional[str] = None,
+               timing: Optional[dict] = None, workers: Optional[int] = None) -> list[Hit]:
         """The best ``top`` database images for ``image`` (0: every image), best first.
 
         ``image``: a path, a PIL image, an (H, W) / (H, W, 3) / (H, W, 4) uint8 or [0, 1]
-        float array, bytes or a binary file object.  ``box``: ``(x1, y1, x2, y2)`` pixels of
-        the query image to search with.  Raises :class:`~d2r.io.images.ImageError` (not an
-        image) and :class:`~d2r.pipeline.run.FeaturelessQueryError` (no features).
+        float array, bytes or a binary file object (decoded from memory).  ``box``:
+        ``(x1, y1, x2, y2)`` pixels of the query image to search with.  ``settings``:
+        query-time overrides for this call only (``{"verification.rerank": 0}``).
+        ``label``: how error messages name the image (default: its path or kind).
+        ``timing``: a dict that receives the seconds of each stage (``extract``,
+        ``search``, ``rerank``).  ``workers``: threads verifying the re-ranked head
+        (default: every core).  Raises :class:`~d2r.io.images.ImageError` (not an image)
+        and :class:`~d2r.pipeline.run.FeaturelessQueryError` (no features).
         """
-        return self.search_many([image], boxes=[box], top=top)[0]
+        return self.search_many([image], boxes=[box], top=top, settings=settings,
+                                labels=None if label is None else [label], timing=timing,
+                                workers=workers)[0]
 
     def search_many(self, images: Sequence[ImageInput], *,
-                    boxes: Optional[Sequence[Optional[Box]]] = None,
-                    top: int = DEFAULT_TOP) -> list[list[Hit]]:
-        """:meth:`search` of each of ``images`` (with its entry of ``boxes``): every image
-        extracted, then one search and one re-ranking call for all."""
+                    boxes: Optional[Sequence[Optional[Box]]] = None, top: int = DEFAULT_TOP,
+                    settings: Settings = (), labels: Optional[Sequence[str]] = None,
+                    timing: Optional[dict] = None,
+                    workers: Optional[int] = None) -> list[list[Hit]]:
+        """:meth:`search` of each of ``images`` (with its entry of ``boxes`` and
+        ``labels``): every image extracted, then one search and one re-ranking call for
+        all."""
         if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 0:
             raise InputError(f"top must be an integer >= 0, got {top!r}")
         images = list(images)
@@ -162,28 +221,39 @@ class Index:
             raise InputError(f"{len(boxes)} boxes for {len(images)} images")
         if not images:
             return []
+        labels = [label(i) for i in images] if labels is None else list(labels)
+        if len(labels) != len(images):
+            raise InputError(f"{len(labels)} labels for {len(images)} images")
         searcher = self._ready()
-        with _files(images) as paths:
-            rows = run_images(searcher, paths, boxes, k=search_depth(searcher, top),
-                              matches=sys.maxsize, labels=[label(i) for i in images])
+        overrides = _overrides(settings)
+        if overrides:
+            searcher = searcher.configured(overrides)
+        sources = [image_source(image, name) for image, name in zip(images, labels)]
+        rows = run_images(searcher, sources, boxes,
+                          k=search_depth(searcher, top), matches=sys.maxsize, labels=labels,
+                          timing=timing, workers=workers)
         return [[self._hit(row) for row in ranked[:top or None]] for ranked in rows]
 
     @staticmethod
     def _hit(row: dict) -> Hit:
         matches = np.asarray(row["matches"], np.float32).reshape(-1, 4) \
             if "matches" in row else None
+        size = tuple(row["image_size"]) if "image_size" in row else None
         return Hit(name=row["name"], score=row["score"], rank=row["rank"],
                    inliers=row.get("inliers"), verified=row["verified"], matches=matches,
-                   verification_score=row.get("verification_score"))
+                   verification_score=row.get("verification_score"), image_size=size)
 
     # ------------------------------------------------------------------ changing
 
     def add(self, images: Sequence[ImageInput], *,
             names: Optional[Sequence[Optional[str]]] = None, replace: bool = False,
+            kept_in: Optional[str | os.PathLike] = None,
             progress: Optional[bool] = None) -> UpdateSummary:
         """Add ``images`` (any input :meth:`search` takes) as a new segment, what
         ``d2r add`` does; ``names[i]`` (default: a path's file name; required for other
-        inputs) names image ``i``.  ``replace``: replace images of the same names."""
+        inputs) names image ``i``.  ``replace``: replace images of the same names.
+        ``kept_in``: the folder that will hold each added file as ``kept_in/NAME``
+        (:meth:`image_file` looks there; the server's ``uploads/``)."""
         images = list(images)
         names = [None] * len(images) if names is None else list(names)
         if len(names) != len(images):
@@ -195,9 +265,10 @@ class Index:
             raise InputError(f"two of the images to add are named {repeated!r}")
         self._open()
         with _files(images) as paths:
-            summary = add_images(self.path, ImageSource(tuple(names), tuple(map(Path, paths))),
-                                 replace=replace, show_progress=progress)
-        self._reopen()
+            source = ImageSource(tuple(names), tuple(map(Path, paths)),
+                                 root=None if kept_in is None else Path(kept_in).resolve())
+            summary = add_images(self.path, source, replace=replace, show_progress=progress)
+        self.refresh()
         return summary
 
     def remove(self, names: Sequence[str]) -> UpdateSummary:
@@ -205,7 +276,7 @@ class Index:
         index does not hold is refused and nothing is removed."""
         self._open()
         summary = remove_images(self.path, [names] if isinstance(names, str) else names)
-        self._reopen()
+        self.refresh()
         return summary
 
     def compact(self, *, progress: Optional[bool] = None) -> UpdateSummary:
@@ -213,7 +284,7 @@ class Index:
         return the same hits before and after."""
         self._open()
         summary = compact_index(self.path, show_progress=progress)
-        self._reopen()
+        self.refresh()
         return summary
 
     # ------------------------------------------------------------------ life cycle
@@ -250,14 +321,6 @@ class Index:
                 searcher.extractor  # noqa: B018 (builds it, loading a model if any)
                 self._extractor_ready = True
         return searcher
-
-    def _reopen(self) -> None:
-        """Open the generation this object's update committed."""
-        searcher = Searcher(self.path, **self._open_args)
-        with self._lock:
-            old, self._searcher, self._extractor_ready = self._searcher, searcher, False
-        if old is not None:
-            old.close()
 
 
 def open_index(path: str | os.PathLike, *, rerank: Optional[int] = None,

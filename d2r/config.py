@@ -221,7 +221,7 @@ class RegionsConfig:
     similarity); ``fast`` = the paper's 8 strategies (HSV, Lab x k 50, 100 x two
     similarity combinations); ``quality`` = its 80 strategies (HSV, Lab, rgI, H,
     I x k 50, 100, 150, 300 x four combinations), slower and more proposals.
-    See :func:`d2r.regions.selection.selective_search`."""
+    See :func:`d2r.regions.selective_search.selective_search`."""
     selective_search_max_side: int = 256
     """Selective search runs on the image downscaled to this longer side
     (pixels); boxes are mapped back to the full image."""

@@ -43,7 +43,7 @@ from d2r.datasets.synthetic import generate
 from d2r.features.rootsift import RootSiftExtractor
 from d2r.io.images import load_image
 from d2r.report.benchmark import report_matches, write_report
-from d2r.spatial.verification import rerank_batch, stack_results
+from d2r.spatial.reranking import rerank_batch, stack_results
 
 out = Path(sys.argv[1])
 root = out / "synth"

@@ -118,6 +118,24 @@ def test_every_input_kind_gives_the_hits_of_the_path(index, query, tmp_path):
     assert gray_hits[0].name == expected[0][1]
 
 
+def test_in_memory_inputs_are_searched_without_a_file(index, query, monkeypatch):
+    """Bytes, pixels and file objects are decoded from memory: no temporary file is made."""
+    import tempfile
+
+    expected = _key(index.search(query))
+
+    def no_files(*args, **kwargs):
+        raise AssertionError("a temporary file was made for a search")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_files)
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", no_files)
+    pixels = np.asarray(Image.open(query).convert("RGB"))
+    for image in (query.read_bytes(), pixels, Image.open(query), io.BytesIO(query.read_bytes())):
+        assert _key(index.search(image)) == expected
+    with pytest.raises(d2r.errors.InputError, match=r"^the 4 bytes: not an image file"):
+        index.search(b"nope")
+
+
 def test_a_box_searches_that_part_of_the_image(index, query):
     box = (10, 20, 150, 120)
     hits = index.search(query, box=box)
@@ -138,6 +156,46 @@ def test_rerank_is_a_query_time_setting(built, index, query):
     assert sum(h.inliers is not None for h in reranked) == 8
     with d2r.open_index(built, settings={"verification.rerank": 8}) as same:
         assert _key(same.search(query)) == _key(reranked)
+
+
+def test_per_call_settings_timing_and_the_server_row(built, index, query):
+    timing = {}
+    with d2r.open_index(built) as plain:
+        hits = plain.search(query, settings={"verification.rerank": 8}, timing=timing,
+                            workers=1)
+        assert plain.settings.verification.rerank == 0  # for that call only
+        assert all(h.inliers is None for h in plain.search(query))
+    assert _key(hits) == _key(index.search(query))
+    assert set(timing) == {"extract", "search", "rerank"} and min(timing.values()) >= 0
+    head = hits[0]
+    row = head.row(matches=3)
+    assert len(row["matches"]) == min(3, head.inliers) and row["image_size"] == \
+        list(head.image_size) and len(head.image_size) == 2
+    assert row["matches"][0] == head.matches[0].tolist()
+    assert row["matches"][-1] == head.matches[-1].tolist()
+    assert "matches" not in hits[-1].row(matches=3)  # beyond the re-ranked head
+    with pytest.raises(InputError, match="codebook.num_words"):
+        index.search(query, settings={"codebook.num_words": 8})
+
+
+def test_kind_features_and_refresh_after_another_writer(built, tiny_dataset, tmp_path):
+    copy = tmp_path / "index"
+    shutil.copytree(built, copy)
+    new = tiny_dataset / "jpg" / "synth_q_0002.jpg"
+    with d2r.open_index(copy) as reader, d2r.open_index(copy) as writer:
+        assert reader.kind == "inverted"
+        first = reader.names[0]
+        assert len(reader.features(first)) > 0
+        with pytest.raises(InputError, match="no image named 'nope'"):
+            reader.features("nope")
+        before = reader.search(new, top=3)
+        with ThreadPoolExecutor(2) as pool:  # searches run while the other object adds
+            running = [pool.submit(reader.search, new, top=3) for _ in range(4)]
+            writer.add([new])
+            assert all(_key(f.result()) == _key(before) for f in running)
+        assert len(reader) == 16 and "synth_q_0002.jpg" not in reader.names
+        reader.refresh()
+        assert len(reader) == 17 and reader.search(new, top=1)[0].name == "synth_q_0002.jpg"
 
 
 def test_d2r_query_prints_what_search_returns(built, index, query, capsys):

@@ -11,9 +11,11 @@ from hypothesis import given, settings, strategies as st
 
 from d2r.encoding.aggregation import selectivity, shared_words, similarity, similarity_matrix, word_similarities
 from d2r.index import inverted as inverted_module
-from d2r.index.inverted import (InvertedIndex, InvertedIndexWriter, code_kernel, code_weights, top_k,
-                                vector_selectivity)
+from d2r.index import posting_runs
+from d2r.index.inverted import InvertedIndex, InvertedIndexWriter
+from d2r.index.match_kernel import code_kernel, code_weights, vector_selectivity
 from d2r.index.storage import IndexFormatError, read_index
+from d2r.index.topk import top_k
 from d2r.types import AggregatedImage
 
 K = 50
@@ -90,7 +92,7 @@ def test_property_search_equals_brute_force(seed, binary, dim, n, alpha, tau):
 
 def test_chunked_gather_and_blocked_merge(monkeypatch):
     monkeypatch.setattr(inverted_module, "_GATHER_BYTES", 64)
-    monkeypatch.setattr(inverted_module, "_MERGE_BYTES", 128)
+    monkeypatch.setattr(posting_runs, "_MERGE_BYTES", 128)
     rng = np.random.default_rng(2)
     for binary in (True, False):
         db = random_items(rng, 30, 16, binary)
@@ -461,7 +463,7 @@ def test_failed_save_leaves_nothing(tmp_path):
 
 
 def test_writer_builds_same_index_on_disk(tmp_path, monkeypatch):
-    monkeypatch.setattr(inverted_module, "_MERGE_BYTES", 256)
+    monkeypatch.setattr(posting_runs, "_MERGE_BYTES", 256)
     rng = np.random.default_rng(9)
     for binary in (True, False):
         db = random_items(rng, 40, 24, binary)

@@ -191,3 +191,14 @@ def test_the_stage_rule_catches_an_upward_import(tmp_path):
     assert STAGES.index(_stage("d2r.index.layout")) < STAGES.index(_stage("d2r.pipeline.run"))
     assert _stage("d2r.types") == "core" and _stage("d2r") == "api"
     assert _stage("d2r.build_index") == "cli" and _stage("d2r.cli.query") == "cli"
+
+
+def test_the_service_reaches_the_index_through_the_api():
+    """The server opens, searches, adds and removes through :class:`d2r.Index` only: from the
+    pipeline it imports nothing but error types."""
+    offenders = [f"{path.relative_to(PACKAGE.parent)}:{line}: {imported}.{name}"
+                 for module, path in _modules() if _stage(module) == "service"
+                 for imported, names, line in _imports(path)
+                 if imported.startswith("d2r.pipeline")
+                 for name in names if not name.endswith("Error")]
+    assert offenders == []

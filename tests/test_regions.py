@@ -10,18 +10,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from d2r.config import ConfigError, RegionsConfig, from_dict
-from d2r.regions import selection as regions_module
+from d2r.regions import selection as selection_module
+from d2r.regions import selective_search as search_module
 from d2r.regions.selection import (
-    PROPOSAL_LABEL,
-    SELECTIVE_SEARCH_MODES,
-    SIMILARITIES,
     WHOLE_IMAGE_LABEL,
     filter_detections,
     rmac_grid,
     select_regions,
     select_regions_for,
-    selective_search,
     whole_image,
+)
+from d2r.regions.selective_search import (
+    PROPOSAL_LABEL,
+    SELECTIVE_SEARCH_MODES,
+    SIMILARITIES,
+    selective_search,
 )
 from d2r.types import Boxes
 
@@ -264,17 +267,17 @@ def _reference_grouping(boxes, sizes, features, pairs, image_area, use_size=True
 @pytest.mark.parametrize("similarity", sorted(SIMILARITIES))
 @pytest.mark.parametrize("space", ["rgb", "hsv", "i"])
 def test_vectorized_grouping_matches_per_pair_loop(similarity, space):
-    colour_image = regions_module._colour_space(_textured_image(), space)
-    labels, count, boxes, sizes, pairs = regions_module._segment(colour_image, scale=50, sigma=0.8, min_size=20)
+    colour_image = search_module._colour_space(_textured_image(), space)
+    labels, count, boxes, sizes, pairs = search_module._segment(colour_image, scale=50, sigma=0.8, min_size=20)
     assert count > 50
-    colour = regions_module._colour_histograms(labels, colour_image, count)
-    texture = regions_module._region_histograms(
-        labels, regions_module._texture_bins(colour_image), regions_module._TEXTURE_BINS, count
+    colour = search_module._colour_histograms(labels, colour_image, count)
+    texture = search_module._region_histograms(
+        labels, search_module._texture_bins(colour_image), search_module._TEXTURE_BINS, count
     )
     use_colour, use_texture, use_size, use_fill = SIMILARITIES[similarity]
     features = [colour] * use_colour + [texture] * use_texture
     area = float(labels.size)
-    fast = regions_module._hierarchical_grouping(
+    fast = search_module._hierarchical_grouping(
         boxes, sizes, features, pairs, area, use_size=use_size, use_fill=use_fill
     )
     slow = _reference_grouping(boxes, sizes, features, pairs, area, use_size=use_size, use_fill=use_fill)
@@ -286,12 +289,12 @@ def test_vectorized_grouping_matches_per_pair_loop(similarity, space):
 def test_histograms_are_per_channel_and_normalized():
     image = _textured_image()
     for space, channels in [("rgb", 3), ("hsv", 3), ("lab", 3), ("rgi", 3), ("h", 1), ("i", 1)]:
-        colour_image = regions_module._colour_space(image, space)
+        colour_image = search_module._colour_space(image, space)
         assert colour_image.shape == (*image.shape[:2], channels) and colour_image.dtype == np.uint8
-        labels, count, *_ = regions_module._segment(colour_image, scale=100, sigma=0.8, min_size=100)
-        colour = regions_module._colour_histograms(labels, colour_image, count)
-        texture = regions_module._region_histograms(
-            labels, regions_module._texture_bins(colour_image), regions_module._TEXTURE_BINS, count
+        labels, count, *_ = search_module._segment(colour_image, scale=100, sigma=0.8, min_size=100)
+        colour = search_module._colour_histograms(labels, colour_image, count)
+        texture = search_module._region_histograms(
+            labels, search_module._texture_bins(colour_image), search_module._TEXTURE_BINS, count
         )
         assert colour.shape == (count, 25 * channels) and texture.shape == (count, 8 * 10 * channels)
         np.testing.assert_allclose(colour.sum(axis=1), 1.0)
@@ -310,7 +313,7 @@ def test_every_mode_finds_the_exact_rectangles(mode):
 def test_modes_run_the_papers_strategies(monkeypatch):
     calls = {"spaces": [], "segments": [], "groupings": []}
     real_space, real_segment, real_grouping = (
-        regions_module._colour_space, regions_module._segment, regions_module._hierarchical_grouping
+        search_module._colour_space, search_module._segment, search_module._hierarchical_grouping
     )
 
     def colour_space(image, space):
@@ -325,9 +328,9 @@ def test_modes_run_the_papers_strategies(monkeypatch):
         calls["groupings"].append((calls["segments"][-1], len(features), use_size, use_fill))
         return real_grouping(boxes, sizes, features, pairs, area, use_size=use_size, use_fill=use_fill)
 
-    monkeypatch.setattr(regions_module, "_colour_space", colour_space)
-    monkeypatch.setattr(regions_module, "_segment", segment)
-    monkeypatch.setattr(regions_module, "_hierarchical_grouping", grouping)
+    monkeypatch.setattr(search_module, "_colour_space", colour_space)
+    monkeypatch.setattr(search_module, "_segment", segment)
+    monkeypatch.setattr(search_module, "_hierarchical_grouping", grouping)
     image = _textured_image(shape=(48, 64))
 
     selective_search(image, mode="fast")
@@ -389,7 +392,7 @@ def test_ranking_combines_strategies_as_in_the_paper(monkeypatch):
     # Two fixed hierarchies (initial regions first, the top last) sharing boxes.
     first = np.array([[0, 0, 2, 2], [2, 0, 4, 2], [0, 2, 4, 4], [0, 0, 4, 2], [0, 0, 4, 4]], np.float64)
     second = np.array([[0, 0, 2, 2], [0, 2, 2, 4], [2, 0, 4, 4], [0, 0, 2, 4], [0, 0, 4, 4]], np.float64)
-    monkeypatch.setattr(regions_module, "_diversified_strategies", lambda *a, **k: [first, second])
+    monkeypatch.setattr(search_module, "_diversified_strategies", lambda *a, **k: [first, second])
     image = np.zeros((4, 4, 3), np.uint8)
     for seed in range(5):
         props = selective_search(image, mode="fast", max_boxes=100, seed=seed)
@@ -463,13 +466,13 @@ def test_selective_search_errors_name_the_input():
 
 def test_select_regions_for_passes_the_selective_search_settings(monkeypatch):
     seen = {}
-    real = regions_module.selective_search
+    real = selection_module.selective_search
 
     def spy(image, **kwargs):
         seen.update(kwargs)
         return real(image, **kwargs)
 
-    monkeypatch.setattr(regions_module, "selective_search", spy)
+    monkeypatch.setattr(selection_module, "selective_search", spy)
     image, _ = _blocks_image()
     assert RegionsConfig().selective_search_mode == "fast"
     cfg = RegionsConfig(

@@ -1,5 +1,6 @@
-"""Tests for d2r.report.benchmark: files, relative links, border colours, PR curves, metrics before and
-after re-ranking, the settings block, thumbnail sizes, browser rendering."""
+"""Tests for the benchmark report (d2r.report.benchmark, .drawing, .tables, .settings): files,
+relative links, border colours, PR curves, metrics before and after re-ranking, the settings
+block, thumbnail sizes, browser rendering."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import pytest
 from PIL import Image, JpegImagePlugin
 
 from d2r.report import benchmark as R
-from d2r.spatial import verification as V
+from d2r.report.settings import run_settings
+from d2r.report.tables import metrics_table
+from d2r.spatial import reranking
 from d2r.config import load_config
 from d2r.datasets.revisited import load_revisited
 from d2r.evaluation.metrics import compute_map, protocol_gnd
@@ -222,7 +225,7 @@ def test_report_matches_from_rerank():
         return LocalFeatures(loc, desc, np.ones(20), np.ones(20), (200, 200))
 
     query, db = feats(xy), [feats(xy + 5.0), feats(rng.uniform(0, 200, (20, 2)))]
-    results = V.rerank_batch([query], (np.array([[1, 0]]), np.array([[0.5, 0.4]])), db)
+    results = reranking.rerank_batch([query], (np.array([[1, 0]]), np.array([[0.5, 0.4]])), db)
     pairs = R.report_matches(results, [query], db, top_k=2)
     q_xy, d_xy = pairs[(0, 0)]
     assert q_xy.shape == (20, 2)
@@ -280,7 +283,7 @@ def test_metrics_before_and_after_reranking(dataset, ranking, tmp_path):
 
 
 def test_classic_metrics_before_and_after(tmp_path):
-    table = R._metrics_table({"mAP": 60.0, "mP@1": 80.0}, {"mAP": 50.5, "mP@1": 80.0})
+    table = metrics_table({"mAP": 60.0, "mP@1": 80.0}, {"mAP": 50.5, "mP@1": 80.0})
     page = _Page()
     page.feed(table)
     assert page.metric("before", "all", "mAP") == "50.50"
@@ -308,8 +311,8 @@ def test_run_settings_in_plain_words():
     manifest = {"config": to_dict(built), "num_images": 200, "d2r_version": "0.1.0",
                 "codebook": {"sha256": "ab" * 32, "num_words": 1024, "dim": 128,
                              "path": "codebooks/0123456789abcdef"}}
-    rows = dict(R.run_settings(config, manifest, index="/x/index", num_queries=40, num_db=200,
-                               when=datetime.datetime(2024, 5, 6, 7, 8)))
+    rows = dict(run_settings(config, manifest, index="/x/index", num_queries=40, num_db=200,
+                             when=datetime.datetime(2024, 5, 6, 7, 8)))
     assert rows["Index"] == "/x/index"
     assert rows["Preset"].startswith("rootsift-asmk-star")
     assert rows["Changed for this run"] == "verification.rerank=100"
@@ -319,7 +322,7 @@ def test_run_settings_in_plain_words():
     assert "ASMK*" in rows["Image similarity"]
     assert "top 100" in rows["Re-ranking"]
     assert "the verified ones (>= 8 inliers) move up, most inliers first" in rows["Re-ranking"]
-    nfa = dict(R.run_settings(load_config("rootsift-asmk-star", overrides=[
+    nfa = dict(run_settings(load_config("rootsift-asmk-star", overrides=[
         "verification.rerank=100", "verification.decision=nfa"]), manifest))
     assert "the verified ones (a-contrario, -log10 NFA >= 12) move up, highest score first" \
         in nfa["Re-ranking"]
@@ -327,7 +330,7 @@ def test_run_settings_in_plain_words():
     assert rows["Date"].startswith("2024-05-06 07:08")
     # a build that is no preset: the closest one and what differs
     other = to_dict(load_config("rootsift-asmk-star", overrides=["codebook.num_words=64"]))
-    rows = dict(R.run_settings(built, {"config": other}))
+    rows = dict(run_settings(built, {"config": other}))
     assert rows["Preset"] == "rootsift-asmk-star, changed: codebook.num_words=64"
     assert rows["Re-ranking"] == "none (initial ranking only)"
 

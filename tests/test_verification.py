@@ -1,4 +1,5 @@
-"""Tests for d2r.spatial.verification: matching, affine RANSAC, the re-ranking rule."""
+"""Tests for d2r.spatial.matching, .ransac and .reranking: matching, affine RANSAC, the
+re-ranking rule."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from d2r.spatial import verification as V
+from d2r.spatial import matching, ransac, reranking
 from d2r.config import VerificationConfig
 from d2r.types import LocalFeatures, SearchResult
 
@@ -50,28 +51,31 @@ def test_match_descriptors_hand_checked():
     query = _features(np.zeros((3, 2)), [[1, 0], [0, 1], [0.6, 0.8]])
     db = _features(np.zeros((3, 2)), [[1, 0], [0.8, 0.6], [-1, 0]])
     # NN: q0 -> d0 (0), q1 -> d1 (|(-0.8, 0.4)| = 0.894), q2 -> d1 (|(-0.2, 0.2)| = 0.283).
-    got = V.match_descriptors(query, db, descriptor_threshold=0.8)
+    got = matching.match_descriptors(query, db, descriptor_threshold=0.8)
     np.testing.assert_array_equal(got, [[0, 0], [2, 1]])
     assert got.dtype == np.int64
     # Threshold is strict.
-    np.testing.assert_array_equal(V.match_descriptors(query, db, descriptor_threshold=0.2), [[0, 0]])
-    assert len(V.match_descriptors(query, db, descriptor_threshold=1.0)) == 3
+    np.testing.assert_array_equal(
+        matching.match_descriptors(query, db, descriptor_threshold=0.2), [[0, 0]])
+    assert len(matching.match_descriptors(query, db, descriptor_threshold=1.0)) == 3
     # Ratio test: q2's second neighbour d0 is at 0.894, 0.283 < 0.5 * 0.894.
     np.testing.assert_array_equal(
-        V.match_descriptors(query, db, descriptor_threshold=1.0, ratio_test=0.5), [[0, 0], [2, 1]]
+        matching.match_descriptors(query, db, descriptor_threshold=1.0, ratio_test=0.5),
+        [[0, 0], [2, 1]],
     )
     # Mutual: d1's nearest query is q2, so q1 -> d1 is dropped.
     np.testing.assert_array_equal(
-        V.match_descriptors(query, db, descriptor_threshold=1.0, mutual=True), [[0, 0], [2, 1]]
+        matching.match_descriptors(query, db, descriptor_threshold=1.0, mutual=True),
+        [[0, 0], [2, 1]],
     )
 
 
 @pytest.mark.parametrize("ratio_test, mutual", [(None, False), (0.9, False), (None, True), (0.8, True)])
 def test_match_descriptors_against_kdtree(monkeypatch, ratio_test, mutual):
-    monkeypatch.setattr(V, "_MAX_BLOCK", 37)  # force many small blocks
+    monkeypatch.setattr(matching, "_MAX_BLOCK", 37)  # force many small blocks
     rng = np.random.default_rng(1)
     q, d = _unit(rng, 53, 8), _unit(rng, 41, 8)
-    got = V.match_descriptors(
+    got = matching.match_descriptors(
         _features(np.zeros((53, 2)), q), _features(np.zeros((41, 2)), d),
         descriptor_threshold=0.9, ratio_test=ratio_test, mutual=mutual,
     )
@@ -90,35 +94,35 @@ def test_match_descriptors_rejects_bad_input():
     a = _features(np.zeros((2, 2)), np.eye(2, 4))
     b = _features(np.zeros((2, 2)), np.eye(2, 3))
     with pytest.raises(ValueError, match="dimensions differ"):
-        V.match_descriptors(a, b)
+        matching.match_descriptors(a, b)
     with pytest.raises(ValueError, match="ratio_test"):
-        V.match_descriptors(a, a, ratio_test=1.5)
+        matching.match_descriptors(a, a, ratio_test=1.5)
     with pytest.raises(ValueError, match="descriptor_threshold"):
-        V.match_descriptors(a, a, descriptor_threshold=0)
+        matching.match_descriptors(a, a, descriptor_threshold=0)
     with pytest.raises(TypeError, match="db must be LocalFeatures"):
-        V.match_descriptors(a, np.zeros((2, 4)))
+        matching.match_descriptors(a, np.zeros((2, 4)))
 
 
 # --------------------------------------------------------------------------- RANSAC
 
 
-@pytest.mark.parametrize("method", V.METHODS)
+@pytest.mark.parametrize("method", ransac.METHODS)
 def test_exact_affine_all_inliers_and_transform_recovered(method):
     query, db = _pair(np.random.default_rng(0))
-    result = V.verify_pair(query, db, method=method, max_trials=100)
+    result = ransac.verify_pair(query, db, method=method, max_trials=100)
     assert result.num_matches == 200
     assert result.num_inliers == 200
     np.testing.assert_array_equal(result.inlier_matches, np.stack([np.arange(200)] * 2, axis=1))
     np.testing.assert_allclose(result.transform, TRUE_AFFINE, atol=1e-3)
 
 
-@pytest.mark.parametrize("method", V.METHODS)
+@pytest.mark.parametrize("method", ransac.METHODS)
 def test_pure_noise_gives_few_inliers(method):
     rng = np.random.default_rng(2)
     desc = _unit(rng, 200)
     query = _features(rng.uniform(0, 500, (200, 2)), desc)
     db = _features(rng.uniform(0, 500, (200, 2)), desc)
-    result = V.verify_pair(query, db, method=method, max_trials=300)
+    result = ransac.verify_pair(query, db, method=method, max_trials=300)
     assert result.num_matches == 200
     assert result.num_inliers <= 12
 
@@ -130,7 +134,7 @@ def test_outliers_are_rejected():
     moved[:50] = rng.uniform(0, 500, (50, 2))  # 50 wrong correspondences
     query = _features(moved, query.descriptors)
     residual = np.linalg.norm(_apply(TRUE_AFFINE, db.locations) - moved, axis=1)
-    result = V.verify_pair(query, db)
+    result = ransac.verify_pair(query, db)
     assert set(result.inlier_matches[:, 0].tolist()) == set(np.flatnonzero(residual < 20).tolist())
     np.testing.assert_allclose(result.transform[:, :2], TRUE_AFFINE[:, :2], atol=0.02)
     np.testing.assert_allclose(result.transform[:, 2], TRUE_AFFINE[:, 2], atol=2.0)
@@ -141,37 +145,37 @@ def test_empty_and_too_few_matches():
     query, db = _pair(rng, n=10)
     empty = LocalFeatures.empty(64)
     for a, b in ((empty, db), (query, empty), (empty, empty)):
-        assert V.match_descriptors(a, b).shape == (0, 2)
-        result = V.verify_pair(a, b)
+        assert matching.match_descriptors(a, b).shape == (0, 2)
+        result = ransac.verify_pair(a, b)
         assert (result.num_inliers, result.num_matches, result.transform) == (0, 0, None)
         assert result.inlier_matches.shape == (0, 2)
-    few = V.verify_pair(query, db, matches=np.array([[0, 0], [1, 1]]))
+    few = ransac.verify_pair(query, db, matches=np.array([[0, 0], [1, 1]]))
     assert (few.num_matches, few.num_inliers) == (2, 0)
-    assert V.verify_pair(query, db, matches=np.zeros((0, 2), np.int64)).num_inliers == 0
-    assert V.verify_pair(query, db, min_samples=11).num_inliers == 0
+    assert ransac.verify_pair(query, db, matches=np.zeros((0, 2), np.int64)).num_inliers == 0
+    assert ransac.verify_pair(query, db, min_samples=11).num_inliers == 0
 
 
 @pytest.mark.filterwarnings("ignore:No inliers found:UserWarning")
 def test_degenerate_points_fit_no_model():
     desc = _unit(np.random.default_rng(5), 5)
     same = _features(np.full((5, 2), 7.0), desc)
-    for method in V.METHODS:
-        result = V.verify_pair(same, same, method=method, max_trials=20)
+    for method in ransac.METHODS:
+        result = ransac.verify_pair(same, same, method=method, max_trials=20)
         assert result.num_inliers == 0 and result.transform is None
 
 
 def test_verify_pair_rejects_bad_options():
     query, db = _pair(np.random.default_rng(6), n=5)
     with pytest.raises(ValueError, match="method"):
-        V.verify_pair(query, db, method="magsac")
+        ransac.verify_pair(query, db, method="magsac")
     with pytest.raises(ValueError, match="max_trials"):
-        V.verify_pair(query, db, max_trials=0)
+        ransac.verify_pair(query, db, max_trials=0)
     with pytest.raises(ValueError, match="min_samples"):
-        V.verify_pair(query, db, min_samples=2)
+        ransac.verify_pair(query, db, min_samples=2)
     with pytest.raises(ValueError, match="confidence"):
-        V.verify_pair(query, db, confidence=1.0)
+        ransac.verify_pair(query, db, confidence=1.0)
     with pytest.raises(ValueError, match="matches index"):
-        V.verify_pair(query, db, matches=np.array([[0, 9]]))
+        ransac.verify_pair(query, db, matches=np.array([[0, 9]]))
 
 
 # --------------------------------------------------------------------------- real images
@@ -199,13 +203,13 @@ def astronaut_views():
 
 def test_two_view_real_image(astronaut_views):
     query, warped, unrelated, warped_to_query = astronaut_views
-    true = V.verify_pair(query, warped, ratio_test=0.8)
-    false = V.verify_pair(query, unrelated, ratio_test=0.8)
+    true = ransac.verify_pair(query, warped, ratio_test=0.8)
+    false = ransac.verify_pair(query, unrelated, ratio_test=0.8)
     assert true.num_inliers >= 100
     assert false.num_inliers <= 10
     np.testing.assert_allclose(true.transform[:, :2], warped_to_query[:, :2], atol=0.02)
     np.testing.assert_allclose(true.transform[:, 2], warped_to_query[:, 2], atol=3.0)
-    q_xy, d_xy = V.matched_locations(query, warped, true.inlier_matches)
+    q_xy, d_xy = matching.matched_locations(query, warped, true.inlier_matches)
     residual = np.linalg.norm(_apply(warped_to_query, d_xy) - q_xy, axis=1)
     assert np.median(residual) < 2.0
 
@@ -213,16 +217,17 @@ def test_two_view_real_image(astronaut_views):
 def test_opencv_and_skimage_agree_on_same_matches(astronaut_views):
     query, warped, unrelated, _ = astronaut_views
     for db in (warped, unrelated):
-        matches = V.match_descriptors(query, db, ratio_test=0.9)
-        a = V.verify_pair(query, db, matches=matches, method="opencv").num_inliers
-        b = V.verify_pair(query, db, matches=matches, method="skimage", max_trials=300).num_inliers
+        matches = matching.match_descriptors(query, db, ratio_test=0.9)
+        a = ransac.verify_pair(query, db, matches=matches, method="opencv").num_inliers
+        b = ransac.verify_pair(query, db, matches=matches, method="skimage",
+                               max_trials=300).num_inliers
         assert abs(a - b) <= max(4, 0.05 * max(a, b)), (a, b)
 
 
 def test_rerank_real_image(astronaut_views):
     query, warped, unrelated, _ = astronaut_views
-    result = V.rerank(query, (np.array([0, 1]), np.array([0.9, 0.1])), [unrelated, warped],
-                      ratio_test=0.8)
+    result = reranking.rerank(query, (np.array([0, 1]), np.array([0.9, 0.1])),
+                              [unrelated, warped], ratio_test=0.8)
     np.testing.assert_array_equal(result.ids, [1, 0])
     assert result.inliers[0] >= 100
 
@@ -257,8 +262,8 @@ def test_rerank_rule(controlled):
     query, db = controlled
     ids = np.arange(7, dtype=np.int64)
     scores = np.linspace(1.0, 0.4, 7).astype(np.float32)
-    result = V.rerank(query, SearchResult(scores[None], ids[None]), db, top_n=6, min_inliers=5,
-                      decision="inliers")
+    result = reranking.rerank(query, SearchResult(scores[None], ids[None]), db, top_n=6,
+                              min_inliers=5, decision="inliers")
     # >= 5 inliers by count (10 vs 10: higher initial score first), the rest of the
     # top 6 in initial order, then id 6 untouched although it has 30 inliers.
     np.testing.assert_array_equal(result.ids, [3, 1, 4, 2, 0, 5, 6])
@@ -273,11 +278,11 @@ def test_rerank_rule(controlled):
 def test_rerank_ties_by_initial_score_then_position(controlled):
     query, db = controlled
     ids = np.array([1, 4, 3], np.int64)
-    result = V.rerank(query, (ids, np.array([0.2, 0.7, 0.1])), db, min_inliers=5,
-                      decision="inliers")
+    result = reranking.rerank(query, (ids, np.array([0.2, 0.7, 0.1])), db, min_inliers=5,
+                              decision="inliers")
     np.testing.assert_array_equal(result.ids, [3, 4, 1])
-    result = V.rerank(query, (ids, np.array([0.5, 0.5, 0.1])), db, min_inliers=5,
-                      decision="inliers")
+    result = reranking.rerank(query, (ids, np.array([0.5, 0.5, 0.1])), db, min_inliers=5,
+                              decision="inliers")
     np.testing.assert_array_equal(result.ids, [3, 1, 4])
 
 
@@ -290,12 +295,12 @@ def test_rerank_padding_callable_and_top_n_zero(controlled):
         return db[i]
 
     ids = np.array([0, 5, 3, -1, -1])
-    result = V.rerank(query, (ids, np.array([3, 2, 1, -np.inf, -np.inf])), fetch, top_n=10)
+    result = reranking.rerank(query, (ids, np.array([3, 2, 1, -np.inf, -np.inf])), fetch, top_n=10)
     assert calls == [0, 5, 3]
     np.testing.assert_array_equal(result.ids, [3, 0, 5, -1, -1])
     np.testing.assert_array_equal(result.inliers, [20, 0, 3, -1, -1])
     calls.clear()
-    unchanged = V.rerank(query, (ids, np.zeros(5)), fetch, top_n=0)
+    unchanged = reranking.rerank(query, (ids, np.zeros(5)), fetch, top_n=0)
     assert calls == []
     np.testing.assert_array_equal(unchanged.ids, ids)
 
@@ -303,10 +308,10 @@ def test_rerank_padding_callable_and_top_n_zero(controlled):
 def test_rerank_empty_inputs(controlled):
     query, db = controlled
     empty_query = LocalFeatures.empty(64)
-    result = V.rerank(empty_query, (np.arange(3), np.array([3.0, 2, 1])), db)
+    result = reranking.rerank(empty_query, (np.arange(3), np.array([3.0, 2, 1])), db)
     np.testing.assert_array_equal(result.ids, [0, 1, 2])
     np.testing.assert_array_equal(result.inliers, [0, 0, 0])
-    none = V.rerank(query, (np.zeros(0, np.int64), np.zeros(0)), db)
+    none = reranking.rerank(query, (np.zeros(0, np.int64), np.zeros(0)), db)
     assert none.ids.shape == (0,) and none.matches == ()
 
 
@@ -314,44 +319,45 @@ def test_rerank_workers_and_batch_match_serial(controlled):
     query, db = controlled
     ids = np.arange(7)[::-1].copy()
     scores = np.linspace(1, 0, 7)
-    serial = V.rerank(query, (ids, scores), db, min_inliers=4)
-    threaded = V.rerank(query, (ids, scores), db, min_inliers=4, workers=2)
+    serial = reranking.rerank(query, (ids, scores), db, min_inliers=4)
+    threaded = reranking.rerank(query, (ids, scores), db, min_inliers=4, workers=2)
     np.testing.assert_array_equal(serial.ids, threaded.ids)
     np.testing.assert_array_equal(serial.inliers, threaded.inliers)
-    batch = V.rerank_batch(
+    batch = reranking.rerank_batch(
         [query, LocalFeatures.empty(64)], (np.stack([ids, ids]), np.stack([scores, scores])),
         db, min_inliers=4, workers=2,
     )
     np.testing.assert_array_equal(batch[0].ids, serial.ids)
     np.testing.assert_array_equal(batch[1].ids, ids)
-    stacked = V.stack_results(batch, names=[f"im{i}" for i in range(7)])
+    stacked = reranking.stack_results(batch, names=[f"im{i}" for i in range(7)])
     assert stacked.ids.shape == (2, 7) and stacked.names[0] == "im0"
 
 
 def test_rerank_rejects_bad_input(controlled):
     query, db = controlled
     with pytest.raises(ValueError, match="padding only at the end"):
-        V.rerank(query, (np.array([0, -1, 2]), np.zeros(3)), db)
+        reranking.rerank(query, (np.array([0, -1, 2]), np.zeros(3)), db)
     with pytest.raises(IndexError, match="candidate id 9"):
-        V.rerank(query, (np.array([9]), np.zeros(1)), db)
+        reranking.rerank(query, (np.array([9]), np.zeros(1)), db)
     with pytest.raises(TypeError, match=r"features\(0\) must be LocalFeatures"):
-        V.rerank(query, (np.array([0]), np.zeros(1)), lambda i: None)
+        reranking.rerank(query, (np.array([0]), np.zeros(1)), lambda i: None)
     with pytest.raises(ValueError, match="rerank_batch"):
-        V.rerank(query, SearchResult(np.zeros((2, 1)), np.zeros((2, 1))), db)
+        reranking.rerank(query, SearchResult(np.zeros((2, 1)), np.zeros((2, 1))), db)
     with pytest.raises(ValueError, match="min_inliers"):
-        V.rerank(query, (np.array([0]), np.zeros(1)), db, min_inliers=0)
+        reranking.rerank(query, (np.array([0]), np.zeros(1)), db, min_inliers=0)
     with pytest.raises(TypeError, match="unknown verification options"):
-        V.rerank(query, (np.array([0]), np.zeros(1)), db, top_n=0, ransac_treshold=5)
+        reranking.rerank(query, (np.array([0]), np.zeros(1)), db, top_n=0, ransac_treshold=5)
     with pytest.raises(ValueError, match="2 queries but the ranking has 1"):
-        V.rerank_batch([query, query], (np.zeros((1, 2), int), np.zeros((1, 2))), db)
+        reranking.rerank_batch([query, query], (np.zeros((1, 2), int), np.zeros((1, 2))), db)
 
 
 def test_rerank_options_from_config():
-    options = V.rerank_options(VerificationConfig(rerank=50, ratio_test=0.8, min_inliers=12))
+    options = reranking.rerank_options(
+        VerificationConfig(rerank=50, ratio_test=0.8, min_inliers=12))
     assert options["top_n"] == 50 and options["ratio_test"] == 0.8
     assert options["min_inliers"] == 12 and options["ransac_threshold"] == 20.0
     assert set(options) - {"top_n", "min_inliers"} <= set(
-        V.verify_pair.__kwdefaults__
+        ransac.verify_pair.__kwdefaults__
     )
 
 
@@ -359,7 +365,7 @@ def test_rerank_options_from_config():
                                           ("opencv", "homography"), ("opencv", "similarity")])
 def test_usac_and_other_models_find_a_planted_transform(method, model):
     """A similarity (scale 1.2, 10 degrees, shift) plants 60 true matches among 20 outliers."""
-    from d2r.spatial.verification import verify_pair
+    from d2r.spatial.ransac import verify_pair
 
     rng = np.random.default_rng(5)
     db_xy = rng.uniform(0, 400, (80, 2)).astype(np.float32)
@@ -386,7 +392,7 @@ def test_usac_and_other_models_find_a_planted_transform(method, model):
 def test_impossible_method_model_pairs_are_refused():
     from d2r.config import ConfigError, load_config
     from d2r.methods import validate
-    from d2r.spatial.verification import check_model
+    from d2r.spatial.ransac import check_model
 
     with pytest.raises(ValueError, match="USAC does not fit similarity"):
         check_model("usac", "similarity")

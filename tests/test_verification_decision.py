@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from d2r.spatial import verification as V
+from d2r.spatial import ransac, reranking
 from d2r.spatial.score import log10_binomial_tail, log10_nfa
 from d2r.types import LocalFeatures
 
@@ -29,7 +29,7 @@ def _verify(q_xy, d_xy, pairs=None, **options):
     """verify_pair on given locations; match i is (query i, db i) unless ``pairs``."""
     pairs = np.stack([np.arange(len(q_xy))] * 2, axis=1) if pairs is None else pairs
     options.setdefault("decision", NFA)
-    return V.verify_pair(_features(q_xy), _features(d_xy), matches=pairs, **options)
+    return ransac.verify_pair(_features(q_xy), _features(d_xy), matches=pairs, **options)
 
 
 def _planted(rng, transform, k, n_random, spread=(0, 400)):
@@ -114,9 +114,9 @@ def test_a_database_feature_counts_once():
                             np.stack([np.arange(30, 90), np.arange(1, 61)], axis=1)])
     q = _features(q_xy)
     d = _features(d_xy)
-    old = V.verify_pair(q, d, matches=pairs, **OLD)
+    old = ransac.verify_pair(q, d, matches=pairs, **OLD)
     assert old.num_inliers >= 8 and old.verified
-    new = V.verify_pair(q, d, matches=pairs, decision=NFA)
+    new = ransac.verify_pair(q, d, matches=pairs, decision=NFA)
     assert (np.bincount(new.inlier_matches[:, 1]) <= 1).all() and not new.verified
 
 
@@ -143,21 +143,21 @@ def astronaut():
 
 
 def test_exact_duplicate_verifies(extract, astronaut):
-    result = V.verify_pair(extract(astronaut), extract(astronaut.copy()), decision=NFA)
+    result = ransac.verify_pair(extract(astronaut), extract(astronaut.copy()), decision=NFA)
     assert result.verified and result.score > 100
 
 
 def test_strongly_zoomed_crop_verifies(extract, astronaut):
     zoomed = cv2.resize(astronaut[100:280, 150:330], (540, 540))  # 3x zoom of a crop
-    result = V.verify_pair(extract(zoomed), extract(astronaut), decision=NFA)
+    result = ransac.verify_pair(extract(zoomed), extract(astronaut), decision=NFA)
     assert result.verified, result.reason
 
 
 def test_mirrored_copy_is_refused_unless_reflections_allowed(extract, astronaut):
     query, db = extract(np.ascontiguousarray(astronaut[:, ::-1])), extract(astronaut)
-    assert V.verify_pair(query, db, **OLD).verified
-    assert V.verify_pair(query, db, decision=NFA).reason == "reflection"
-    assert V.verify_pair(query, db, decision=NFA, allow_reflection=True).verified
+    assert ransac.verify_pair(query, db, **OLD).verified
+    assert ransac.verify_pair(query, db, decision=NFA).reason == "reflection"
+    assert ransac.verify_pair(query, db, decision=NFA, allow_reflection=True).verified
 
 
 @pytest.mark.parametrize("name", ["brick", "gravel", "grass"])
@@ -165,8 +165,8 @@ def test_repeated_structure_does_not_verify(extract, name):
     """Two halves of one texture photo: the same pattern, no shared physical point."""
     image = _rgb(getattr(skimage.data, name)())
     left, right = extract(image[:, :256].copy()), extract(image[:, 256:].copy())
-    assert V.verify_pair(left, right, **OLD).verified
-    assert not V.verify_pair(left, right, decision=NFA).verified
+    assert ransac.verify_pair(left, right, **OLD).verified
+    assert not ransac.verify_pair(left, right, decision=NFA).verified
 
 
 def test_photos_sharing_only_a_flat_wall_do_not_verify(extract, astronaut):
@@ -175,8 +175,8 @@ def test_photos_sharing_only_a_flat_wall_do_not_verify(extract, astronaut):
     coffee = _rgb(skimage.data.coffee())[:312, :512]
     a = extract(np.concatenate([wall, astronaut[:312]]))
     b = extract(np.concatenate([wall, coffee]))
-    assert V.verify_pair(a, b, **OLD).verified
-    assert not V.verify_pair(a, b, decision=NFA).verified
+    assert ransac.verify_pair(a, b, **OLD).verified
+    assert not ransac.verify_pair(a, b, decision=NFA).verified
 
 
 # --------------------------------------------------------------------------- re-ranking
@@ -200,7 +200,7 @@ def test_rerank_puts_verified_first_by_score_then_search_order():
         return LocalFeatures(xy.astype(np.float32), d, ones, ones, (480, 480))
 
     dbs = [db(0), db(40), db(0), db(120), db(0)]
-    result = V.rerank(query, (np.arange(5), np.linspace(1, 0.5, 5)), dbs, decision=NFA)
+    result = reranking.rerank(query, (np.arange(5), np.linspace(1, 0.5, 5)), dbs, decision=NFA)
     np.testing.assert_array_equal(result.ids, [3, 1, 0, 2, 4])
     np.testing.assert_array_equal(result.verified, [True, True, False, False, False])
     assert result.verification_scores[0] > result.verification_scores[1] > 12

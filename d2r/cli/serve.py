@@ -97,7 +97,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         app = create_app(settings)
         if settings.allow_writes:
             app.state.service.uploads.folder()  # refuses a symbolic link before serving
-        images = app.state.service.searcher.num_images
+        images = len(app.state.service.index)
         print(f"serving {args.index} ({images} images) at {_url(args.host, args.port)} "
               f"(API documentation: /docs; writes {'on' if args.allow_writes else 'off'}; "
               f"{workers} worker{'s' if workers > 1 else ''})", flush=True)

@@ -40,11 +40,11 @@ from d2r.distributed.options import (
     DEFAULT_MAX_RESTARTS,
     DEFAULT_MAX_TASK_RETRIES,
 )
-from d2r.index.inverted import check_k
 from d2r.index.merge import merge_topk
 from d2r.index.layout import read_versioned_json
 from d2r.index.registry import index_class, open_index, register_sharded
 from d2r.index.storage import IndexFormatError
+from d2r.index.topk import check_k
 from d2r.types import SearchResult
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 For each query word, one pass over its posting list: for binary codes (ASMK*), XOR of
 the packed codes (as 64-bit words), popcount, the selectivity from the same table as the
-numpy path (:func:`d2r.index.inverted.code_kernel`); for float32 vectors (ASMK), the dot
+numpy path (:func:`d2r.index.match_kernel.code_kernel`); for float32 vectors (ASMK), the dot
 product and the selectivity ``sign(u)|u|**alpha``; added to the item's score.  Every
 item's score is the same sequential float64 sum, in query-word then posting order, as
 the numpy path's, so binary scores are bit-identical and float ones differ only by the
@@ -103,7 +103,7 @@ def normalized_top_k(scores: np.ndarray, factors: np.ndarray, divisor: float,
     """The best ``k`` <= N items of ``scores`` (N,) float64 normalized as the numpy path
     does (``scores * (factors / divisor)``; ``factors`` empty: ``scores / divisor``;
     ``divisor`` 0: as they are), in one pass with a k-entry heap: (k,) float64 values
-    and (k,) int64 ids, by value then lower id (:func:`d2r.index.inverted.top_k_exact`)."""
+    and (k,) int64 ids, by value then lower id (:func:`d2r.index.topk.top_k_exact`)."""
     if not AVAILABLE:
         raise RuntimeError(_REASON)
     from d2r.index._numba_kernels import normalized_top_k as kernel

@@ -15,8 +15,8 @@ import faiss
 import numpy as np
 
 from d2r.index.dense import DenseIndex
-from d2r.index.inverted import check_k
 from d2r.index.registry import register_index
+from d2r.index.topk import check_k
 from d2r.types import AggregatedImage, SearchResult
 
 __all__ = ["GlobalIndex"]

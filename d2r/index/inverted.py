@@ -7,24 +7,35 @@ words, for normalisation.  Within a posting list, items appear in ascending id o
 
 Building is incremental: :meth:`InvertedIndex.add` turns a batch into a word-sorted *run*
 (one stable argsort) and keeps it pending; the runs are merged into the CSR arrays, word
-block by word block, on the first :meth:`~InvertedIndex.search` after an add (or
-:meth:`~InvertedIndex.finalize`), and directly into the output files by
-:meth:`~InvertedIndex.save`.  :class:`InvertedIndexWriter` spills every batch's run to disk,
-so indexes larger than memory are built in bounded RAM.
+block by word block (:mod:`d2r.index.posting_runs`), on the first
+:meth:`~InvertedIndex.search` after an add (or :meth:`~InvertedIndex.finalize`), and directly
+into the output files by :meth:`~InvertedIndex.save`.  :class:`InvertedIndexWriter` spills
+every batch's run to disk, so indexes larger than memory are built in bounded RAM.
 
 Search scores every database item at once per query: the per-word similarity ``u`` is
 computed for all postings of all the query's words (binary codes: one gather of the
 concatenated posting ranges, XOR + popcount, sigma by lookup in a table indexed by the
-popcounts, see :func:`code_kernel`; float vectors: one BLAS mat-vec per query word over its
-contiguous posting slice, then :func:`vector_selectivity`) and accumulated per item in
-posting order with ``np.bincount`` (so each item's sum is the sequential sum, in query-word
-order, that the brute-force ``similarity_matrix`` computes); top-k uses ``np.partition``.
+popcounts, see :func:`~d2r.index.match_kernel.code_kernel`; float vectors: one BLAS mat-vec
+per query word over its contiguous posting slice, then
+:func:`~d2r.index.match_kernel.vector_selectivity`) and accumulated per item in posting order
+with ``np.bincount`` (so each item's sum is the sequential sum, in query-word order, that the
+brute-force ``similarity_matrix`` computes); top-k by :mod:`d2r.index.topk`.  With numba, large
+indexes (codes of whole 64-bit words, or float32 vectors) score in the compiled passes of
+:mod:`d2r.index.compiled` instead (:attr:`InvertedIndex.kernel`).
 With ``normalize="both"`` the score equals ``similarity(query, item)`` of the aggregation
 module::
 
     S(q, d) = sum_{w in W_q & W_d} sigma(u_w) / sqrt(|W_q| |W_d|),
     sigma(u) = sign(u) |u|^alpha if u > tau else 0,
     u_w = <x_w, y_w>  or, for D-bit codes,  1 - 2 Hamming(b_w, c_w) / D.
+
+:class:`InvertedIndex` stays one class of about 540 lines because it is one data structure:
+building, search and storage all read and write the same CSR triple, pending runs, item
+lengths and cache (invalidated together on every add), and ``save``, ``save_ranges`` and
+``load`` write and validate that one layout.  The parts with a job of their own live in
+:mod:`d2r.index.posting_runs`, :mod:`d2r.index.match_kernel` and :mod:`d2r.index.topk`;
+:class:`InvertedIndexWriter` stays beside the class as its out-of-core build, which moves
+the index's pending runs to disk.
 """
 
 from __future__ import annotations
@@ -34,252 +45,30 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from d2r.encoding.aggregation import check_normalize, selectivity
-from d2r.checks import check_positive_int
+from d2r.encoding.aggregation import check_normalize
 from d2r.index import compiled
+from d2r.index.match_kernel import (CodeKernel, code_kernel, code_weights, sigma_by_distance,
+                                    vector_selectivity)
 from d2r.index.names import EntryNames
+from d2r.index.posting_runs import (Run, merge_runs, merged_offsets, spill_run, stable_word_order,
+                                    word_blocks)
 from d2r.index.ranges import IdRanges
 from d2r.index.storage import IndexFormatError, IndexWriter, StoredIndex, read_index
 from d2r.index.registry import register_index
+from d2r.index.topk import check_k, top_k_exact
 from d2r.types import AggregatedImage, SearchResult
 
-__all__ = ["InvertedIndex", "InvertedIndexWriter", "check_k", "check_normalize", "code_kernel",
-           "code_weights", "top_k", "top_k_exact", "vector_selectivity"]
+__all__ = ["AUTO_MIN_POSTINGS", "InvertedIndex", "InvertedIndexWriter", "KERNELS"]
 
 logger = logging.getLogger(__name__)
 
 _GATHER_BYTES = 1 << 25  # bytes of gathered postings processed at once in search
-_MERGE_BYTES = 1 << 28  # bytes of merged postings written per block in merges
 _INT32_MAX = np.iinfo(np.int32).max
 _VECTOR_DTYPES = ("float32", "float16")
-
-
-class _Run(NamedTuple):
-    """Postings sorted by word: ``offsets`` (K+1,) int64, ``ids`` (P,) int32, ``payload`` (P, width)."""
-
-    offsets: np.ndarray
-    ids: np.ndarray
-    payload: np.ndarray
-
-
-def check_k(k: int) -> int:
-    """Validate the number of results ``k`` (a positive integer)."""
-    return check_positive_int("k", k)
-
-
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``k`` entries of ``scores`` (N,), descending; ties go to the lower id.
-
-    Returns:
-        (k,) float32 scores and (k,) int64 ids, padded with -inf / -1 when N < k.
-    """
-    n = scores.shape[0]
-    kk = min(k, n)
-    if kk < n:
-        threshold = np.partition(scores, n - kk)[n - kk]
-        candidates = np.flatnonzero(scores >= threshold)
-        if candidates.size > kk:  # ties at the threshold: keep the lowest ids
-            above = np.flatnonzero(scores > threshold)
-            ties = np.flatnonzero(scores == threshold)[: kk - above.size]
-            candidates = np.concatenate([above, ties])
-    else:
-        candidates = np.arange(n)
-    top = scores[candidates]
-    # equal scores appear in ascending id order among the candidates: a stable sort keeps it
-    order = np.argsort(-top, kind="stable")
-    if kk == k:
-        return top[order].astype(np.float32), candidates[order].astype(np.int64)
-    out_scores = np.full(k, -np.inf, np.float32)
-    out_ids = np.full(k, -1, np.int64)
-    out_scores[:kk] = top[order]
-    out_ids[:kk] = candidates[order]
-    return out_scores, out_ids
-
-
-def top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`top_k` with the float64 scores that decided the order: (k,) float64, (k,) int64.
-
-    Shards return these so that merging their lists orders near-ties as the unsharded index
-    does (the float32 scores of ``top_k`` may tie where the float64 ones differ).
-    """
-    _, ids = top_k(scores, k)
-    out = np.full(k, -np.inf)
-    found = ids >= 0
-    out[found] = scores[ids[found]]
-    return out, ids
-
-
-def _code_view_dtype(width: int) -> np.dtype:
-    """Widest unsigned integer whose size divides the packed-code row width (for XOR + popcount)."""
-    for dtype in (np.uint64, np.uint32, np.uint16):
-        if width % np.dtype(dtype).itemsize == 0:
-            return np.dtype(dtype)
-    return np.dtype(np.uint8)
-
-
-class _CodeKernel(NamedTuple):
-    """How :func:`code_weights` maps XORed D-bit codes to sigma(1 - 2h/D) (:func:`code_kernel`)."""
-
-    dim: int
-    view: np.dtype
-    table: np.ndarray
-    paired: bool
-
-
-def sigma_by_distance(dim: int, *, alpha: float = 3.0, tau: float = 0.0) -> np.ndarray:
-    """sigma(1 - 2h/D) for the Hamming distances h = 0..8 ceil(D/8) of packed D-bit codes:
-    (8 ceil(D/8) + 1,) float64, computed by :func:`~d2r.encoding.aggregation.selectivity` itself."""
-    dim = int(dim)
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
-    # h up to 8 * width: padding bits are 0 in packed codes; set ones count, as in similarity
-    h = np.arange(8 * ((dim + 7) // 8) + 1)
-    return selectivity(1.0 - 2.0 * h / dim, alpha=float(alpha), tau=float(tau))
-
-
-def code_kernel(dim: int, *, alpha: float = 3.0, tau: float = 0.0) -> _CodeKernel:
-    """Lookup tables for the selectivity of packed D-bit sign codes.
-
-    For codes, u = 1 - 2h/D depends only on the integer Hamming distance h, so sigma(u) is a
-    table over h = 0..8 ceil(D/8) computed with :func:`~d2r.encoding.aggregation.selectivity` itself
-    (lookups are bit-identical to it).  Codes are XORed as the widest unsigned words that
-    divide the row width (``view``).  When a row is exactly two such words (D in 121..128,
-    64-bit words), the two per-word popcounts, read together as one uint16
-    ``c0 + 256 c1``, index a 16449-entry table of sigma(c0 + c1) directly (``paired``):
-    no per-column sum, one lookup.
-    """
-    dim = int(dim)
-    width = (dim + 7) // 8
-    view = _code_view_dtype(width)
-    sigma = sigma_by_distance(dim, alpha=alpha, tau=tau)
-    paired = width == 2 * view.itemsize
-    if paired:
-        bits = 8 * view.itemsize
-        key = np.arange(256 * bits + bits + 1)
-        # both popcounts are <= bits; keys whose low byte exceeds bits never occur (clipped)
-        sigma = sigma[np.minimum(key & 255, bits) + (key >> 8)]
-    return _CodeKernel(dim, view, sigma, paired)
-
-
-def code_weights(xor: np.ndarray, kernel: _CodeKernel) -> np.ndarray:
-    """sigma(1 - 2h/D) of XORed packed codes: (n, cols) ``kernel.view`` -> (n,) float64.
-
-    ``xor`` is the XOR of query and database codes viewed as ``kernel.view`` words; ``h``
-    is its popcount (``np.bitwise_count``), looked up in ``kernel.table``.
-    """
-    counts = np.bitwise_count(xor)  # (n, cols) uint8
-    if kernel.paired:
-        keys = counts.view(np.uint16).reshape(-1)
-    elif counts.shape[1] == 1:
-        keys = counts.reshape(-1)
-    else:
-        keys = counts[:, 0].astype(np.uint16 if kernel.table.shape[0] <= 1 << 16 else np.int64)
-        for col in range(1, counts.shape[1]):
-            keys += counts[:, col]
-    return kernel.table.take(keys, mode="wrap")
-
-
-def vector_selectivity(u: np.ndarray, *, alpha: float = 3.0, tau: float = 0.0) -> np.ndarray:
-    """:func:`~d2r.encoding.aggregation.selectivity` of float similarities, up to rounding: float64.
-
-    ``sign(u) |u|**alpha`` where ``u > tau``, else 0.  For an integer ``alpha`` in 1..16
-    (ASMK's 3), a few branch-free passes: the threshold zeroes the base (``max(u, 0)``, or
-    ``|u|`` times the mask when tau < 0), the power is taken by repeated squaring (a few
-    ulp from the libm ``pow`` that ``selectivity`` calls per element) and ``copysign``
-    restores the sign; about 5x faster than ``selectivity`` (whose ``np.where`` and ``pow``
-    dominate float ASMK search).  Other alphas defer to ``selectivity``.
-    """
-    u = np.asarray(u, dtype=np.float64)
-    alpha, tau = float(alpha), float(tau)
-    if not (alpha.is_integer() and 1 <= alpha <= 16):
-        return selectivity(u, alpha=alpha, tau=tau)
-    if tau >= 0:
-        base = np.maximum(u, 0.0)
-        if tau > 0:
-            base *= u > tau
-    else:
-        base = np.abs(u)
-        base *= u > tau
-    e, power, square = int(alpha), None, base
-    while True:
-        if e & 1:
-            power = square.copy() if power is None else np.multiply(power, square, out=power)
-        e >>= 1
-        if not e:
-            break
-        square = square * square
-    if tau < 0:
-        np.copysign(power, u, out=power)
-    return power
-
-
-def _rows(table: np.ndarray) -> np.ndarray:
-    """(P, width) C-contiguous table viewed as (P,) opaque rows (fast fancy assignment)."""
-    return table.view(np.dtype((np.void, table.shape[1] * table.itemsize))).reshape(-1)
-
-
-def _stable_word_order(words: np.ndarray, num_words: int) -> np.ndarray:
-    """Stable argsort of word ids by 16-bit radix passes (numpy radix-sorts 16-bit keys)."""
-    if num_words <= 1 << 16:
-        return np.argsort(words.astype(np.uint16), kind="stable")
-    low = np.argsort((words & 0xFFFF).astype(np.uint16), kind="stable")
-    high = np.argsort((words[low] >> 16).astype(np.uint16), kind="stable")
-    return low[high]
-
-
-def _merged_offsets(runs: Sequence[_Run]) -> np.ndarray:
-    counts = np.zeros(runs[0].offsets.shape[0] - 1, np.int64)
-    for run in runs:
-        counts += np.diff(run.offsets)
-    offsets = np.zeros(counts.shape[0] + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    return offsets
-
-
-def _word_blocks(offsets: np.ndarray, row_bytes: int) -> Iterator[tuple[int, int]]:
-    """Word ranges ``[w0, w1)`` holding about ``_MERGE_BYTES`` of postings each (none empty).
-
-    ``offsets`` (K+1,) are CSR offsets; ``row_bytes`` the bytes of one posting.
-    """
-    num_words = offsets.shape[0] - 1
-    total = int(offsets[-1])
-    block = max(1, _MERGE_BYTES // row_bytes)
-    bounds = np.unique(np.concatenate([
-        [0], np.searchsorted(offsets, np.arange(block, total, block), side="right") - 1, [num_words]]))
-    for w0, w1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        if offsets[w1] > offsets[w0]:
-            yield w0, w1
-
-
-def _merge_runs(runs: Sequence[_Run], offsets: np.ndarray, out_ids: np.ndarray,
-                out_payload: np.ndarray) -> None:
-    """Merge word-sorted runs into CSR arrays (``offsets`` from :func:`_merged_offsets`).
-
-    Works block by block over word ranges holding about ``_MERGE_BYTES`` of output, so that
-    reads from each run and writes to the output (both possibly memory-mapped files) are
-    contiguous.  Within a word, postings keep run order (earlier runs first).
-    """
-    row_bytes = out_ids.itemsize + out_payload.itemsize * out_payload.shape[1]
-    for w0, w1 in _word_blocks(offsets, row_bytes):
-        p0, p1 = int(offsets[w0]), int(offsets[w1])
-        dst_ids = out_ids[p0:p1]
-        dst_payload = _rows(out_payload[p0:p1])
-        filled = offsets[w0:w1] - p0
-        for run in runs:
-            r_off = np.asarray(run.offsets[w0:w1 + 1])
-            r0, r1 = int(r_off[0]), int(r_off[-1])
-            if r1 == r0:
-                continue
-            counts = np.diff(r_off)
-            shift = np.repeat(filled - (r_off[:-1] - r0), counts)
-            dest = shift + np.arange(r1 - r0, dtype=np.int64)
-            dst_ids[dest] = run.ids[r0:r1]
-            dst_payload[dest] = _rows(np.ascontiguousarray(run.payload[r0:r1]))
-            filled = filled + counts
 
 
 KERNELS = ("auto", "numpy", "compiled")
@@ -320,9 +109,9 @@ class InvertedIndex:
         self.vector_dtype = "uint8" if self.binary else str(vector_dtype)
         self.width = (self.dim + 7) // 8 if self.binary else self.dim
         self.config: dict[str, Any] = {}
-        self._csr = _Run(np.zeros(self.num_words + 1, np.int64), np.zeros(0, np.int32),
+        self._csr = Run(np.zeros(self.num_words + 1, np.int64), np.zeros(0, np.int32),
                          np.zeros((0, self.width), self.vector_dtype))
-        self._pending: list[_Run] = []
+        self._pending: list[Run] = []
         self._lengths_parts: list[np.ndarray] = []
         self._lengths = np.zeros(0, np.int32)
         self._names = EntryNames("items")
@@ -394,7 +183,8 @@ class InvertedIndex:
             raise ValueError(f"{what} has word {int(item.words[-1])} outside the codebook "
                              f"[0, {self.num_words})")
 
-    def add(self, items: Sequence[AggregatedImage], names: Sequence[str] | None = None) -> np.ndarray:
+    def add(self, items: Sequence[AggregatedImage],
+            names: Sequence[str] | None = None) -> np.ndarray:
         """Append a batch of items; returns their ids (n,) int64 (consecutive from N).
 
         Items added with names must always be added with names (and vice versa).  The batch
@@ -417,14 +207,14 @@ class InvertedIndex:
         self._cache.clear()
         return ids
 
-    def _make_run(self, items: list[AggregatedImage], lengths: np.ndarray, first: int) -> _Run:
+    def _make_run(self, items: list[AggregatedImage], lengths: np.ndarray, first: int) -> Run:
         words = np.concatenate([it.words for it in items])
         payload = np.concatenate([it.vectors for it in items]).astype(self.vector_dtype, copy=False)
         ids = np.repeat(np.arange(first, first + len(items), dtype=np.int32), lengths)
-        order = _stable_word_order(words, self.num_words)
+        order = stable_word_order(words, self.num_words)
         offsets = np.zeros(self.num_words + 1, np.int64)
         np.cumsum(np.bincount(words, minlength=self.num_words), out=offsets[1:])
-        return _Run(offsets, np.take(ids, order), np.take(payload, order, axis=0))
+        return Run(offsets, np.take(ids, order), np.take(payload, order, axis=0))
 
     def finalize(self) -> None:
         """Merge pending runs into the CSR arrays (in memory; a memory-mapped base is copied)."""
@@ -435,12 +225,12 @@ class InvertedIndex:
             self._cache.clear()
             return
         runs = [self._csr, *self._pending]
-        offsets = _merged_offsets(runs)
+        offsets = merged_offsets(runs)
         total = int(offsets[-1])
         ids = np.empty(total, np.int32)
         payload = np.empty((total, self.width), self.vector_dtype)
-        _merge_runs(runs, offsets, ids, payload)
-        self._csr = _Run(offsets, ids, payload)
+        merge_runs(runs, offsets, ids, payload)
+        self._csr = Run(offsets, ids, payload)
         self._pending = []
         self._cache.clear()
         logger.debug("merged %d runs into %d postings", len(runs) - 1, total)
@@ -477,7 +267,8 @@ class InvertedIndex:
         self._check_item("query", query)
         return self._score(query, float(alpha), float(tau), check_normalize(normalize))
 
-    def _score(self, query: AggregatedImage, alpha: float, tau: float, normalize: str) -> np.ndarray:
+    def _score(self, query: AggregatedImage, alpha: float, tau: float,
+               normalize: str) -> np.ndarray:
         """:meth:`score_all` of a checked query (``normalize`` canonical)."""
         scores = self._raw_scores(query, alpha, tau)
         if scores is None:
@@ -591,8 +382,8 @@ class InvertedIndex:
             self._cache[key] = sigma_by_distance(self.dim, alpha=alpha, tau=tau)
         return self._cache[key]
 
-    def _code_kernel(self, alpha: float, tau: float) -> _CodeKernel:
-        """The :class:`_CodeKernel` of this index's codes for (alpha, tau), cached."""
+    def _code_kernel(self, alpha: float, tau: float) -> CodeKernel:
+        """The :class:`CodeKernel` of this index's codes for (alpha, tau), cached."""
         key = ("code_kernel", alpha, tau)
         if key not in self._cache:
             self._cache[key] = code_kernel(self.dim, alpha=alpha, tau=tau)
@@ -690,12 +481,12 @@ class InvertedIndex:
 
     def _write_arrays(self, writer: IndexWriter) -> None:
         runs = [self._csr, *self._pending]
-        offsets = _merged_offsets(runs)
+        offsets = merged_offsets(runs)
         total = int(offsets[-1])
         writer.put("offsets", offsets)
         ids = writer.create("image_ids", (total,), np.int32)
         payload = writer.create(self._payload_name, (total, self.width), self.vector_dtype)
-        _merge_runs(runs, offsets, ids, payload)
+        merge_runs(runs, offsets, ids, payload)
         writer.put("item_lengths", self.item_lengths)
 
     def save(self, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
@@ -726,10 +517,11 @@ class InvertedIndex:
             return [writer.commit(meta=meta, names=self.names[r.start:r.stop], config=r.config)
                     for writer, meta, r in zip(writers, metas, ranges)]
 
-    def _write_ranges(self, writers: Sequence[IndexWriter], bounds: np.ndarray) -> list[dict[str, Any]]:
+    def _write_ranges(self, writers: Sequence[IndexWriter],
+                      bounds: np.ndarray) -> list[dict[str, Any]]:
         """Write the arrays of items ``bounds[s]:bounds[s+1]`` into ``writers[s]``; their metas.
 
-        Word block by word block (:func:`_word_blocks`), each posting is copied to the range
+        Word block by word block (:func:`word_blocks`), each posting is copied to the range
         of its item with its id made local; items outside ``bounds`` are left out.
         """
         self.finalize()
@@ -745,14 +537,15 @@ class InvertedIndex:
         # counts[s + 1, w]: postings of word w in range s; rows 0 and -1 count items outside
         counts = np.zeros((num_ranges + 2, self.num_words), np.int64)
         cursor = np.zeros(num_ranges, np.int64)
-        for w0, w1 in _word_blocks(offsets, 4 + payload.itemsize * self.width):
+        for w0, w1 in word_blocks(offsets, 4 + payload.itemsize * self.width):
             p0, p1 = int(offsets[w0]), int(offsets[w1])
             block_ids = np.asarray(ids[p0:p1])
             block_payload = np.asarray(payload[p0:p1])
             where = np.searchsorted(bounds, block_ids, side="right")  # range + 1
             word_of = np.repeat(np.arange(w1 - w0), np.diff(offsets[w0:w1 + 1]))
-            counts[:, w0:w1] = np.bincount(where * (w1 - w0) + word_of,
-                                           minlength=(num_ranges + 2) * (w1 - w0)).reshape(-1, w1 - w0)
+            span = w1 - w0
+            block_counts = np.bincount(where * span + word_of, minlength=(num_ranges + 2) * span)
+            counts[:, w0:w1] = block_counts.reshape(-1, span)
             for s, (out_ids, out_payload) in enumerate(outs):
                 mask = where == s + 1
                 n = int(np.count_nonzero(mask))
@@ -772,7 +565,8 @@ class InvertedIndex:
         return metas
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> "InvertedIndex":
+    def load(cls, path: str | os.PathLike, *, mmap: bool = True,
+             verify: bool = False) -> "InvertedIndex":
         """Open an index saved by :meth:`save` (arrays memory-mapped read-only by default).
 
         Adding to a loaded index works: new batches stay pending and the next merge copies
@@ -813,8 +607,9 @@ class InvertedIndex:
             raise IndexFormatError(f"{where}/item_lengths.npy: every item must hold 0..K words, "
                                    f"{num_postings} in total")
         if len(names) not in (0, num_items):
-            raise IndexFormatError(f"{where}/names.json has {len(names)} names for {num_items} items")
-        index._csr = _Run(offsets, arrays["image_ids"], arrays[index._payload_name])
+            raise IndexFormatError(f"{where}/names.json has {len(names)} names for {num_items} "
+                                   f"items")
+        index._csr = Run(offsets, arrays["image_ids"], arrays[index._payload_name])
         index._lengths = arrays["item_lengths"]
         index._names.restore(names, num_items)
         index.config = dict(stored.config)
@@ -827,8 +622,9 @@ class InvertedIndexWriter:
     Every :meth:`add` sorts its batch by word and spills the run to a scratch directory beside
     ``path``; :meth:`close` merges all runs word block by word block straight into the output
     arrays and commits the directory atomically.  Memory stays at about one batch plus one
-    merge block (``_MERGE_BYTES``) plus per-item lengths and names.  Open the result with
-    :meth:`InvertedIndex.load`.  Use as a context manager (an exception discards everything)::
+    merge block (``_MERGE_BYTES`` of :mod:`d2r.index.posting_runs`) plus per-item lengths and
+    names.  Open the result with :meth:`InvertedIndex.load`.  Use as a context manager (an
+    exception discards everything)::
 
         with InvertedIndexWriter(path, num_words=K, dim=128, binary=True) as writer:
             for batch in batches:
@@ -847,12 +643,14 @@ class InvertedIndexWriter:
                  overwrite: bool = False) -> None:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
-            raise FileExistsError(f"index directory {self.path} already exists (pass overwrite=True)")
+            raise FileExistsError(f"index directory {self.path} already exists "
+                                  f"(pass overwrite=True)")
         self.overwrite = bool(overwrite)
         self._index = InvertedIndex(num_words=num_words, dim=dim, binary=binary,
                                     vector_dtype=vector_dtype)
         if base is not None:
-            mine = (self._index.num_words, self._index.dim, self._index.binary, self._index.vector_dtype)
+            index = self._index
+            mine = (index.num_words, index.dim, index.binary, index.vector_dtype)
             theirs = (base.num_words, base.dim, base.binary, base.vector_dtype)
             if mine != theirs:
                 raise ValueError(f"base index has (num_words, dim, binary, vector_dtype)={theirs}, "
@@ -879,7 +677,8 @@ class InvertedIndexWriter:
     def num_postings(self) -> int:
         return self._index.num_postings
 
-    def add(self, items: Sequence[AggregatedImage], names: Sequence[str] | None = None) -> np.ndarray:
+    def add(self, items: Sequence[AggregatedImage],
+            names: Sequence[str] | None = None) -> np.ndarray:
         """Add a batch (see :meth:`InvertedIndex.add`) and spill its run to disk; returns ids."""
         if self._closed:
             raise RuntimeError(f"writer for {self.path} is closed")
@@ -888,15 +687,11 @@ class InvertedIndexWriter:
         if len(self._index._pending) > pending:
             run = self._index._pending.pop()
             stem = self._scratch / f"run{len(self._index._pending):06d}"
-            spilled = []
-            for part, arr in zip(_Run._fields, run):
-                np.save(f"{stem}_{part}.npy", arr, allow_pickle=False)
-                spilled.append(np.load(f"{stem}_{part}.npy", mmap_mode="r"))
-            self._index._pending.append(_Run(*spilled))
+            self._index._pending.append(spill_run(run, stem))
         return ids
 
     def close(self, *, config: Mapping[str, Any] | None = None) -> Path:
-        """Merge the spilled runs into ``path``, commit it atomically and remove the scratch runs."""
+        """Merge the spilled runs into ``path``, commit it atomically, remove the scratch runs."""
         if self._closed:
             raise RuntimeError(f"writer for {self.path} is closed")
         try:

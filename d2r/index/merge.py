@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from d2r.index.inverted import check_k
+from d2r.index.topk import check_k
 
 __all__ = ["merge_topk"]
 

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from d2r.index.inverted import check_k
 from d2r.index.names import EntryNames
 from d2r.index.ranges import IdRanges, RankedBySearch
 from d2r.index.storage import IndexFormatError, IndexWriter, read_index
 from d2r.index.registry import register_index
+from d2r.index.topk import check_k
 from d2r.types import SearchResult
 
 __all__ = ["RegionVectorIndex", "expand_regions"]

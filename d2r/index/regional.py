@@ -22,11 +22,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from d2r.index.inverted import InvertedIndex, check_k, top_k, top_k_exact
+from d2r.index.inverted import InvertedIndex
 from d2r.index.names import EntryNames
 from d2r.index.ranges import IdRanges
 from d2r.index.storage import IndexFormatError, IndexWriter, read_index
 from d2r.index.registry import register_index
+from d2r.index.topk import check_k, top_k, top_k_exact
 from d2r.types import AggregatedImage, SearchResult
 
 __all__ = ["RegionalIndex", "POOLINGS"]
@@ -138,7 +139,7 @@ class RegionalIndex:
         """:meth:`search` as (Q, k) float64 pooled scores and (Q, k) int64 image ids.
 
         The ids are those of :meth:`search`; the scores are the float64 values they were
-        ranked by (:func:`~d2r.index.inverted.top_k_exact`), on which shards are merged.
+        ranked by (:func:`~d2r.index.topk.top_k_exact`), on which shards are merged.
         """
         queries = list(queries)
         k = check_k(k)

@@ -1,13 +1,15 @@
-"""The images a Python caller hands to :class:`d2r.Index`, as files the one decoder reads.
+"""The images a Python caller hands to :class:`d2r.Index`, as what the one decoder reads.
 
 Accepted: a path (``str`` / ``os.PathLike``), a ``PIL.Image.Image``, a numpy array
 ((H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA; uint8, or float in [0, 1]), ``bytes``
-(an encoded image file) or a binary file object.  A path is used as it is; anything else
-is written to a private temporary file (bytes and file objects unchanged, pixels as a
-lossless PNG, or TIFF for pixel modes PNG lacks) that is removed afterwards, so every
-input goes through :func:`d2r.io.images.load_image_with_info` (EXIF orientation, mode
-conversion, ``images.max_side``) exactly as a file would.  Messages name the input by
-its :func:`label`, never by the temporary file.
+(an encoded image file) or a binary file object.  :func:`image_source` (searching) keeps
+everything but a path in memory as an :class:`~d2r.io.images.EncodedImage` (bytes and file
+objects unchanged, pixels as a lossless PNG, or TIFF for pixel modes PNG lacks);
+:func:`image_file` (adding, which records files) writes it to a private temporary file
+removed afterwards.  Either way every input goes through
+:func:`d2r.io.images.load_image_with_info` (EXIF orientation, mode conversion,
+``images.max_side``) exactly as a file would, and messages name the input by its
+:func:`label`, never by a temporary file.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from d2r.errors import InputError
-from d2r.io.images import ImageError
+from d2r.io.images import EncodedImage, ImageError
 
-__all__ = ["ImageInput", "image_file", "label"]
+__all__ = ["ImageInput", "image_file", "image_source", "label"]
 
 ImageInput = Any
 """``str | os.PathLike | PIL.Image.Image | np.ndarray | bytes | BinaryIO``."""
@@ -44,6 +46,16 @@ def label(image: ImageInput) -> str:
     name = getattr(image, "filename", None) or getattr(image, "name", None)
     kind = "PIL image" if _is_pil(image) else "file object"
     return f"the {kind} {name}" if isinstance(name, str) and name else f"the {kind}"
+
+
+def image_source(image: ImageInput, name: str | None = None) -> str | os.PathLike | EncodedImage:
+    """What the decoder reads for ``image``: a path as given, anything else encoded in
+    memory (no file is written) and named ``name`` in messages (default: :func:`label`)."""
+    if isinstance(image, (str, os.PathLike)):
+        return image
+    buffer = io.BytesIO()
+    _write(image, buffer)
+    return EncodedImage(buffer.getvalue(), label(image) if name is None else name)
 
 
 @contextlib.contextmanager

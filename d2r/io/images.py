@@ -23,6 +23,7 @@ reason.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -37,6 +38,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from d2r.errors import InputError
 
 __all__ = [
+    "EncodedImage",
     "DEFAULT_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
     "ImageError",
@@ -62,6 +64,15 @@ DEFAULT_EXTENSIONS = (
 
 _TRUNCATION_LOCK = threading.Lock()
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An encoded image file held in memory (what a caller passed as bytes, a file object
+    or pixels), named ``label`` in messages."""
+
+    data: bytes
+    label: str
 
 
 class ImageError(InputError):
@@ -135,12 +146,14 @@ def load_image(
 
 
 def load_image_with_info(
-    path: str | os.PathLike, *, max_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | os.PathLike | EncodedImage, *, max_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> LoadedImage:
     """Decode ``path`` fully, apply EXIF orientation, convert to RGB uint8, optionally downscale.
 
     Args:
-        path: any file Pillow can read.
+        path: any file Pillow can read, or an :class:`EncodedImage` holding one (decoded
+            from memory, named by its label).
         max_side: when set, images whose longer side exceeds it are downscaled
             (Lanczos, aspect ratio kept) so the longer side equals ``max_side``.
         max_pixels: images with more than this many pixels are refused before
@@ -155,17 +168,17 @@ def load_image_with_info(
         raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
     if isinstance(max_pixels, bool) or int(max_pixels) != max_pixels or max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
-    if os.path.isdir(path):
-        raise ImageError(path, "is a directory, not an image file")
-    try:
-        if os.path.getsize(path) == 0:
+    if isinstance(path, EncodedImage):
+        path, source = path.label, io.BytesIO(path.data)
+        if not source.getbuffer().nbytes:
             raise ImageError(path, "file is empty")
-    except OSError as exc:
-        raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    else:
+        source = path
+        _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 _check_pixel_count(path, im.size, max_pixels)
                 _decode_fully(im)
                 im = _exif_transpose(path, im)
@@ -186,6 +199,17 @@ def load_image_with_info(
         rgb = rgb.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     pixels = np.asarray(rgb, dtype=np.uint8)
     return LoadedImage(pixels=pixels, original_size=original_size, scale=scale)
+
+
+def _check_file(path: str | os.PathLike) -> None:
+    """Refuse a directory, an empty or an unreadable file before decoding."""
+    if os.path.isdir(path):
+        raise ImageError(path, "is a directory, not an image file")
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageError(path, "file is empty")
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from exc
 
 
 def _check_pixel_count(path, size: tuple[int, int], max_pixels: int) -> None:

@@ -38,7 +38,7 @@ from d2r.methods import register_method
 from d2r.methods.base import Database, Query
 from d2r.methods.local import LocalMethod
 from d2r.types import AggregatedImage, LocalFeatures, SearchResult
-from d2r.spatial.verification import RerankResult, stack_results
+from d2r.spatial.reranking import RerankResult, stack_results
 
 __all__ = ["Vlad", "Asmk", "AsmkStar", "RegionalVlad", "NaiveRegionalAsmk", "RegionalAsmk",
            "RegionalAsmkStar"]

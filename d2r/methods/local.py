@@ -18,7 +18,8 @@ from d2r.config import ConfigError
 from d2r.methods.base import Database, Query, RetrievalMethod
 from d2r.index.quantizer import options
 from d2r.types import LocalFeatures, SearchResult
-from d2r.spatial.verification import check_model, rerank_batch, rerank_options, stack_results
+from d2r.spatial.ransac import check_model
+from d2r.spatial.reranking import rerank_batch, rerank_options, stack_results
 
 __all__ = ["LocalMethod", "assign_words"]
 
@@ -87,7 +88,7 @@ class LocalMethod(RetrievalMethod):
 
         Only the verified head goes to verification; the tail is appended unchanged,
         so a full ranking of a million images costs no per-entry bookkeeping.  The
-        details are the :class:`~d2r.spatial.verification.RerankResult` of each query.
+        details are the :class:`~d2r.spatial.reranking.RerankResult` of each query.
         """
         options = rerank_options(self.config.verification)
         top_n = options["top_n"]

@@ -26,7 +26,8 @@ from d2r.errors import InputError, disk_full
 from d2r.pipeline.extraction import read_regions
 from d2r.pipeline.searcher import Searcher
 from d2r.progress import track
-from d2r.report.benchmark import report_matches, run_settings, write_report
+from d2r.report.benchmark import report_matches, write_report
+from d2r.report.settings import run_settings
 from d2r.evaluation.tables import write_metrics
 
 __all__ = ["FeaturelessQueryError", "DamagedFeaturesError", "run_dataset", "run_image",

@@ -48,7 +48,7 @@ from d2r.index.layout import (
 from d2r.index.registry import index_class, sharded_index_class
 from d2r.index.segmented import SegmentedIndex
 from d2r.io.feature_store import FeatureStore
-from d2r.io.images import load_image_with_info
+from d2r.io.images import EncodedImage, load_image_with_info
 from d2r.methods import validate
 from d2r.methods.base import Query
 from d2r.pipeline.extraction import image_features, image_features_and_map
@@ -259,13 +259,19 @@ class Searcher:
             self._extractor = extractor
         return self._extractor
 
-    def image_features(self, image_path: str | os.PathLike,
+    def share_extractor(self, other: "Searcher") -> None:
+        """Use ``other``'s built extractor (a model loaded once), which must be the one this
+        index records (the caller compared ``manifest["features"]["extractor"]``)."""
+        self._extractor = other.extractor
+
+    def image_features(self, image_path: str | os.PathLike | EncodedImage,
                        box: Optional[Sequence[float]] = None, *, rotation: int = 0):
         """Features of an image file, turned ``rotation`` degrees clockwise (a multiple of
         90), then cropped to ``box`` (x1, y1, x2, y2 pixels of the turned image)."""
         return self.query(image_path, box, rotation=rotation).features
 
-    def query(self, image_path: str | os.PathLike, box: Optional[Sequence[float]] = None, *,
+    def query(self, image_path: str | os.PathLike | EncodedImage,
+              box: Optional[Sequence[float]] = None, *,
               rotation: int = 0) -> Query:
         """A :class:`Query` of an image file (turned and cropped as in :meth:`image_features`),
         with the activation map when the method uses maps."""
@@ -285,7 +291,7 @@ class Searcher:
                workers: int = 1) -> tuple[SearchResult, Optional[list]]:
         """The method's re-ranking of the head of ``result`` (spatial verification, AML, or
         none) and its per-query details (spatial verification: the
-        :class:`~d2r.spatial.verification.RerankResult` of each query; else None)."""
+        :class:`~d2r.spatial.reranking.RerankResult` of each query; else None)."""
         return self.method.rerank(self, queries, result, workers=workers)
 
     def database_features(self, image_id: int):

@@ -20,41 +20,39 @@ by default: correct means an easy or hard view of the landmark, ignored means
 junk; the classic benchmarks have one), with the query's average precision.
 Images listed with a rotation (Holidays) are shown upright, as their features
 were extracted.  All links are relative, so the directory can be opened from
-``file://`` or moved as a whole.  Thumbnails are small, plain JPEGs (quality
-:data:`JPEG_QUALITY`, 4:2:0 chroma, no metadata).  Matplotlib draws the curves
-with its Agg backend; Pillow draws everything else.
+``file://`` or moved as a whole.
+
+This module labels the results and assembles the pages; the pictures (thumbnails,
+match lines, curves) come from :mod:`d2r.report.drawing`, the metrics and settings
+tables from :mod:`d2r.report.tables`, the settings rows from :mod:`d2r.report.settings`.
 """
 
 from __future__ import annotations
 
-import datetime
 import html
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from d2r.datasets.benchmarks import Benchmark
 from d2r.datasets.revisited import RevisitedDataset
 from d2r.evaluation.metrics import compute_map
-from d2r.io.images import load_image_with_info
-from d2r.spatial.decision import rule, verified_order
 from d2r.progress import track
+from d2r.report.drawing import (MAX_LINES, QUERY_BOX, RECALL_GRID, REGION_BOX, draw_boxes,
+                                match_svg, plot_pr, save_jpeg, thumbnail)
+from d2r.report.tables import metrics_notes, metrics_table, settings_table
 from d2r.types import Boxes, LocalFeatures
 
 __all__ = [
-    "JPEG_QUALITY",
     "LABEL_COLOURS",
+    "LABEL_WORDS",
     "write_report",
     "label_results",
     "precision_recall",
     "report_matches",
-    "run_settings",
-    "thumbnail",
-    "draw_boxes",
-    "save_jpeg",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,15 +63,6 @@ LABEL_COLOURS = {"positive": "#1a9850", "negative": "#d73027", "junk": "#9e9e9e"
 LABEL_WORDS = {"positive": "correct", "negative": "wrong", "junk": "ignored"}
 """What each label means, in the words the page uses."""
 
-JPEG_QUALITY = 72
-"""Quality of every JPEG the report writes (thumbnails stay recognisable, a few KB each)."""
-
-_QUERY_BOX = (255, 200, 0)
-_REGION = (0, 170, 255)
-_RECALL_GRID = np.linspace(0.0, 1.0, 101)
-_MAX_LINES = 300
-_LINE_COLOURS = ("#ff3b30", "#ffcc00", "#34c759", "#00c7be", "#30b0ff", "#5856d6", "#ff2d92",
-                 "#ff9500")
 _KIND_WORDS = {"easy": "easy view", "hard": "hard view", "junk": "ignored view",
                "positive": "in the ground truth", "query": "the query image itself"}
 _PROTOCOL_WORDS = {
@@ -112,14 +101,6 @@ section.pair { border-top: 1px solid #ddd; padding: 8px 0; }
 section.pair svg { width: 100%; max-width: 960px; height: auto; display: block; }
 section.pair path { vector-effect: non-scaling-stroke; }
 """
-
-_METRIC_WORDS = {
-    "mAP": "mean average precision, in percent: 100 means every correct image is ranked "
-           "above every wrong one",
-    "N-S": "UKBench score: how many of the 4 correct images are among the first 4 results "
-           "(0 to 4)",
-}
-
 
 def _as_benchmark(dataset: Any) -> Benchmark:
     """A :class:`Benchmark` as is; a :class:`RevisitedDataset` wrapped in one."""
@@ -182,7 +163,7 @@ def precision_recall(ranks: np.ndarray, gnd: Sequence[Mapping[str, Any]]) -> np.
         queries without positives.
     """
     ranks = np.asarray(ranks)
-    out = np.full((ranks.shape[0], _RECALL_GRID.size), np.nan)
+    out = np.full((ranks.shape[0], RECALL_GRID.size), np.nan)
     for q, entry in enumerate(gnd):
         ok = np.asarray(entry["ok"], np.int64)
         if ok.size == 0:
@@ -192,181 +173,10 @@ def precision_recall(ranks: np.ndarray, gnd: Sequence[Mapping[str, Any]]) -> np.
         found = np.arange(1, hits.size + 1)
         recall = found / ok.size
         precision = np.maximum.accumulate((found / (hits + 1.0))[::-1])[::-1]
-        index = np.searchsorted(recall, _RECALL_GRID - 1e-12, side="left")
+        index = np.searchsorted(recall, RECALL_GRID - 1e-12, side="left")
         padded = np.append(precision, 0.0)
         out[q] = padded[index]
     return out
-
-
-def _plot_pr(path: Path, curves: np.ndarray, protocol: str, mean_ap: float) -> None:
-    from matplotlib.figure import Figure  # without pyplot: PNG output goes through Agg
-
-    fig = Figure(figsize=(3.6, 3.0), dpi=100)
-    ax = fig.add_subplot()
-    valid = curves[~np.isnan(curves[:, 0])]
-    for row in valid:
-        ax.plot(_RECALL_GRID, row, color="#999999", linewidth=0.6, alpha=0.5)
-    if valid.size:
-        ax.plot(_RECALL_GRID, valid.mean(axis=0), color="#1f4e9c", linewidth=2.0,
-                label=f"mean (mAP {100 * mean_ap:.1f})")
-        ax.legend(loc="lower left", fontsize=8)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(f"{protocol.capitalize()} ({valid.shape[0]} queries)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, format="png", metadata={"Software": None},
-                pil_kwargs={"optimize": True})
-
-
-def thumbnail(path: Path, max_side: int, rotation: int) -> tuple[Image.Image, np.ndarray]:
-    """Downscaled RGB image turned ``rotation`` degrees clockwise, and its (2,) x, y factors.
-
-    The factors are relative to the original pixels, turned the same way.
-    """
-    loaded = load_image_with_info(path, max_side=max_side).rotated(rotation)
-    return Image.fromarray(loaded.pixels), np.asarray(loaded.scale_xy, np.float64)
-
-
-def draw_boxes(image: Image.Image, xyxy: np.ndarray, scale: np.ndarray, colour, width: int):
-    draw = ImageDraw.Draw(image)
-    for x1, y1, x2, y2 in np.asarray(xyxy, np.float64).reshape(-1, 4):
-        draw.rectangle([x1 * scale[0], y1 * scale[1], x2 * scale[0], y2 * scale[1]],
-                       outline=colour, width=width)
-
-
-def save_jpeg(image: Image.Image, path: Path) -> None:
-    """A small baseline JPEG: :data:`JPEG_QUALITY`, 4:2:0 chroma, optimized Huffman tables,
-    no EXIF / ICC / comment (the pixels are all that is written)."""
-    plain = Image.new("RGB", image.size)
-    plain.paste(image.convert("RGB"))
-    plain.save(path, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:0", optimize=True)
-
-
-def _match_svg(q_src: str, q_size: tuple[int, int], q_scale: np.ndarray,
-               d_src: str, d_size: tuple[int, int], d_scale: np.ndarray,
-               q_xy: np.ndarray, d_xy: np.ndarray) -> str:
-    """Inline SVG: the two stored thumbnails side by side, a line per matched point pair.
-
-    Lines are vectors drawn over the JPEGs (no image is re-encoded per pair), in a few
-    colours so that crossing lines stay apart; the page's CSS keeps their width when the
-    view is scaled.
-    """
-    gap = 10
-    width, height = q_size[0] + gap + d_size[0], max(q_size[1], d_size[1])
-    if q_xy.shape[0] > _MAX_LINES:
-        keep = np.linspace(0, q_xy.shape[0] - 1, _MAX_LINES).astype(int)
-        q_xy, d_xy = q_xy[keep], d_xy[keep]
-    a = q_xy * q_scale
-    b = d_xy * d_scale + np.array([q_size[0] + gap, 0.0])
-    paths = []
-    for c, colour in enumerate(_LINE_COLOURS):
-        sel = slice(c, None, len(_LINE_COLOURS))
-        if not a[sel].shape[0]:
-            continue
-        lines = "".join(f"M{x1:.0f} {y1:.0f}L{x2:.0f} {y2:.0f}"
-                        for (x1, y1), (x2, y2) in zip(a[sel], b[sel]))
-        dots = "".join(f"M{x:.0f} {y:.0f}h0" for x, y in np.concatenate([a[sel], b[sel]]))
-        paths.append(f'<path d="{lines}" stroke="{colour}" stroke-width="1.5" '
-                     f'stroke-opacity="0.85"/><path d="{dots}" stroke="{colour}" '
-                     f'stroke-width="6" stroke-linecap="round"/>')
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img">'
-        f'<rect width="{width}" height="{height}" fill="#fff"/>'
-        f'<image href="{q_src}" x="0" y="0" width="{q_size[0]}" height="{q_size[1]}"/>'
-        f'<image href="{d_src}" x="{q_size[0] + gap}" y="0" width="{d_size[0]}" '
-        f'height="{d_size[1]}"/>'
-        f'<g fill="none">{"".join(paths)}</g></svg>'
-    )
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "n/a" if np.isnan(value) else f"{value:.2f}"
-    return html.escape("" if value is None else str(value))
-
-
-def _fmt_change(after: Any, before: Any) -> tuple[str, str]:
-    """``(text, css class)`` of after - before (``+1.25``, ``up``)."""
-    try:
-        diff = float(after) - float(before)
-    except (TypeError, ValueError):
-        return "", ""
-    if np.isnan(diff):
-        return "n/a", ""
-    return f"{diff:+.2f}", "up" if diff > 0.005 else "down" if diff < -0.005 else ""
-
-
-def _row_label(name: str) -> str:
-    return html.escape(name.capitalize() if name != "all" else "All queries")
-
-
-def _metric_rows(metrics: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """``{row name: {metric: value}}``: one row per protocol, or one row for flat metrics."""
-    if metrics and all(isinstance(v, Mapping) for v in metrics.values()):
-        return {str(k): v for k, v in metrics.items()}
-    return {"all": metrics}
-
-
-def _metrics_table(metrics: Mapping[str, Any],
-                   initial: Optional[Mapping[str, Any]] = None) -> str:
-    """The metrics as a table; with ``initial``: before / after / change column groups."""
-    rows = _metric_rows(metrics)
-    columns = list(dict.fromkeys(k for v in rows.values() for k in v))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-
-    def cells(row: Mapping[str, Any], cls: str, name: str) -> str:
-        return "".join(f'<td class="{cls}" data-protocol="{html.escape(name)}" '
-                       f'data-metric="{html.escape(str(c))}">{_fmt(row.get(c))}</td>'
-                       for c in columns)
-
-    if initial is None:
-        body = "".join(f"<tr><td>{_row_label(n)}</td>{cells(r, 'after', n)}</tr>"
-                       for n, r in rows.items())
-        return (f'<table class="metrics"><tr><th>Protocol</th>{head}</tr>{body}</table>')
-    before = _metric_rows(initial)
-    span = len(columns)
-    groups = (f'<tr><th rowspan="2">Protocol</th>'
-              f'<th colspan="{span}">Before re-ranking</th>'
-              f'<th colspan="{span}">After re-ranking</th>'
-              f'<th colspan="{span}">Change</th></tr><tr>{head * 3}</tr>')
-    body = []
-    for name, row in rows.items():
-        old = before.get(name, {})
-        change = []
-        for c in columns:
-            text, cls = _fmt_change(row.get(c), old.get(c))
-            classes = f"change {cls}".strip()
-            change.append(f'<td class="{classes}" data-protocol="{html.escape(name)}" '
-                          f'data-metric="{html.escape(str(c))}">{text}</td>')
-        body.append(f"<tr><td>{_row_label(name)}</td>{cells(old, 'before', name)}"
-                    f"{cells(row, 'after', name)}{''.join(change)}</tr>")
-    return f'<table class="metrics">{groups}{"".join(body)}</table>'
-
-
-def _metrics_notes(metrics: Mapping[str, Any]) -> str:
-    """One line per metric shown, in plain words."""
-    columns = dict.fromkeys(k for v in _metric_rows(metrics).values() for k in v)
-    notes = []
-    for c in columns:
-        if c in _METRIC_WORDS:
-            notes.append(f"<b>{html.escape(c)}</b>: {_METRIC_WORDS[c]}")
-        elif str(c).startswith("mP@"):
-            k = html.escape(str(c)[3:])
-            first = "first result" if k == "1" else f"first {k} results"
-            notes.append(f"<b>{html.escape(c)}</b>: on average, the percentage of correct "
-                         f"images among the {first}")
-    return "; ".join(notes)
-
-
-def _settings_table(settings: Any) -> str:
-    items = settings.items() if isinstance(settings, Mapping) else settings
-    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in items)
-    return f'<table class="settings">{body}</table>'
 
 
 def _regions_of(regions: Any, dataset: Benchmark):
@@ -403,7 +213,7 @@ def report_matches(
     """The ``verification`` argument of :func:`write_report` from re-ranking results.
 
     Args:
-        results: Q :class:`d2r.spatial.verification.RerankResult`.
+        results: Q :class:`d2r.spatial.reranking.RerankResult`.
         queries: Q query features.
         features: database features by id (a sequence or a callable).
         top_k: pairs kept per query (the verified ones among the first ``top_k``).
@@ -423,161 +233,6 @@ def report_matches(
             db = fetch(db_id)
             out[(q, db_id)] = (query.locations[pairs[:, 0]], db.locations[pairs[:, 1]])
     return out
-
-
-def _get(values: Mapping, dotted: str) -> Any:
-    node: Any = values
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(part)
-    return node
-
-
-def _changed_keys(expected: Mapping, actual: Mapping) -> list[str]:
-    """``key=value`` (the value in ``actual``) of every dotted key that differs."""
-    from d2r.config import diff_configs
-
-    keys = [d.split(": ", 1)[0] for d in diff_configs(expected, actual)]
-    return [f"{k}={_get(actual, k)!r}".replace("'", "") for k in keys]
-
-
-def _preset_of(built: Mapping, recorded: Optional[str]) -> str:
-    """The preset an index was built with: recorded, or the shipped preset whose settings
-    are the build's, or the closest one and what differs."""
-    if recorded:
-        return str(recorded)
-    from d2r.config import available_presets, load_config, to_dict
-
-    found = []
-    for name in available_presets():
-        try:
-            found.append((_changed_keys(to_dict(load_config(name)), built), name))
-        except Exception:  # noqa: BLE001 - a preset that no longer loads is just no match
-            continue
-    exact = [name for changed, name in found if not changed]
-    if exact:
-        names = [n for n in exact if n != "base"] or exact
-        return " / ".join(names) + " (the settings match this preset)"
-    if not found:
-        return "not recorded"
-    changed, name = min(found, key=lambda item: (len(item[0]), item[1] == "base"))
-    if len(changed) <= 4:
-        return f"{name}, changed: {', '.join(changed)}"
-    return "custom settings (no shipped preset is close)"
-
-
-def _features_words(config: Any) -> str:
-    features = config.features
-    if features.backend == "rootsift":
-        rs = features.rootsift
-        text = f"RootSIFT local features, up to {rs.max_features} per image"
-        if rs.pca_path:
-            text += f", PCA to {rs.pca_dim or 'all'} dimensions ({rs.pca_path})"
-        return text
-    if features.backend == "delf":
-        delf = features.delf
-        return (f"DELF local features, up to {delf.max_features} per image, "
-                f"{len(delf.scales)} image scales, model {delf.model_path or 'none'}")
-    if features.backend == "cnn":
-        cnn = features.cnn
-        return (f"one CNN descriptor per image: {cnn.method} on {cnn.backbone} "
-                f"({cnn.weights_path or 'random weights: for testing only'})")
-    return str(features.backend)
-
-
-_RANSAC_WORDS = {"opencv": "OpenCV", "skimage": "scikit-image"}
-_KERNEL_WORDS = {"asmk_star": "ASMK* (aggregated selective match kernel, binary)",
-                 "asmk": "ASMK (aggregated selective match kernel)",
-                 "vlad": "VLAD (vectors of locally aggregated descriptors)"}
-
-
-def run_settings(
-    config: Any,
-    manifest: Optional[Mapping[str, Any]] = None,
-    *,
-    index: Any = None,
-    num_queries: Optional[int] = None,
-    num_db: Optional[int] = None,
-    when: Optional[datetime.datetime] = None,
-) -> list[tuple[str, str]]:
-    """The "How this was produced" rows of a report, in plain words.
-
-    Args:
-        config: the resolved :class:`d2r.config.Config` of the run (query-time settings
-            included).
-        manifest: the index's ``index.json`` (:func:`d2r.index.layout.read_manifest`):
-            the build's settings, its codebook record and the number of indexed images.
-        index: the index directory.
-        num_queries, num_db: queries run and database images of the benchmark.
-        when: date of the run (default: now).
-
-    Returns:
-        ``[(label, text)]``, plain text (the report escapes it).
-    """
-    from d2r import __version__
-    from d2r.config import to_dict, upgrade_record
-
-    manifest = manifest or {}
-    current = to_dict(config)
-    built = upgrade_record(manifest["config"]) if "config" in manifest else current
-    rows: list[tuple[str, str]] = []
-    if index is not None:
-        rows.append(("Index", str(index)))
-    rows.append(("Preset", _preset_of(built, manifest.get("preset"))))
-    at_query = _changed_keys(built, current)
-    if at_query:
-        rows.append(("Changed for this run", ", ".join(at_query)))
-    rows.append(("Image features", _features_words(config)))
-    if config.regions.source != "none":
-        text = f"{config.regions.source}, up to {config.regions.max_boxes} per image"
-        if config.aggregation.regional_search:
-            text += "; each region is searched on its own"
-        rows.append(("Regions", text))
-    codebook = manifest.get("codebook")
-    if codebook:
-        rows.append(("Visual words (codebook)",
-                     f"{codebook.get('num_words')} words of {codebook.get('dim')} dimensions, "
-                     f"sha256 {str(codebook.get('sha256', ''))[:12]}, "
-                     f"{codebook.get('path')} in the index"))
-    elif config.features.backend != "cnn":
-        rows.append(("Visual words (codebook)", f"{config.codebook.num_words} words"
-                     + (f", from {config.codebook.path}" if config.codebook.path else "")))
-    if config.features.backend != "cnn":
-        agg = config.aggregation
-        rows.append(("Image similarity", f"{_KERNEL_WORDS.get(agg.method, agg.method)}, "
-                     f"alpha {agg.alpha:g}, threshold tau {agg.tau:g}"))
-    verification = config.verification
-    if config.features.backend == "cnn":
-        search = config.search
-        words = []
-        if search.query_expansion:
-            words.append(f"query expansion with the top {search.query_expansion}")
-        if search.aml_rerank:
-            words.append(f"AML re-ranking of the top {search.aml_rerank} (the query is "
-                         f"located in each database image)")
-        rows.append(("Re-ranking", "; ".join(words) or "none (initial ranking only)"))
-    elif verification.rerank > 0:
-        rows.append(("Re-ranking", f"the top {verification.rerank} results of each query are "
-                     f"checked by spatial verification "
-                     f"({_RANSAC_WORDS.get(verification.method, verification.method)} RANSAC); "
-                     f"the verified ones ({rule(verification)}) move up, "
-                     f"{verified_order(verification)}"))
-    else:
-        rows.append(("Re-ranking", "none (initial ranking only)"))
-    if num_queries is not None:
-        rows.append(("Queries", str(num_queries)))
-    if num_db is not None:
-        indexed = manifest.get("num_images")
-        rows.append(("Database images", str(num_db) if indexed in (None, num_db)
-                     else f"{num_db} ({indexed} in the index)"))
-    when = when or datetime.datetime.now().astimezone()
-    rows.append(("Date", when.strftime("%Y-%m-%d %H:%M %Z").strip()))
-    version = f"d2r {__version__}"
-    if manifest.get("d2r_version") and manifest["d2r_version"] != __version__:
-        version += f" (index built with d2r {manifest['d2r_version']})"
-    rows.append(("Software", version))
-    return rows
 
 
 def write_report(
@@ -618,7 +273,7 @@ def write_report(
         initial_metrics: the same metrics of the ranking before re-ranking; when
             given the table shows before, after and the change side by side.
         settings: the "How this was produced" rows, ``{label: text}`` or
-            ``[(label, text)]`` (see :func:`run_settings`); HTML-escaped.
+            ``[(label, text)]`` (see :func:`d2r.report.settings.run_settings`); HTML-escaped.
         protocol: border colours and AP: ``"easy"``, ``"medium"`` (default) or
             ``"hard"`` for Revisited Oxford/Paris, ``"all"`` (the only one)
             for the classic benchmarks.
@@ -659,7 +314,7 @@ def write_report(
     curves = []
     for p in dataset.protocols:
         mean_ap = compute_map(ranks, gnd[p])[0]
-        _plot_pr(out / f"pr_{p}.png", precision_recall(ranks, gnd[p]), p, mean_ap)
+        plot_pr(out / f"pr_{p}.png", precision_recall(ranks, gnd[p]), p, mean_ap)
         curves.append(
             f'<img src="pr_{p}.png" alt="{p} precision-recall curve" width="360" height="300">'
         )
@@ -686,7 +341,7 @@ def write_report(
                 if boxes is not None:
                     if not isinstance(boxes, Boxes):
                         raise TypeError(f"regions of database image {db_id} must be Boxes")
-                    draw_boxes(image, boxes.xyxy, scale, _REGION, 2)
+                    draw_boxes(image, boxes.xyxy, scale, REGION_BOX, 2)
                 save_jpeg(image, out / "thumbs" / f"db_{db_id:06d}.jpg")
                 written[db_id] = (image.size, scale)
             (width, height), scale = written[db_id]
@@ -730,7 +385,7 @@ def write_report(
     name = html.escape(title or f"d2r report: {dataset.name}")
     produced = ""
     if settings:
-        produced = f"<h2>How this was produced</h2>{_settings_table(settings)}"
+        produced = f"<h2>How this was produced</h2>{settings_table(settings)}"
     if initial_metrics is not None:
         metrics_intro = ("Before re-ranking: the ranking of the index search alone. After "
                          "re-ranking: the same ranking once its top results were checked and "
@@ -745,8 +400,8 @@ def write_report(
         f"{dataset.num_queries} queries. Each query below is shown with its top {top_k} "
         f"results, best first.</p>"
         f"{produced}<h2>Results</h2>"
-        f'<p class="note">{metrics_intro}</p>{_metrics_table(metrics, initial_metrics)}'
-        f'<p class="note">{_metrics_notes(metrics)}. Protocols decide which images count as '
+        f'<p class="note">{metrics_intro}</p>{metrics_table(metrics, initial_metrics)}'
+        f'<p class="note">{metrics_notes(metrics)}. Protocols decide which images count as '
         f"correct for a query: {_protocol_notes(dataset)}.</p>"
         f"<h2>Precision and recall</h2>"
         f'<p class="note">{curves_intro}Recall: the share of the correct images found so far '
@@ -792,11 +447,11 @@ def _extras_note(verification: Mapping, regions: Any) -> str:
 
 def _query_thumbnail(dataset: Benchmark, q: int, side: int,
                      width: int) -> tuple[Image.Image, np.ndarray]:
-    """:func:`_thumbnail` of query ``q`` with its box drawn (if it has one)."""
+    """:func:`~d2r.report.drawing.thumbnail` of query ``q`` with its box drawn (if it has one)."""
     image, scale = thumbnail(dataset.query_path(q), side, dataset.query_rotation(q))
     box = dataset.query_box(q)
     if box is not None:
-        draw_boxes(image, np.array(box), scale, _QUERY_BOX, width)
+        draw_boxes(image, np.array(box), scale, QUERY_BOX, width)
     return image, scale
 
 
@@ -806,9 +461,9 @@ def _pair_section(q: int, q_size: tuple[int, int], q_scale: np.ndarray, db_id: i
                   protocol_name: str) -> str:
     """One verified pair on its query's match page (``db_name`` already escaped)."""
     q_xy, d_xy = pair
-    note = f" ({_MAX_LINES} drawn)" if q_xy.shape[0] > _MAX_LINES else ""
-    svg = _match_svg(f"../thumbs/q_{q:04d}.jpg", q_size, q_scale,
-                     f"../thumbs/db_{db_id:06d}.jpg", d_size, d_scale, q_xy, d_xy)
+    note = f" ({MAX_LINES} drawn)" if q_xy.shape[0] > MAX_LINES else ""
+    svg = match_svg(f"../thumbs/q_{q:04d}.jpg", q_size, q_scale,
+                    f"../thumbs/db_{db_id:06d}.jpg", d_size, d_scale, q_xy, d_xy)
     word = LABEL_WORDS.get(label, label)
     return (
         f'<section class="pair" id="db{db_id:06d}"><h2>#{pos + 1} {db_name}</h2>'

@@ -27,14 +27,13 @@ from typing import Callable, Optional, Sequence
 from d2r.config import VerificationConfig
 from d2r.errors import InputError
 from d2r.spatial.decision import rule, verified_order
-from d2r.report.benchmark import draw_boxes, save_jpeg, thumbnail
+from d2r.report.drawing import QUERY_BOX, draw_boxes, save_jpeg, thumbnail
 
 __all__ = ["write_result_page"]
 
 logger = logging.getLogger(__name__)
 
 _VERIFIED = "#1a9850"
-_QUERY_BOX = (255, 200, 0)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -68,7 +67,7 @@ def write_result_page(out_dir: str | os.PathLike, *, query: str | os.PathLike,
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
     image, scale = thumbnail(Path(query), max_side * 2, 0)
     if box is not None:
-        draw_boxes(image, box, scale, _QUERY_BOX, 3)
+        draw_boxes(image, box, scale, QUERY_BOX, 3)
     save_jpeg(image, out / "thumbs" / "query.jpg")
     shown_rows = rows[:len(rows) if shown is None else shown]
     missing: list[str] = []

@@ -36,8 +36,6 @@ import io
 import logging
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,14 +54,12 @@ from d2r.checks import parse_box
 from d2r.errors import USER_ERRORS, DiskFullError, disk_full
 from d2r.index.layout import MANIFEST, WriterBusyError
 from d2r.spatial.decision import rule
-from d2r.pipeline.run import run_image, search_depth
-from d2r.pipeline.searcher import Searcher
-from d2r.pipeline.update import UnknownImagesError, add_images, remove_images
-from d2r.report.benchmark import thumbnail
+from d2r.api import Index
+from d2r.pipeline.update import UnknownImagesError
+from d2r.report.drawing import thumbnail
 from d2r.service.guard import RequestGuard
 from d2r.service.limits import FORM_ALLOWANCE, RequestLimits, WorkPool
 from d2r.service.uploads import UPLOADS, UploadError, Uploads, check_name, read_upload
-from d2r.pipeline.sources import ImageSource
 
 __all__ = ["ServeSettings", "IndexService", "ApiError", "create_app", "UPLOADS",
            "default_workers"]
@@ -146,16 +142,15 @@ class IndexService:
         self._open_lock = threading.Lock()
         self._stamp = self._manifest_stamp()
         self._retry_at = 0.0
-        self.searcher = Searcher(settings.index)
-        self.searcher.extractor  # built (and a model loaded) once, before the first query
-        self.scratch = Path(tempfile.mkdtemp(prefix="d2r-serve-"))
+        self.index = Index(settings.index)
+        self.index.warm_up()  # the extractor built (a model loaded) before the first query
         self._searching, self._searching_lock = 0, threading.Lock()
         index = settings.index
         self._paths = sorted({str(index.absolute()), str(index.resolve())}, key=len,
                              reverse=True)
 
     def close(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.index.close()
 
     # -------------------------------------------------------------- the generation
 
@@ -166,33 +161,25 @@ class IndexService:
             return None
         return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
-    def current(self) -> Searcher:
-        """The searcher of the committed generation (reopened when ``index.json`` changed;
-        a failed reopen keeps the one opened before and is retried a second later)."""
+    def current(self) -> Index:
+        """The index at its committed generation (refreshed when ``index.json`` changed;
+        a failed refresh keeps the generation opened before and is retried a second later)."""
         stamp = self._manifest_stamp()
         if stamp == self._stamp or stamp is None or time.monotonic() < self._retry_at:
-            return self.searcher
+            return self.index
         with self._open_lock:
             stamp = self._manifest_stamp()
             if stamp != self._stamp and stamp is not None:
                 try:
-                    self._reopen()
+                    self.index.refresh()
                     self._stamp = stamp
+                    logger.info("index.json changed: now answering from the committed index "
+                                "(%d images)", len(self.index))
                 except Exception as exc:  # keep answering from the generation opened before
                     self._retry_at = time.monotonic() + 1.0
                     logger.warning("could not open the index's new generation (%s); still "
                                    "answering from the one opened before", exc)
-        return self.searcher
-
-    def _reopen(self) -> None:
-        searcher = Searcher(self.settings.index)
-        old = self.searcher
-        if searcher.manifest["features"]["extractor"] == old.manifest["features"]["extractor"]:
-            searcher._extractor = old._extractor  # the same recorded extractor
-        searcher.extractor
-        self.searcher = searcher
-        logger.info("index.json changed: now answering from the committed index (%d images)",
-                    searcher.num_images)
+        return self.index
 
     # ------------------------------------------------------------------ messages
 
@@ -202,8 +189,6 @@ class IndexService:
         message = " ".join(str(message).split())
         for path, label in sorted((labels or {}).items(), key=lambda p: -len(str(p[0]))):
             message = message.replace(str(path), label)
-        message = re.sub(re.escape(str(self.scratch)) + r"[^\s'\":]*", "the uploaded image",
-                         message)
         for path in self._paths:
             message = re.sub(rf"\bindex {re.escape(path)}(?![^\s'\":;,)])", "the index",
                              message)
@@ -244,35 +229,27 @@ class IndexService:
             raise ApiError(400, f"expand must be between 0 and 1000, got {expand}")
         label = _label(filename)
         data = self._receive(upload, label)
-        searcher, overrides = self.current(), []
-        if top == 0 and searcher.num_images > self.settings.max_top:
-            raise ApiError(400, f"top=0 asks for all {searcher.num_images} images, more than "
+        index, overrides = self.current(), []
+        if top == 0 and len(index) > self.settings.max_top:
+            raise ApiError(400, f"top=0 asks for all {len(index)} images, more than "
                                 f"the limit of {self.settings.max_top} results per request")
         if rerank is not None:
             overrides.append(f"verification.rerank={rerank}")
         if expand is not None:
             overrides.append(f"search.query_expansion={expand}")
-        if overrides:
-            searcher = searcher.configured(overrides)
         box_values = None if box in (None, "") else parse_box(box)
-        file = Path(tempfile.mkstemp(dir=self.scratch, suffix=".img")[1])
+        timing: dict = {}
+        start = time.perf_counter()
         try:
-            file.write_bytes(data)
-            del data
-            timing: dict = {}
-            start = time.perf_counter()
             with self._verifying_threads() as threads:
-                rows = run_image(searcher, file, box_values, timing=timing,
-                                 k=search_depth(searcher, top),
-                                 matches=self.settings.max_matches if matches else 0,
-                                 workers=threads)
+                hits = index.search(data, box=box_values, top=top, settings=overrides,
+                                    label=label, timing=timing, workers=threads)
         except USER_ERRORS as exc:
-            raise UploadError(_status(exc), self.scrub(str(exc), {file: label})) from None
-        finally:
-            file.unlink(missing_ok=True)
+            raise UploadError(_status(exc), self.scrub(str(exc))) from None
         timing = {f"{stage}_s": round(seconds, 6) for stage, seconds in timing.items()}
         timing["total_s"] = round(time.perf_counter() - start, 6)
-        return {"results": rows[:top or None], "timing": timing}
+        limit = self.settings.max_matches if matches else 0
+        return {"results": [hit.row(matches=limit) for hit in hits], "timing": timing}
 
     @staticmethod
     def _busy() -> ApiError:
@@ -289,15 +266,14 @@ class IndexService:
         check_name(name)
         data = self._receive(upload, label)
         with self._write_lock:
-            if name in self.current().live_ids() and not replace:
+            if name in self.current().names and not replace:
                 raise ApiError(409, f"{name!r} is already in the index (send replace=true to "
                                     f"replace it)")
             staged = self.uploads.stage(data)
             del data
             try:
-                add_images(self.settings.index,
-                           ImageSource.checked([name], [staged], root=self.uploads.folder()),
-                           replace=replace, show_progress=False)
+                self.current().add([staged], names=[name], replace=replace,
+                                   kept_in=self.uploads.folder(), progress=False)
             except WriterBusyError:
                 staged.unlink(missing_ok=True)
                 raise self._busy() from None
@@ -308,21 +284,20 @@ class IndexService:
                 staged.unlink(missing_ok=True)
                 raise
             self.uploads.keep(staged, name)
-            searcher = self.current()
-        return {"name": name, "features": len(searcher.database_features(
-            searcher.live_ids()[name]))}
+            index = self.current()
+        return {"name": name, "features": len(index.features(name))}
 
     def remove(self, name: str) -> dict:
         """Remove image ``name`` (and its file, when it is one of ``uploads/``)."""
         with self._write_lock:
             file = self.current().image_file(name)
             try:
-                remove_images(self.settings.index, [name])
+                self.current().remove([name])
             except WriterBusyError:
                 raise self._busy() from None
             except UnknownImagesError:
                 raise ApiError(404, f"no image named {name!r} in the index") from None
-            if self.uploads.holds(file) and name not in self.current().live_ids():
+            if self.uploads.holds(file) and name not in self.current().names:
                 self.uploads.discard(name)
         return {"name": name, "removed": True}
 
@@ -401,19 +376,18 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "images": service.current().num_images}
+        return {"status": "ok", "images": len(service.current())}
 
     @app.get("/settings")
     def page_settings() -> dict:
-        searcher = service.current()
-        return {"images": searcher.num_images, "writes": settings.allow_writes,
+        index = service.current()
+        verification = index.settings.verification
+        return {"images": len(index), "writes": settings.allow_writes,
                 "token_required": bool(settings.token), "top": settings.top,
-                "rerank": searcher.config.verification.rerank,
-                "min_inliers": searcher.config.verification.min_inliers,
-                "decision": searcher.config.verification.decision,
-                "rule": rule(searcher.config.verification),
+                "rerank": verification.rerank, "min_inliers": verification.min_inliers,
+                "decision": verification.decision, "rule": rule(verification),
                 "max_upload_bytes": settings.max_upload_bytes,
-                "max_pixels": settings.max_pixels, "kind": searcher.manifest["kind"]}
+                "max_pixels": settings.max_pixels, "kind": index.kind}
 
     @app.post("/search")
     async def search(image: UploadFile = File(...), box: Optional[str] = Form(None),

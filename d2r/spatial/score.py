@@ -1,6 +1,6 @@
 """The verification decision: an a-contrario score and geometric sanity for one fitted pair.
 
-:func:`d2r.spatial.verification.verify_pair` fits a transform (database (x, y) -> query (x, y)) to
+:func:`d2r.spatial.ransac.verify_pair` fits a transform (database (x, y) -> query (x, y)) to
 ``n`` tentative matches; :func:`decide` then says whether the pair shows the same thing.
 
 **Score.**  The inliers are recounted one-to-one (:func:`one_to_one`): a database feature,
