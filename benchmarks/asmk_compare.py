@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> dict:
     index.add(db_items)
     index.finalize()
     d2r_index_s = time.perf_counter() - t0
-    index.kernel = args.kernel
+    index.backend = args.kernel
 
     # d2r's approximate quantizer (graph construction included), then the same steps
     t0 = time.perf_counter()

@@ -121,7 +121,7 @@ def main(argv=None) -> dict:
     kernels = ["numpy"] + (["compiled"] if compiled.AVAILABLE else [])
     latency_ms, answers = {}, {}
     for kernel in kernels:
-        index.kernel = kernel
+        index.backend = kernel
         latencies, answers[kernel] = [], []
         for i, q in enumerate(queries):
             t0 = time.perf_counter()

@@ -364,13 +364,17 @@ def build_index(images: str | os.PathLike | Sequence[str | os.PathLike],
 def evaluate(dataset_dir: str | os.PathLike, ranks: Union[np.ndarray, str, os.PathLike, None] = None,
              *, index: Union[Index, str, os.PathLike, None] = None, benchmark: str = "auto",
              rotations: Optional[str | os.PathLike] = None, out: Optional[str | os.PathLike] = None,
+             report: bool = False, distractors: Optional[str | os.PathLike] = None,
+             distractor_dir: Optional[str | os.PathLike] = None,
              progress: Optional[bool] = None) -> MetricTable:
     """The metrics of a benchmark: of ``ranks``, or of a run of every query on ``index``.
 
     ``ranks``: (Q, N) int database indices of the dataset, best first (-1 pads), or a file
     ``d2r evaluate --ranks`` reads.  ``index``: an :class:`Index` or its directory; its
     run is what ``d2r query --dataset-dir`` does (queries cropped to their boxes,
-    re-ranked as the index's settings say) and writes its files to ``out`` when given.
+    re-ranked as the index's settings say) and writes its files to ``out`` when given
+    (with ``report``, also the visual report ``out/report/index.html``; with the R1M
+    ``distractors`` list and ``distractor_dir``, the database is the dataset + R1M).
     ``benchmark`` and ``rotations`` select and read the dataset as
     :func:`d2r.datasets.benchmarks.load_benchmark` does.
     """
@@ -390,6 +394,7 @@ def evaluate(dataset_dir: str | os.PathLike, ranks: Union[np.ndarray, str, os.Pa
                 prefix="d2r-evaluate-"))
             return MetricTable.from_dict(run_dataset(
                 opened._open(), dataset_dir, folder, benchmark=benchmark, rotations=rotations,
+                report=report, distractor_list=distractors, distractor_root=distractor_dir,
                 show_progress=progress))
     finally:
         if opened is not index:

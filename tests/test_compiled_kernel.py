@@ -27,11 +27,11 @@ def _index(rng, n, *, num_words=40, dim=128, max_words=12):
 
 
 def _scores(index, query, kernel, **options):
-    index.kernel = kernel
+    index.backend = kernel
     try:
         return index.score_all(query, **options)
     finally:
-        index.kernel = "auto"
+        index.backend = "auto"
 
 
 @needs_numba
@@ -41,7 +41,7 @@ def _scores(index, query, kernel, **options):
 def test_bit_identical_to_numpy_on_random_indexes(n, dim, seed, normalize):
     rng = np.random.default_rng(seed)
     index = _index(rng, n, dim=dim)
-    index.kernel = "compiled"
+    index.backend = "compiled"
     assert index._compiled()  # the compiled path really runs (ascending posting ids)
     for query in random_items(rng, 5, num_words=40, dim=dim, binary=True, max_words=20):
         for alpha, tau in ((3.0, 0.0), (1.0, -0.2), (5.0, 0.3)):
@@ -59,7 +59,7 @@ def test_float_vectors_within_1e6_of_numpy(n, dim, seed, normalize):
     rng = np.random.default_rng(seed)
     index = InvertedIndex(num_words=30, dim=dim, binary=False)
     index.add(random_items(rng, n, num_words=30, dim=dim, binary=False, max_words=10))
-    index.kernel = "compiled"
+    index.backend = "compiled"
     assert index._compiled()
     for query in random_items(rng, 4, num_words=30, dim=dim, binary=False, max_words=15):
         for alpha, tau in ((3.0, 0.0), (1.0, -0.2), (2.5, 0.1)):
@@ -75,7 +75,7 @@ def test_float16_vectors_stay_on_numpy():
     rng = np.random.default_rng(5)
     index = InvertedIndex(num_words=10, dim=16, binary=False, vector_dtype="float16")
     index.add(random_items(rng, 5, num_words=10, dim=16, binary=False, max_words=4))
-    index.kernel = "compiled"
+    index.backend = "compiled"
     assert not index._compiled()
 
 
@@ -89,9 +89,9 @@ def test_threads_and_ties_do_not_change_the_answer(monkeypatch):
     answers = []
     for count in ("1", "2", "3"):
         monkeypatch.setenv("D2R_THREADS", count)
-        index.kernel = "compiled"
+        index.backend = "compiled"
         answers.append(index.search([query], k=80))
-    index.kernel = "numpy"
+    index.backend = "numpy"
     reference = index.search([query], k=80)
     for answer in answers:
         np.testing.assert_array_equal(answer.ids, reference.ids)
@@ -104,7 +104,7 @@ def test_small_indexes_and_unsorted_posting_ids_use_numpy():
     rng = np.random.default_rng(4)
     index = _index(rng, 30)
     assert not index._compiled()  # auto: too small to pay for loading the compiled code
-    index.kernel = "compiled"
+    index.backend = "compiled"
     assert index._compiled()
     index.finalize()
     offsets, ids, payload = index._csr
@@ -127,7 +127,7 @@ def test_a_fresh_process_reuses_the_compiled_kernel(tmp_path):
         rng = np.random.default_rng(0)
         index = InvertedIndex(num_words=20, dim=128, binary=True)
         index.add(random_items(rng, 10, num_words=20, dim=128, binary=True))
-        index.kernel = "compiled"
+        index.backend = "compiled"
         index.score_all(random_items(rng, 1, num_words=20, dim=128, binary=True)[0])
         from d2r.index._numba_kernels import inverted_binary_scores
         stats = inverted_binary_scores.stats
@@ -158,7 +158,7 @@ def test_without_numba_a_clear_message_and_numpy_still_serves(tmp_path):
         index.add(random_items(rng, 10, num_words=20, dim=128, binary=True))
         query = random_items(rng, 1, num_words=20, dim=128, binary=True)[0]
         index.score_all(query)  # auto: numpy
-        index.kernel = "compiled"
+        index.backend = "compiled"
         try:
             index.score_all(query)
         except RuntimeError as exc:
@@ -186,7 +186,7 @@ def test_the_compiled_top_k_equals_the_numpy_one(n, k, seed, normalize):
     queries = random_items(rng, 4, num_words=12, dim=128, binary=True, max_words=6)
     answers = {}
     for kernel in ("numpy", "compiled"):
-        index.kernel = kernel
+        index.backend = kernel
         answers[kernel] = (index.search(queries, k=k, normalize=normalize),
                            index.ranking(queries, k=k, normalize=normalize))
     (search_a, ranking_a), (search_b, ranking_b) = answers["numpy"], answers["compiled"]
@@ -215,7 +215,7 @@ def test_tombstoned_segments_rank_alike_with_both_kernels(binary):
     answers = {}
     for kernel in ("numpy", "compiled"):
         for segment in segments:
-            segment.kernel = kernel
+            segment.backend = kernel
         answers[kernel] = living.search(queries, k=40)
     got, expected = answers["compiled"], answers["numpy"]
     gone = {living.names[i] for i in got.ids.ravel() if i >= 0} & set().union(*deleted)
@@ -230,3 +230,16 @@ def test_tombstoned_segments_rank_alike_with_both_kernels(binary):
             for i, score in zip(got.ids[row].tolist(), got.scores[row].tolist()):
                 if i in scores:
                     assert abs(scores[i] - score) <= 1e-6
+
+
+def test_the_backend_environment_variable_and_its_former_name(monkeypatch):
+    index = _index(np.random.default_rng(7), 5)
+    monkeypatch.setenv("D2R_BACKEND", "gpu")
+    with pytest.raises(ValueError, match=r"backend must be one of .* got 'gpu' \(D2R_BACKEND\)"):
+        index._compiled()
+    monkeypatch.delenv("D2R_BACKEND")
+    monkeypatch.setenv("D2R_KERNEL", "numpy")  # the former name is still read
+    assert not index._compiled()
+    monkeypatch.setenv("D2R_KERNEL", "gpu")
+    with pytest.raises(ValueError, match="got 'gpu'"):
+        index._compiled()

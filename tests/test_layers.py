@@ -202,3 +202,13 @@ def test_the_service_reaches_the_index_through_the_api():
                  if imported.startswith("d2r.pipeline")
                  for name in names if not name.endswith("Error")]
     assert offenders == []
+
+
+def test_commands_and_the_service_search_through_the_api():
+    """One way to open and search an index: the commands and the server use :class:`d2r.Index`
+    (``open_index``, ``search``, ``evaluate``), never the searcher or the query runner."""
+    offenders = [f"{path.relative_to(PACKAGE.parent)}:{line}: {imported}"
+                 for module, path in _modules() if _stage(module) in ("cli", "service")
+                 for imported, _, line in _imports(path)
+                 if imported in ("d2r.pipeline.searcher", "d2r.pipeline.run")]
+    assert offenders == []

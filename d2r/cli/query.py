@@ -57,13 +57,10 @@ from d2r.checks import parse_box
 from d2r.config import Config
 from d2r.distributed.options import DEFAULT_CPUS_PER_SHARD
 from d2r.errors import InputError
-from d2r.api import DEFAULT_TOP, Hit, Index, open_index
+from d2r.api import DEFAULT_TOP, Hit, Index, evaluate, open_index
 from d2r.io.atomic import atomic_write_json
 from d2r.spatial.decision import rule, verified_order
-from d2r.pipeline.run import run_dataset
-from d2r.pipeline.searcher import Searcher
 from d2r.report.query_page import write_result_page
-from d2r.evaluation.tables import format_table
 from d2r.pipeline.sources import locate as locate_in
 
 __all__ = ["main"]
@@ -148,16 +145,13 @@ def _query(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         cli.check_output_file(args.json, "--json")
     if args.image:
         return _query_image(args)
-    overrides = list(args.overrides)
-    if args.rerank is not None:
-        overrides.append(f"verification.rerank={args.rerank}")
-    with Searcher(args.index, files=args.config_file, overrides=overrides, shards=args.shards,
-                  shard_options=_shard_options(args)) as searcher:
-        metrics = run_dataset(searcher, args.dataset_dir, args.out,
-                              benchmark=args.benchmark, rotations=args.rotations,
-                              report=args.report, distractor_list=args.distractors,
-                              distractor_root=args.distractor_dir)
-    print(format_table(metrics))
+    with open_index(args.index, rerank=args.rerank, settings=args.overrides,
+                    config_files=args.config_file, shards=args.shards,
+                    shard_options=_shard_options(args)) as index:
+        table = evaluate(args.dataset_dir, index=index, benchmark=args.benchmark,
+                         rotations=args.rotations, out=args.out, report=args.report,
+                         distractors=args.distractors, distractor_dir=args.distractor_dir)
+    print(table)
     return 0
 
 

@@ -21,7 +21,7 @@ per query word over its contiguous posting slice, then
 with ``np.bincount`` (so each item's sum is the sequential sum, in query-word order, that the
 brute-force ``similarity_matrix`` computes); top-k by :mod:`d2r.index.topk`.  With numba, large
 indexes (codes of whole 64-bit words, or float32 vectors) score in the compiled passes of
-:mod:`d2r.index.compiled` instead (:attr:`InvertedIndex.kernel`).
+:mod:`d2r.index.compiled` instead (:attr:`InvertedIndex.backend`).
 With ``normalize="both"`` the score equals ``similarity(query, item)`` of the aggregation
 module::
 
@@ -62,7 +62,7 @@ from d2r.index.registry import register_index
 from d2r.index.topk import check_k, top_k_exact
 from d2r.types import AggregatedImage, SearchResult
 
-__all__ = ["AUTO_MIN_POSTINGS", "InvertedIndex", "InvertedIndexWriter", "KERNELS"]
+__all__ = ["AUTO_MIN_POSTINGS", "InvertedIndex", "InvertedIndexWriter", "BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ _INT32_MAX = np.iinfo(np.int32).max
 _VECTOR_DTYPES = ("float32", "float16")
 
 
-KERNELS = ("auto", "numpy", "compiled")
+BACKENDS = ("auto", "numpy", "compiled")
 """How binary codes are scored: ``auto`` compiles when numba is installed and the index
 holds at least :data:`AUTO_MIN_POSTINGS` postings; or forced."""
 
@@ -92,8 +92,9 @@ class InvertedIndex:
     """
 
     kind = "inverted"
-    kernel = "auto"
-    """Scoring of binary codes (:data:`KERNELS`); ``auto`` defers to ``$D2R_KERNEL``."""
+    backend = "auto"
+    """Scoring backend (:data:`BACKENDS`); ``auto`` defers to ``$D2R_BACKEND`` (or its former
+    name ``$D2R_KERNEL``)."""
 
     def __init__(self, *, num_words: int, dim: int, binary: bool,
                  vector_dtype: str = "float32") -> None:
@@ -354,14 +355,15 @@ class InvertedIndex:
         return scores
 
     def _compiled(self) -> bool:
-        """Whether to score with :mod:`d2r.index.compiled`: ``kernel`` is ``"compiled"``, or
+        """Whether to score with :mod:`d2r.index.compiled`: ``backend`` is ``"compiled"``, or
         ``"auto"``, numba is installed and the index is large enough; for binary codes of
         whole 64-bit words or float32 vectors, in posting lists of ascending ids (checked
         once)."""
-        choice = self.kernel if self.kernel != "auto" else os.environ.get("D2R_KERNEL", "auto")
-        if choice not in KERNELS:
-            raise ValueError(f"the inverted file's kernel must be one of {KERNELS}, got "
-                             f"{choice!r} (D2R_KERNEL)")
+        choice = self.backend if self.backend != "auto" else os.environ.get(
+            "D2R_BACKEND", os.environ.get("D2R_KERNEL", "auto"))
+        if choice not in BACKENDS:
+            raise ValueError(f"the inverted file's backend must be one of {BACKENDS}, got "
+                             f"{choice!r} (D2R_BACKEND)")
         if choice == "numpy" or (self.width % 8 if self.binary else self.vector_dtype != "float32"):
             return False
         if choice == "auto" and self.num_postings < AUTO_MIN_POSTINGS:
