@@ -20,6 +20,12 @@ Medium-protocol AP before and after re-ranking with either method.
     python benchmarks/rerank_speed.py                     # 100 candidates, reference settings
     python benchmarks/rerank_speed.py --ratio-test 0.8    # Lowe's ratio test on top
     python benchmarks/rerank_speed.py --candidates 20     # quick run
+    python benchmarks/rerank_speed.py --decision nfa      # the a-contrario decision
+
+It also prints what the verification decision (:func:`d2r.spatial.score.decide`: one-to-one
+inliers, the a-contrario score, the sanity checks) costs per pair, before and after the
+query's KD-tree is shared by its pairs (built per pair vs once per query; medians of
+``--repeats`` alternating serial runs).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from d2r.datasets.synthetic import generate
 from d2r.evaluation.metrics import compute_map, protocol_gnd
 from d2r.features.rootsift import RootSiftExtractor
 from d2r.io.images import load_image
+from d2r.spatial import ransac as ransac_module
 from d2r.spatial.matching import match_descriptors
 from d2r.spatial.ransac import verify_pair
 from d2r.spatial.reranking import rerank
@@ -54,6 +61,52 @@ def _timed(fn):
     start = time.perf_counter()
     value = fn()
     return value, time.perf_counter() - start
+
+
+def _decision_cost(query, db, matches, options: dict, repeats: int) -> None:
+    """Print the seconds per pair of serial verification and the part of it spent deciding,
+    with the query's KD-tree built for every pair (before) and once per query (after)."""
+    spent = [0.0]
+    decide = ransac_module.decide
+
+    def timed_decide(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return decide(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    def per_pair():
+        return [verify_pair(query, d, matches=m, **options) for d, m in zip(db, matches)]
+
+    def shared():
+        tree = cKDTree(query.locations)
+        return [verify_pair(query, d, matches=m, query_tree=tree, **options)
+                for d, m in zip(db, matches)]
+
+    runs = {"tree per pair (before)": [], "tree per query (after)": []}
+    ransac_module.decide = timed_decide
+    try:
+        for _ in range(repeats):
+            for name, fn in zip(runs, (per_pair, shared)):
+                spent[0] = 0.0
+                results, seconds = _timed(fn)
+                runs[name].append((seconds, spent[0], results))
+    finally:
+        ransac_module.decide = decide
+    before, after = ([r[2] for r in runs[name]][0] for name in runs)
+    same = all((a.num_inliers, a.score, a.verified) == (b.num_inliers, b.score, b.verified)
+               for a, b in zip(before, after))
+    n = len(db)
+    print(f"\ndecision cost ({options['decision']}), serial, medians of {repeats} runs; "
+          f"results identical: {same}")
+    print(f"| {'query KD-tree':<24} | {'ms/pair':>8} | {'decide ms/pair':>14} | {'share':>6} |")
+    print(f"|{'-' * 26}|{'-' * 10}|{'-' * 16}|{'-' * 8}|")
+    for name, values in runs.items():
+        total = float(np.median([v[0] for v in values]))
+        deciding = float(np.median([v[1] for v in values]))
+        print(f"| {name:<24} | {1000 * total / n:8.3f} | {1000 * deciding / n:14.3f} | "
+              f"{100 * deciding / total:5.1f}% |")
 
 
 def _labels(gnd, num_db: int) -> np.ndarray:
@@ -75,7 +128,8 @@ def run(args: argparse.Namespace, root: Path) -> None:
     db, extract_s = _timed(lambda: [extractor.extract(load_image(dataset.db_path(i)))
                                     for i in range(dataset.num_db)])
     match_options = dict(descriptor_threshold=args.descriptor_threshold, ratio_test=args.ratio_test)
-    ransac = dict(ransac_threshold=args.ransac_threshold, max_trials=args.max_trials)
+    ransac = dict(ransac_threshold=args.ransac_threshold, max_trials=args.max_trials,
+                  decision=args.decision)
 
     matches, ours_match_s = _timed(lambda: [match_descriptors(query, d, **match_options)
                                             for d in db])
@@ -107,6 +161,8 @@ def run(args: argparse.Namespace, root: Path) -> None:
     for name, seconds, reference in rows:
         print(f"| {name:<42} | {seconds:8.3f} | {1000 * seconds / n:8.2f} | "
               f"{reference / seconds:7.1f}x |")
+
+    _decision_cost(query, db, matches, dict(method="opencv", **ransac), args.repeats)
 
     labels = _labels(dataset.gnd[args.query], n)
     cv_in = np.array([r.num_inliers for r in cv_runs])
@@ -155,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-candidate", action="store_true", help="print every candidate")
+    parser.add_argument("--decision", choices=("inliers", "nfa"), default="inliers",
+                        help="verification.decision of every verification (default inliers)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of the decision-cost comparison (median reported)")
     args = parser.parse_args(argv)
     if not 0 <= args.query < 5:
         parser.error("--query must be in [0, 5): the benchmark has 5 landmarks, one query each")

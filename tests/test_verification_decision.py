@@ -182,7 +182,8 @@ def test_photos_sharing_only_a_flat_wall_do_not_verify(extract, astronaut):
 # --------------------------------------------------------------------------- re-ranking
 
 
-def test_rerank_puts_verified_first_by_score_then_search_order():
+def _two_true_matches_among_five():
+    """A query and five database images: #1 and #3 hold 40 and 120 true correspondences."""
     rng = np.random.default_rng(6)
     query_xy = rng.uniform(0, 480, (300, 2))
     desc = rng.normal(size=(300, 16)).astype(np.float32)
@@ -199,8 +200,44 @@ def test_rerank_puts_verified_first_by_score_then_search_order():
         d[k:] /= np.linalg.norm(d[k:], axis=1, keepdims=True)
         return LocalFeatures(xy.astype(np.float32), d, ones, ones, (480, 480))
 
-    dbs = [db(0), db(40), db(0), db(120), db(0)]
+    return query, [db(0), db(40), db(0), db(120), db(0)]
+
+
+def test_rerank_puts_verified_first_by_score_then_search_order():
+    query, dbs = _two_true_matches_among_five()
     result = reranking.rerank(query, (np.arange(5), np.linspace(1, 0.5, 5)), dbs, decision=NFA)
     np.testing.assert_array_equal(result.ids, [3, 1, 0, 2, 4])
     np.testing.assert_array_equal(result.verified, [True, True, False, False, False])
     assert result.verification_scores[0] > result.verification_scores[1] > 12
+
+
+def test_a_query_shares_one_chance_region_tree_and_scores_alike(monkeypatch):
+    """Re-ranking builds the query's KD-tree once for all its pairs; a pair's score is the
+    same with the shared tree as with its own."""
+    from scipy.spatial import cKDTree
+
+    query, dbs = _two_true_matches_among_five()
+    expected = reranking.rerank(query, (np.arange(5), np.linspace(1, 0.5, 5)), dbs, decision=NFA)
+    built = []
+
+    class Counted(cKDTree):
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(reranking, "cKDTree", Counted)
+    from d2r.spatial import score
+    monkeypatch.setattr(score, "cKDTree", Counted)
+    for workers in (1, 3):
+        built.clear()
+        again = reranking.rerank(query, (np.arange(5), np.linspace(1, 0.5, 5)), dbs,
+                                 decision=NFA, workers=workers)
+        assert len(built) == 1
+        np.testing.assert_array_equal(again.ids, expected.ids)
+        np.testing.assert_array_equal(again.verification_scores, expected.verification_scores)
+    tree = cKDTree(query.locations)
+    for db in dbs:
+        own = ransac.verify_pair(query, db, decision=NFA)
+        shared = ransac.verify_pair(query, db, decision=NFA, query_tree=tree)
+        assert (own.score, own.num_inliers, own.verified) == \
+            (shared.score, shared.num_inliers, shared.verified)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from d2r.config import VerificationConfig
 from d2r.spatial.checks import check_count, check_features, positive_number
@@ -127,6 +128,7 @@ def verify_pair(
     max_anisotropy: float = _DEFAULTS.max_anisotropy,
     allow_reflection: bool = _DEFAULTS.allow_reflection,
     min_spread: float = _DEFAULTS.min_spread,
+    query_tree: cKDTree | None = None,
 ) -> Verification:
     """Robust geometric verification (affine RANSAC by default) of a pair's putative matches.
 
@@ -151,6 +153,8 @@ def verify_pair(
         decision: ``"nfa"`` (one-to-one inliers, score, sanity) or ``"inliers"`` (RANSAC's
             count >= ``min_inliers``); the other options are the ``verification`` config
             keys of the same names (:func:`d2r.spatial.score.decide`).
+        query_tree: a ``scipy.spatial.cKDTree`` of ``query.locations`` shared by a
+            query's pairs (re-ranking builds it once per query); built here when None.
 
     Returns:
         A :class:`Verification`; a non-finite (degenerate) model counts as no model.
@@ -199,7 +203,7 @@ def verify_pair(
         pairs, dst, src, fitted, query.locations, tolerance=threshold, model=model,
         min_inliers=min_inliers, min_score=min_score, max_scale_ratio=max_scale_ratio,
         max_anisotropy=max_anisotropy, allow_reflection=allow_reflection,
-        min_spread=min_spread,
+        min_spread=min_spread, query_tree=query_tree,
     )
     if decision == "inliers":
         inliers = pairs[mask]

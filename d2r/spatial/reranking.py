@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence, Union
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from d2r.config import VerificationConfig
 from d2r.progress import track
@@ -144,8 +145,10 @@ def _verify_candidates(
     executor: Executor | None,
     pair_options: dict,
 ) -> list[Verification]:
+    tree = cKDTree(query.locations) if len(query) else None  # one per query, read-only
+
     def one(db: LocalFeatures) -> Verification:
-        return verify_pair(query, db, **pair_options)
+        return verify_pair(query, db, query_tree=tree, **pair_options)
 
     if executor is None:
         return [one(db) for db in db_features]

@@ -103,12 +103,14 @@ def log10_nfa(k, n, p, *, sample_size: int) -> np.ndarray:
 
 
 def inlier_probability(query_locations: np.ndarray, predicted: np.ndarray,
-                       tolerance: float) -> float:
+                       tolerance: float, *, tree: cKDTree | None = None) -> float:
     """Mean over the (P, 2) ``predicted`` query points of the fraction of the (N, 2)
-    ``query_locations`` within ``tolerance`` of each (1.0 when either is empty)."""
+    ``query_locations`` within ``tolerance`` of each (1.0 when either is empty).  ``tree``:
+    a ``cKDTree`` of ``query_locations`` built once for all of a query's pairs (else here)."""
     if query_locations.shape[0] == 0 or predicted.shape[0] == 0:
         return 1.0
-    near = cKDTree(query_locations).query_ball_point(predicted, tolerance, return_length=True)
+    tree = cKDTree(query_locations) if tree is None else tree
+    near = tree.query_ball_point(predicted, tolerance, return_length=True)
     return float(near.mean() / query_locations.shape[0])
 
 
@@ -185,13 +187,15 @@ def transform_problem(transform: np.ndarray, at: np.ndarray, *, max_scale_ratio:
 def decide(pairs: np.ndarray, query_xy: np.ndarray, db_xy: np.ndarray, transform: np.ndarray,
            query_locations: np.ndarray, *, tolerance: float, model: str, min_inliers: int,
            min_score: float, max_scale_ratio: float, max_anisotropy: float,
-           allow_reflection: bool, min_spread: float) -> tuple[np.ndarray, float, str]:
+           allow_reflection: bool, min_spread: float,
+           query_tree: cKDTree | None = None) -> tuple[np.ndarray, float, str]:
     """The one-to-one inliers, score and refusal reason of one fitted pair.
 
     Args:
         pairs: (P, 2) tentative ``(query, database)`` feature indices; query_xy, db_xy:
             (P, 2) their locations; transform: the fitted (2, 3) / (3, 3) database -> query
-            map; query_locations: (N, 2) every query feature (the chance region).
+            map; query_locations: (N, 2) every query feature (the chance region);
+            query_tree: their ``cKDTree`` when the caller built it once for the query.
         tolerance: inlier residual in query pixels; the rest: see :mod:`d2r.config`'s
             ``verification`` section.
     Returns:
@@ -207,7 +211,7 @@ def decide(pairs: np.ndarray, query_xy: np.ndarray, db_xy: np.ndarray, transform
     usable = distinct[np.all(np.isfinite(mapped[distinct]), axis=1)]
     # the mean of p_i from at most ~256 evenly spaced matches (speed; an unbiased estimate)
     usable = usable[::max(1, usable.shape[0] // 256)]
-    p = inlier_probability(query_locations, mapped[usable], tolerance)
+    p = inlier_probability(query_locations, mapped[usable], tolerance, tree=query_tree)
     score = float(-log10_nfa(k, n, p, sample_size=SAMPLE_SIZE[model]))
     if k == 0:
         return pairs[inside], score, "no inliers"
