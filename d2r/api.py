@@ -3,7 +3,7 @@
 :func:`build_index` and :func:`open_index` return an :class:`Index`; its
 :meth:`~Index.search` answers one image with :class:`Hit` values, best first.  Every
 call goes through the same library functions as the commands (``d2r build-index``,
-``query``, ``add``, ``remove``, ``compact``, ``verify``), so what ``d2r query --image X``
+``query``, ``add``, ``remove``, ``compact``, ``check``), so what ``d2r query --image X``
 prints equals ``index.search(X)``; errors are the one-line :mod:`d2r.errors` types the
 commands print.
 """

@@ -1,7 +1,9 @@
 """The query service behind ``d2r serve``: an HTTP API and a web page over one index.
 
-The index is opened once (its arrays memory-mapped), its extractor (and model) built
-once, and every query is answered from memory.  Endpoints (JSON unless said)::
+The index is opened once as a :class:`d2r.Index` (its arrays memory-mapped), its
+extractor (and model) built once, and every query is answered from memory; searches,
+adds and removes are that object's methods, so the server answers what the Python API
+and ``d2r query`` answer.  Endpoints (JSON unless said)::
 
     GET    /health          {"status": "ok", "images": N}
     GET    /settings        what the web page needs: writes allowed, token needed, limits,
@@ -23,8 +25,8 @@ A write is a ``d2r add`` / ``d2r remove`` (one atomic generation).  Every reques
 compares ``INDEX/index.json`` (inode, size, mtime) with the one of the generation it
 serves and, when it changed (a write of this server, or ``d2r add`` / ``remove`` /
 ``compact`` / ``build-index`` from the command line), opens the committed generation
-and swaps it in: a search that started before finishes on the old one and no search
-sees a mix.  Every error is ``{"error": message}`` naming the uploaded file by its
+and swaps it in (:meth:`d2r.Index.refresh`): a search that started before finishes on
+the old one and no search sees a mix.  Every error is ``{"error": message}`` naming the uploaded file by its
 client name, never a path of the server; a writer lock held by another process is 409;
 an unexpected error is a 500 with a generic message (the traceback goes to the log).
 """
