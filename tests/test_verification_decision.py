@@ -179,6 +179,30 @@ def test_photos_sharing_only_a_flat_wall_do_not_verify(extract, astronaut):
     assert not ransac.verify_pair(a, b, decision=NFA).verified
 
 
+@pytest.mark.parametrize("other", ["coffee", "chelsea", "rocket", "brick", "camera"])
+def test_a_very_small_query_box_does_not_verify_unrelated_photos(extract, astronaut, other):
+    """A 48 x 48 px box holds 15 features; the inlier rule "verifies" every photo with them."""
+    query = extract(astronaut, box=(200, 80, 248, 128))
+    assert 5 < len(query) < 40
+    db = extract(_rgb(getattr(skimage.data, other)()))
+    assert ransac.verify_pair(query, db, **OLD).verified
+    assert not ransac.verify_pair(query, db, decision=NFA).verified
+
+
+def test_hundreds_of_near_identical_features_verify_only_the_same_pattern(extract):
+    """A checkerboard: over a hundred identical corners.  Unrelated repeated textures do
+    not verify; the same board, resized, does."""
+    board = _rgb(skimage.data.checkerboard())
+    query = extract(board)
+    assert len(query) > 100
+    for other in ("brick", "coffee", "grass"):
+        db = extract(_rgb(getattr(skimage.data, other)()))
+        assert ransac.verify_pair(query, db, **OLD).verified
+        assert not ransac.verify_pair(query, db, decision=NFA).verified
+    resized = extract(np.ascontiguousarray(cv2.resize(board, (400, 400))))
+    assert ransac.verify_pair(query, resized, decision=NFA).verified
+
+
 # --------------------------------------------------------------------------- re-ranking
 
 
