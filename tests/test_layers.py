@@ -212,3 +212,14 @@ def test_commands_and_the_service_search_through_the_api():
                  for imported, _, line in _imports(path)
                  if imported in ("d2r.pipeline.searcher", "d2r.pipeline.run")]
     assert offenders == []
+
+
+def test_every_command_module_is_a_d2r_command():
+    """``d2r <name>`` runs ``d2r.cli.<name>``: every command module is listed, and every
+    listed (or renamed) command has its module."""
+    from d2r.cli.dispatch import COMMANDS, RENAMED, command_module
+
+    commands = {m for m, p in _modules() if _stage(m) == "cli" and m.startswith("d2r.cli.")
+                and _defines_a_command(p)} - {"d2r.cli.dispatch"}
+    assert commands == {command_module(name) for name in COMMANDS}
+    assert {command_module(name) for name in RENAMED} <= commands

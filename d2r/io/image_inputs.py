@@ -53,9 +53,12 @@ def image_source(image: ImageInput, name: str | None = None) -> str | os.PathLik
     memory (no file is written) and named ``name`` in messages (default: :func:`label`)."""
     if isinstance(image, (str, os.PathLike)):
         return image
+    name = label(image) if name is None else name
+    if isinstance(image, bytes):
+        return EncodedImage(image, name)  # an upload is not copied
     buffer = io.BytesIO()
     _write(image, buffer)
-    return EncodedImage(buffer.getvalue(), label(image) if name is None else name)
+    return EncodedImage(buffer.getvalue(), name)
 
 
 @contextlib.contextmanager
