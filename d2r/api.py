@@ -14,7 +14,6 @@ import contextlib
 import copy
 import json
 import os
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -168,6 +167,7 @@ class Index:
         meanwhile finish on the generation they started with; the extractor is kept when
         the new generation records the same one.  On failure the object keeps answering
         from the generation it had."""
+        self._open()  # a closed index is refused before anything is opened
         searcher = Searcher(self.path, **self._open_args)
         with self._lock:
             old = self._open()
@@ -230,7 +230,7 @@ class Index:
             searcher = searcher.configured(overrides)
         sources = [image_source(image, name) for image, name in zip(images, labels)]
         rows = run_images(searcher, sources, boxes,
-                          k=search_depth(searcher, top), matches=sys.maxsize, labels=labels,
+                          k=search_depth(searcher, top), matches=True, labels=labels,
                           timing=timing, workers=workers)
         return [[self._hit(row) for row in ranked[:top or None]] for ranked in rows]
 

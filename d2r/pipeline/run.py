@@ -68,7 +68,7 @@ def _reading_features(searcher: Searcher):
 
 def run_image(searcher: Searcher, image: str | os.PathLike,
               box: Optional[Sequence[float]] = None, *, k: Optional[int] = None,
-              timing: Optional[dict] = None, matches: int = 0,
+              timing: Optional[dict] = None, matches: bool = False,
               workers: Optional[int] = None, label: Optional[str] = None) -> list[dict]:
     """Ranked database images for one query image: ``[{"rank", "name", "score", "verified",
     "inliers"?, "verification_score"?}]``.
@@ -79,9 +79,9 @@ def run_image(searcher: Searcher, image: str | os.PathLike,
 
     ``k``: results searched (default ``search.top_k``; see :func:`search_depth`).
     ``timing``, when given, receives the seconds of ``extract``, ``search`` and ``rerank``.
-    ``matches`` > 0 adds to each re-ranked row ``"matches"``: up to that many inlier pairs
-    ``[xq, yq, xd, yd]`` (pixels of the original images) and the database image's
-    ``"image_size"`` ``[W, H]``.  ``workers``: threads verifying the re-ranked head (default:
+    ``matches`` adds to each re-ranked row ``"matches"``: its inlier pairs ``[xq, yq, xd,
+    yd]`` (pixels of the original images) and the database image's ``"image_size"`` ``[W,
+    H]`` (:meth:`d2r.Hit.row` picks a few for the server).  ``workers``: threads verifying the re-ranked head (default:
     the cores).  ``label`` names the image in messages (default: its path).
     Raises :class:`FeaturelessQueryError` when the image (or box) has no features, and
     :class:`DamagedFeaturesError` when a stored feature file needed cannot be read.
@@ -92,7 +92,8 @@ def run_image(searcher: Searcher, image: str | os.PathLike,
 
 def run_images(searcher: Searcher, images: Sequence[str | os.PathLike],
                boxes: Sequence[Optional[Sequence[float]]], *, k: Optional[int] = None,
-               timing: Optional[dict] = None, matches: int = 0, workers: Optional[int] = None,
+               timing: Optional[dict] = None, matches: bool = False,
+               workers: Optional[int] = None,
                labels: Optional[Sequence[str]] = None) -> list[list[dict]]:
     """The rows of :func:`run_image` for each of ``images`` (each cropped to its entry of
     ``boxes``, None: whole), extracted one after another, then searched and re-ranked in
@@ -125,7 +126,7 @@ def run_images(searcher: Searcher, images: Sequence[str | os.PathLike],
 
 
 def _rows(searcher: Searcher, query, ids: np.ndarray, scores: np.ndarray, reranked,
-          matches: int) -> list[dict]:
+          matches: bool) -> list[dict]:
     """The result rows of one query (see :func:`run_image`): its (K,) ``ids`` and ``scores``
     and its re-ranking details (None without re-ranking)."""
     rows = []
@@ -142,17 +143,14 @@ def _rows(searcher: Searcher, query, ids: np.ndarray, scores: np.ndarray, rerank
             row["verification_score"] = None if np.isnan(strength) else strength
             if matches:
                 row.update(_matched_points(searcher, query.features, int(image_id),
-                                           reranked.matches[rank - 1], matches))
+                                           reranked.matches[rank - 1]))
         rows.append(row)
     return rows
 
 
-def _matched_points(searcher: Searcher, query, image_id: int, pairs: np.ndarray,
-                    limit: int) -> dict:
-    """``{"matches": [[xq, yq, xd, yd], ...] (at most limit, evenly picked), "image_size"}``."""
+def _matched_points(searcher: Searcher, query, image_id: int, pairs: np.ndarray) -> dict:
+    """``{"matches": [[xq, yq, xd, yd], ...] (every inlier pair), "image_size"}``."""
     database = searcher.database_features(image_id)
-    if len(pairs) > limit:
-        pairs = pairs[np.linspace(0, len(pairs) - 1, limit).astype(int)]
     points = np.concatenate([query.locations[pairs[:, 0]], database.locations[pairs[:, 1]]],
                             axis=1) if len(pairs) else np.zeros((0, 4))
     return {"matches": np.round(points, 1).tolist(),
