@@ -6,16 +6,22 @@ keys and values of the wrong type are errors that name the dotted key.  The
 resolved :class:`Config` converts to a plain dict (``to_dict``) which every
 artifact records, and back (``from_dict``).
 
-One module over 500 lines for now: every section is here so that presets, the
-upgrade of configs recorded by older releases and the checks read one schema.
-Moving each extractor's section beside its extractor needs sections registered by
-the features stage (core cannot import it); that is not done yet.
+Each extractor's section ``features.<name>`` is defined beside the extractor and
+registered with :func:`feature_section` (with its ranges and legacy values); the
+sections of the built-in extractors are imported on first use, a plugin's when its
+module is (``D2R_PLUGINS``).  The other sections are here.
+
+Over 500 lines, one job: what a setting is (the sections, their ranges), how a config is
+resolved (presets, the safe reading of YAML files and overrides) and how a record of an
+older release reads today; every stage imports it, and the parts use one another.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import importlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,12 +38,13 @@ __all__ = [
     "check_ranges",
     "ConfigError",
     "ImagesConfig",
-    "RootSiftConfig",
-    "DelfConfig",
-    "XFeatConfig",
-    "DiskConfig",
-    "CnnGlobalConfig",
     "FeaturesConfig",
+    "BUILTIN_EXTRACTORS",
+    "feature_section",
+    "feature_sections",
+    "features_class",
+    "setting_ranges",
+    "legacy_values",
     "RegionsConfig",
     "CodebookConfig",
     "AggregationConfig",
@@ -79,126 +86,85 @@ class ImagesConfig:
     """Batch runs: skip unreadable images and list them, or stop at the first."""
 
 
-@dataclass
-class RootSiftConfig:
-    """OpenCV SIFT + Hellinger (RootSIFT) normalisation."""
+BUILTIN_EXTRACTORS: dict[str, str] = {
+    "rootsift": "d2r.features.rootsift",
+    "delf": "d2r.features.delf",
+    "xfeat": "d2r.features.xfeat",
+    "disk": "d2r.features.disk",
+    "cnn": "d2r.cnn.extractor",
+}
+"""The built-in extractors (``features.backend``) and the module that defines each one's
+class and its config section ``features.<name>``; imported when first needed."""
 
-    max_features: int = 1000
-    """Keep at most this many keypoints, strongest response first."""
-    contrast_threshold: float = 0.04
-    edge_threshold: float = 10.0
-    pca_path: Optional[str] = None
-    """Directory of learned PCA parameters for RootSIFT (None: raw 128-D RootSIFT)."""
-    pca_dim: Optional[int] = None
-    """Keep this many PCA components (None: all)."""
-    use_whitening: bool = False
-
-
-@dataclass
-class DelfConfig:
-    """DELF extraction (Noh et al.), field names after the reference's DelfConfig."""
-
-    model_path: Optional[str] = None
-    """SavedModel / TF-Hub directory / Keras weights; None means no DELF model."""
-    model_format: Literal["auto", "tf1_savedmodel", "tf2_savedmodel", "hub", "keras"] = "auto"
-    scales: tuple[float, ...] = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
-    score_threshold: float = 100.0
-    """Absolute attention threshold (reference: ``abs_thres``)."""
-    max_features: int = 1000
-    use_pca: bool = True
-    pca_dim: int = 128
-    use_whitening: bool = False
-    pca_path: Optional[str] = None
-    """Directory with learned PCA parameters (ours or the reference's datum files)."""
+_SECTIONS: dict[str, type] = {}
+_SECTIONS_LOADED = False
 
 
-@dataclass
-class XFeatConfig:
-    """XFeat (Potje et al., CVPR 2024) with its published weights (:mod:`d2r.features.xfeat`)."""
+def feature_section(name: str):
+    """Class decorator: the dataclass is the config section ``features.<name>``.
 
-    weights_path: Optional[str] = None
-    """The published ``xfeat.pt`` (a PyTorch checkpoint, read without PyTorch);
-    ``python data/download.py xfeat`` fetches it and prints this setting."""
-    weights_sha256: Optional[str] = None
-    """Refuse a weights file with another sha256 (None: the published file's)."""
-    max_keypoints: int = 4096
-    """Keep at most this many keypoints, best score first (the reference's ``top_k``)."""
-    detection_threshold: float = 0.05
-    """Heatmap probability a keypoint must exceed."""
-    max_image_side: Optional[int] = None
-    """Downscale so the longer side is at most this first (None: as decoded, ``images.max_side``)."""
-
-
-@dataclass
-class DiskConfig:
-    """DISK (Tyszkiewicz et al., NeurIPS 2020) with its published weights (:mod:`d2r.features.disk`)."""
-
-    weights_path: Optional[str] = None
-    """The published ``depth-save.pth`` (a PyTorch checkpoint, read without PyTorch);
-    ``python data/download.py disk`` fetches it and prints this setting."""
-    weights_sha256: Optional[str] = None
-    """Refuse a weights file with another sha256 (None: the published file's)."""
-    max_keypoints: int = 2048
-    """Keep at most this many keypoints, the strongest (the reference's ``max_num_keypoints``)."""
-    detection_threshold: float = 0.0
-    """Heatmap logit a keypoint must exceed (the reference's ``detection_threshold``)."""
-    max_image_side: Optional[int] = None
-    """Downscale so the longer side is at most this first (None: as decoded, ``images.max_side``)."""
+    The section may declare two class attributes: ``RANGES`` (key -> interval, as
+    :data:`RANGES`) and ``LEGACY`` (key -> the value that reproduces a record written
+    before the key existed, as :data:`LEGACY_VALUES`).  Registering another class
+    under a taken name is an error.
+    """
+    def register(cls: type) -> type:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"config section features.{name}: {cls.__name__} is not a dataclass")
+        if _SECTIONS.get(name, cls) is not cls:
+            raise ValueError(f"config section features.{name} is already "
+                             f"{_SECTIONS[name].__name__}")
+        _SECTIONS[name] = cls
+        _features_class.cache_clear()
+        return cls
+    return register
 
 
-@dataclass
-class CnnGlobalConfig:
-    """CNN global descriptor (``features.backend: cnn``): the comparison baselines."""
+def feature_sections() -> dict[str, type]:
+    """Every ``features.<name>`` section class by name: the built-in extractors' (their
+    modules imported once, which loads no model) and the plugins' (``D2R_PLUGINS``)."""
+    global _SECTIONS_LOADED
+    if not _SECTIONS_LOADED:
+        from d2r.registry import load_plugins
 
-    backbone: Literal["vgg16", "resnet50", "resnet101"] = "vgg16"
-    weights_path: Optional[str] = None
-    """Local Keras weights file of the backbone (None: random weights, for testing only)."""
-    seed: int = 0
-    """Seed of the random weights when ``weights_path`` is None."""
-    method: str = "rmac"
-    """``regional``: Jeong et al.'s region-wise pooling over clustered salient points."""
-    layers: tuple[str, ...] = ("last",)
-    """Conv layers used (``last``, ``penultimate``, ``previous_block`` or Keras names)."""
-    levels: int = 3
-    """R-MAC scales L."""
-    gem_p: float = 3.0
-    whitening_path: Optional[str] = None
-    """PCA-whitening learned on another data set (``d2r learn``)."""
-    resolutions: tuple[int, ...] = (550, 800, 1050)
-    """``multires``: input sizes (longer side) fused early."""
-    pfa_path: Optional[str] = None
-    """``multires``: Principal Feature Analysis selection."""
-    cam: bool = False
-    """``multires``: add a CAM-masked local descriptor; images compare by the smaller of the
-    two Manhattan distances (needs a ResNet weights file with the ImageNet classifier)."""
-    cam_threshold: float = 0.9
-    """CAM mask: cells with heat >= this x the mean heat."""
-    regional_order: Literal["first", "second", "both"] = "both"
-    """``regional``: first-order, second-order (log-Euclidean covariance) pooling, or both."""
-    regional_clusters: int = 3
-    """``regional``: clusters L of salient points (2^L - 1 hull regions + the whole image)."""
-    salient_max: int = 200
-    """``regional``: keep at most this many salient points (N_max) ..."""
-    salient_min: int = 20
-    """... and top up to this many with the most salient cells (N_min)."""
-    reduction_path: Optional[str] = None
-    """``regional``: PCA of local features (to K') before second-order pooling (learned)."""
-    store_maps: bool = False
-    """Keep every database image's activation map (``INDEX/maps``) for AML re-ranking."""
+        for module in BUILTIN_EXTRACTORS.values():
+            importlib.import_module(module)
+        load_plugins()
+        _SECTIONS_LOADED = True
+    return dict(sorted(_SECTIONS.items()))
 
 
 @dataclass
 class FeaturesConfig:
-    """Which feature backend runs, and how its output is stored."""
+    """Which feature backend runs, and how its output is stored; each extractor's section
+    ``features.<name>`` is defined beside the extractor (:func:`feature_section`), so a
+    resolved config is of a subclass with one field per section (:func:`features_class`)."""
 
     backend: str = "rootsift"
-    """Local features (rootsift, delf, xfeat) or one CNN global descriptor per image (cnn)."""
+    """Local features (rootsift, delf, xfeat, disk) or one CNN global descriptor per image (cnn)."""
     store_dtype: Literal["float32", "float16"] = "float16"
-    rootsift: RootSiftConfig = field(default_factory=RootSiftConfig)
-    delf: DelfConfig = field(default_factory=DelfConfig)
-    xfeat: XFeatConfig = field(default_factory=XFeatConfig)
-    disk: DiskConfig = field(default_factory=DiskConfig)
-    cnn: CnnGlobalConfig = field(default_factory=CnnGlobalConfig)
+
+    def __reduce__(self):
+        return (_features_from_dict, (to_dict(self),))
+
+
+def _features_from_dict(values: Mapping[str, Any]) -> FeaturesConfig:
+    """Unpickle: the sections' classes are looked up again in this process."""
+    return build_dataclass(features_class(), values, "features")
+
+
+@functools.lru_cache(maxsize=None)
+def _features_class() -> type:
+    fields = [(name, cls, field(default_factory=cls)) for name, cls in _SECTIONS.items()]
+    cls = dataclasses.make_dataclass("FeaturesConfig", fields, bases=(FeaturesConfig,))
+    cls.__module__ = __name__
+    return cls
+
+
+def features_class() -> type:
+    """The :class:`FeaturesConfig` subclass with a field for every registered section."""
+    feature_sections()
+    return _features_class()
 
 
 @dataclass
@@ -352,7 +318,7 @@ class Config:
     """The resolved configuration of a pipeline run."""
 
     images: ImagesConfig = field(default_factory=ImagesConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    features: FeaturesConfig = field(default_factory=lambda: features_class()())
     regions: RegionsConfig = field(default_factory=RegionsConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
@@ -419,16 +385,20 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types
+    (:class:`FeaturesConfig` is built with every registered section)."""
+    if cls is FeaturesConfig:
+        cls = features_class()
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(
-                f"unknown config key {shown(dotted)}; known keys here: {', '.join(sorted(names))}"
-            )
+            hint = (" (no extractor of that name is registered here: is the module that "
+                    "defines it listed in D2R_PLUGINS?)" if prefix == "features" else "")
+            raise ConfigError(f"unknown config key {shown(dotted)}{hint}; known keys here: "
+                              f"{', '.join(sorted(names))}")
         kwargs[key] = _coerce(value, hints[key], dotted)
     return cls(**kwargs)
 
@@ -576,14 +546,6 @@ def load_config(
 
 
 LEGACY_VALUES: dict[str, Any] = {
-    "features.cnn.cam": False,
-    "features.cnn.cam_threshold": 0.9,
-    "features.cnn.regional_order": "both",
-    "features.cnn.regional_clusters": 3,
-    "features.cnn.salient_max": 200,
-    "features.cnn.salient_min": 20,
-    "features.cnn.reduction_path": None,
-    "features.cnn.store_maps": False,
     "search.aml_rerank": 0,
     "search.aml_levels": None,
     "codebook.hnsw_m": 32,
@@ -597,21 +559,40 @@ LEGACY_VALUES: dict[str, Any] = {
     "verification.max_anisotropy": 6.0,
     "verification.allow_reflection": False,
     "verification.min_spread": 0.5,
-    "features.xfeat": {"weights_path": None, "weights_sha256": None, "max_keypoints": 4096,
-                       "detection_threshold": 0.05, "max_image_side": None},
-    "features.disk": {"weights_path": None, "weights_sha256": None, "max_keypoints": 2048,
-                      "detection_threshold": 0.0, "max_image_side": None},
 }
-"""Keys added after d2r 0.1.0 and the value that reproduces what a record without them did."""
+"""Keys added after d2r 0.1.0 and the value that reproduces what a record without them
+did (the extractors' sections declare theirs: :func:`legacy_values`)."""
+
+
+def legacy_values() -> dict[str, Any]:
+    """:data:`LEGACY_VALUES` and every extractor section's ``LEGACY`` keys, dotted."""
+    out = dict(LEGACY_VALUES)
+    for name, cls in feature_sections().items():
+        out.update({f"features.{name}.{key}": value
+                    for key, value in getattr(cls, "LEGACY", {}).items()})
+    return out
 
 
 def upgrade_record(record: Mapping, prefix: str = "") -> dict:
     """A recorded config (or its section at dotted ``prefix``, e.g. ``"features.cnn"``) with
     every key of :data:`LEGACY_VALUES` it lacks added, so records written by an older d2r
-    compare equal to the same settings today.  Sections the record lacks stay absent."""
+    compare equal to the same settings today.  Sections the record lacks stay absent,
+    except the extractor sections of a recorded ``features``: one missing there was written
+    before that extractor existed (or its plugin was loaded), and its settings cannot have
+    mattered to the record, so it gets today's defaults; for the same reason the section of
+    an extractor not registered here (a plugin's) is dropped unless it is the recorded
+    ``features.backend``."""
     out = copy.deepcopy(dict(record))
+    features = out.get("features") if not prefix else out if prefix == "features" else None
+    if isinstance(features, dict):
+        sections = feature_sections()
+        for name in [k for k, v in features.items() if isinstance(v, dict)]:
+            if name not in sections and name != features.get("backend"):
+                del features[name]
+        for name, cls in sections.items():
+            features.setdefault(name, to_dict(cls()))
     start = f"{prefix}." if prefix else ""
-    for dotted, value in LEGACY_VALUES.items():
+    for dotted, value in legacy_values().items():
         if not dotted.startswith(start):
             continue
         *parents, leaf = dotted[len(start):].split(".")
@@ -642,28 +623,6 @@ def diff_configs(expected: Mapping, actual: Mapping, prefix: str = "") -> list[s
 RANGES: dict[str, str] = {
     "images.max_side": "[16, inf)",
     "images.max_pixels": "[1, inf)",
-    "features.rootsift.max_features": "[1, inf)",
-    "features.rootsift.contrast_threshold": "[0, inf)",
-    "features.rootsift.edge_threshold": "(0, inf)",
-    "features.rootsift.pca_dim": "[1, 128]",
-    "features.delf.scales": "(0, 16]",
-    "features.delf.score_threshold": "[0, inf)",
-    "features.delf.max_features": "[1, inf)",
-    "features.delf.pca_dim": "[1, 2048]",
-    "features.xfeat.max_keypoints": "[1, inf)",
-    "features.xfeat.detection_threshold": "[0, 1)",
-    "features.xfeat.max_image_side": "[32, inf)",
-    "features.disk.max_keypoints": "[1, inf)",
-    "features.disk.detection_threshold": "(-inf, inf)",
-    "features.disk.max_image_side": "[16, inf)",
-    "features.cnn.seed": "[0, inf)",
-    "features.cnn.levels": "[1, 10]",
-    "features.cnn.gem_p": "(0, inf)",
-    "features.cnn.resolutions": "[16, 8192]",
-    "features.cnn.cam_threshold": "[0, inf)",
-    "features.cnn.regional_clusters": "[1, 8]",
-    "features.cnn.salient_max": "[1, inf)",
-    "features.cnn.salient_min": "[1, inf)",
     "regions.score_threshold": "[0, 1]",
     "regions.max_boxes": "[0, inf)",
     "regions.grid_levels": "[1, 8]",
@@ -698,7 +657,17 @@ RANGES: dict[str, str] = {
 }
 """The declared range of every numeric setting, in interval notation (``[`` / ``]``
 inclusive, ``(`` / ``)`` exclusive); a null optional value is not checked, a tuple
-value is checked element by element.  :func:`check_ranges` applies it."""
+value is checked element by element; the extractors' sections declare theirs
+(:func:`setting_ranges`).  :func:`check_ranges` applies them."""
+
+
+def setting_ranges() -> dict[str, str]:
+    """:data:`RANGES` and every extractor section's ``RANGES`` keys, dotted."""
+    out = dict(RANGES)
+    for name, cls in feature_sections().items():
+        out.update({f"features.{name}.{key}": spec
+                    for key, spec in getattr(cls, "RANGES", {}).items()})
+    return out
 
 
 def _in_range(value: float, spec: str) -> bool:
@@ -709,8 +678,9 @@ def _in_range(value: float, spec: str) -> bool:
 
 
 def check_ranges(config: Config) -> None:
-    """Refuse a numeric setting outside its declared range (:data:`RANGES`), naming the key."""
-    for key, spec in RANGES.items():
+    """Refuse a numeric setting outside its declared range (:func:`setting_ranges`), naming
+    the key."""
+    for key, spec in setting_ranges().items():
         node: Any = config
         for part in key.split("."):
             node = getattr(node, part)

@@ -7,18 +7,24 @@ import pytest
 
 from d2r.pipeline.build import build_index
 from d2r.pipeline.sources import ImageSource
-from d2r.config import LEGACY_VALUES, load_config, to_dict, upgrade_record
+from d2r.config import legacy_values, load_config, to_dict, upgrade_record
 from d2r.pipeline.extraction import comparable_store_config, extract_to_store
 from d2r.io.feature_store import StoreConfigError
 from d2r.pipeline.searcher import Searcher
 
 
+OLD_FEATURE_SECTIONS = ("rootsift", "delf", "cnn")
+"""The extractor sections d2r 0.1.0 had."""
+
+
 def _drop_new_keys(record: dict, prefix: str = "") -> dict:
-    """``record`` as d2r 0.1.0 wrote it: without the keys of LEGACY_VALUES."""
+    """``record`` as d2r 0.1.0 wrote it: without the keys of ``legacy_values()`` and the
+    extractor sections added since."""
     out = {}
     for key, value in record.items():
         dotted = f"{prefix}.{key}" if prefix else key
-        if dotted in LEGACY_VALUES:
+        if dotted in legacy_values() or (prefix == "features" and isinstance(value, dict)
+                                         and key not in OLD_FEATURE_SECTIONS):
             continue
         out[key] = _drop_new_keys(value, dotted) if isinstance(value, dict) else value
     return out
@@ -35,13 +41,21 @@ def test_upgrade_record_fills_only_missing_keys_and_sections_present():
     assert upgrade_record({"salient_max": 9}, "features.cnn")["salient_min"] == 20
 
 
+def test_upgrade_record_gives_a_missing_extractor_section_its_defaults():
+    """A section written before its extractor existed cannot have mattered to the record."""
+    upgraded = upgrade_record({"features": {"backend": "rootsift", "rootsift": {}}})
+    assert upgraded["features"]["xfeat"] == to_dict(load_config(None).features.xfeat)
+    assert upgraded["features"]["rootsift"] == {}
+    assert "disk" in upgrade_record({"backend": "rootsift"}, "features")
+
+
 def test_legacy_values_reproduce_the_defaults_except_the_changed_one():
     """Every key added since 0.1.0 defaults to its legacy value, except selective search,
     whose default became the paper's 'fast' mode (old records keep 'single'), and the HNSW
     search breadth, 128 when approximate quantization had no setting for it, now 24."""
     config = to_dict(load_config(None))
     changed = []
-    for dotted, value in LEGACY_VALUES.items():
+    for dotted, value in legacy_values().items():
         node = config
         for part in dotted.split("."):
             node = node[part]

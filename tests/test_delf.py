@@ -183,7 +183,7 @@ def test_tf2_savedmodel_round_trip_tiny(tiny_model, image, tmp_path):
         export_delf_savedmodel(tiny_model, path)
 
     # the same model through the configuration (features.delf), with PCA from a directory
-    from d2r.config import DelfConfig
+    from d2r.features.delf import DelfConfig
 
     cfg = DelfConfig(model_path=str(path), scales=SCALES, score_threshold=0.5, max_features=30, use_pca=False)
     _same_features(DelfExtractor.from_config(cfg).extract(image), expected)

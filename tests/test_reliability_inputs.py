@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from d2r.config import RANGES, ConfigError, available_presets, load_config
+from d2r.config import ConfigError, available_presets, load_config, setting_ranges
 from d2r.io.images import read_skipped
 from d2r.methods import validate
 
@@ -37,7 +37,7 @@ def test_every_preset_is_within_the_declared_ranges(preset):
 
 def test_every_declared_range_names_a_numeric_setting():
     config = load_config(None)
-    for key in RANGES:
+    for key in setting_ranges():
         node = config
         for part in key.split("."):
             node = getattr(node, part)

@@ -18,17 +18,20 @@ the :class:`~d2r.types.ActivationMap`, which the index keeps for AML re-ranking.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Sequence
 
 import numpy as np
 
-from d2r.config import CnnGlobalConfig, to_dict
+from d2r.config import feature_section, to_dict
 from d2r.features.base import check_image, crop_box
 from d2r.features.registry import register_extractor
-from d2r.cnn.describe import CamClassifier, GlobalDescriber
 from d2r.types import ActivationMap, GlobalDescriptors
 
-__all__ = ["GlobalDescriptorExtractor", "make_global_extractor"]
+if TYPE_CHECKING:
+    from d2r.cnn.describe import GlobalDescriber
+
+__all__ = ["CnnGlobalConfig", "GlobalDescriptorExtractor", "make_global_extractor"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,64 @@ def _region_centres(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     cx = (masks * cols).sum(axis=(1, 2)) / count
     cy = (masks * rows).sum(axis=(1, 2)) / count
     return np.stack([(cx + 0.5) * size[0] / w - 0.5, (cy + 0.5) * size[1] / h - 0.5], axis=1)
+
+
+@feature_section("cnn")
+@dataclass
+class CnnGlobalConfig:
+    """CNN global descriptor (``features.backend: cnn``): the comparison baselines."""
+
+    backbone: Literal["vgg16", "resnet50", "resnet101"] = "vgg16"
+    weights_path: Optional[str] = None
+    """Local Keras weights file of the backbone (None: random weights, for testing only)."""
+    seed: int = 0
+    """Seed of the random weights when ``weights_path`` is None."""
+    method: str = "rmac"
+    """``regional``: Jeong et al.'s region-wise pooling over clustered salient points."""
+    layers: tuple[str, ...] = ("last",)
+    """Conv layers used (``last``, ``penultimate``, ``previous_block`` or Keras names)."""
+    levels: int = 3
+    """R-MAC scales L."""
+    gem_p: float = 3.0
+    whitening_path: Optional[str] = None
+    """PCA-whitening learned on another data set (``d2r learn``)."""
+    resolutions: tuple[int, ...] = (550, 800, 1050)
+    """``multires``: input sizes (longer side) fused early."""
+    pfa_path: Optional[str] = None
+    """``multires``: Principal Feature Analysis selection."""
+    cam: bool = False
+    """``multires``: add a CAM-masked local descriptor; images compare by the smaller of the
+    two Manhattan distances (needs a ResNet weights file with the ImageNet classifier)."""
+    cam_threshold: float = 0.9
+    """CAM mask: cells with heat >= this x the mean heat."""
+    regional_order: Literal["first", "second", "both"] = "both"
+    """``regional``: first-order, second-order (log-Euclidean covariance) pooling, or both."""
+    regional_clusters: int = 3
+    """``regional``: clusters L of salient points (2^L - 1 hull regions + the whole image)."""
+    salient_max: int = 200
+    """``regional``: keep at most this many salient points (N_max) ..."""
+    salient_min: int = 20
+    """... and top up to this many with the most salient cells (N_min)."""
+    reduction_path: Optional[str] = None
+    """``regional``: PCA of local features (to K') before second-order pooling (learned)."""
+    store_maps: bool = False
+    """Keep every database image's activation map (``INDEX/maps``) for AML re-ranking."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "seed": "[0, inf)",
+        "levels": "[1, 10]",
+        "gem_p": "(0, inf)",
+        "resolutions": "[16, 8192]",
+        "cam_threshold": "[0, inf)",
+        "regional_clusters": "[1, 8]",
+        "salient_max": "[1, inf)",
+        "salient_min": "[1, inf)",
+    }
+    LEGACY: ClassVar[dict[str, Any]] = {
+        "cam": False, "cam_threshold": 0.9, "regional_order": "both", "regional_clusters": 3,
+        "salient_max": 200, "salient_min": 20, "reduction_path": None, "store_maps": False,
+    }
+    """Keys added after d2r 0.1.0 (:func:`d2r.config.legacy_values`)."""
 
 
 @register_extractor
@@ -101,6 +162,7 @@ class GlobalDescriptorExtractor:
 def make_global_extractor(config: CnnGlobalConfig) -> GlobalDescriptorExtractor:
     """Build the backbone and describer ``config`` names (TensorFlow is imported here)."""
     from d2r.cnn.backbones import Backbone
+    from d2r.cnn.describe import CamClassifier, GlobalDescriber
     from d2r.cnn.pfa import load_pfa
     from d2r.cnn.whitening import load_whitening
 

@@ -56,22 +56,22 @@ import hashlib
 import logging
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, Literal, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from d2r.checks import check_positive_int
+from d2r.config import feature_section
 from d2r.features.base import BaseExtractor
 from d2r.features.pca import PCA, postprocess_descriptors
 from d2r.features.receptive_field import ReceptiveField, centers_from_yxyx
 from d2r.features.registry import register_extractor
 from d2r.types import LocalFeatures
 
-if TYPE_CHECKING:
-    from d2r.config import DelfConfig
-
 __all__ = [
+    "DelfConfig",
     "DEFAULT_SCALES",
     "MIN_IMAGE_SIDE",
     "SIGNATURE_INPUTS",
@@ -365,6 +365,32 @@ def _weights_sha256(model) -> str:
     return h.hexdigest()
 
 
+@feature_section("delf")
+@dataclass
+class DelfConfig:
+    """DELF extraction (Noh et al.), field names after the reference's DelfConfig."""
+
+    model_path: Optional[str] = None
+    """SavedModel / TF-Hub directory / Keras weights; None means no DELF model."""
+    model_format: Literal["auto", "tf1_savedmodel", "tf2_savedmodel", "hub", "keras"] = "auto"
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    score_threshold: float = 100.0
+    """Absolute attention threshold (reference: ``abs_thres``)."""
+    max_features: int = 1000
+    use_pca: bool = True
+    pca_dim: int = 128
+    use_whitening: bool = False
+    pca_path: Optional[str] = None
+    """Directory with learned PCA parameters (ours or the reference's datum files)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "scales": "(0, 16]",
+        "score_threshold": "[0, inf)",
+        "max_features": "[1, inf)",
+        "pca_dim": "[1, 2048]",
+    }
+
+
 @register_extractor
 class DelfExtractor(BaseExtractor):
     """DELF extractor; implements :class:`~d2r.features.base.LocalFeatureExtractor`.
@@ -486,8 +512,8 @@ class DelfExtractor(BaseExtractor):
     """The config key naming the retrieval method that takes this extractor's output."""
 
     @classmethod
-    def from_config(cls, config: "DelfConfig", **params) -> "DelfExtractor":
-        """Extractor described by a :class:`d2r.config.DelfConfig` (``features.delf``).
+    def from_config(cls, config: DelfConfig, **params) -> "DelfExtractor":
+        """Extractor described by a :class:`DelfConfig` (``features.delf``).
 
         ``params`` add keyword parameters the config does not hold (``max_image_side``,
         and ``use_autoencoder`` / ``reduced_dimension`` for Keras weights).

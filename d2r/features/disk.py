@@ -33,14 +33,18 @@ The reference's own resize (longer side 1024) is not applied: d2r's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
 import numpy as np
 
+from d2r.config import feature_section
 from d2r.features.disk_model import DISK_DIM, DIVISOR, load_disk_model
 from d2r.features.published import PublishedWeightsExtractor
 from d2r.features.registry import register_extractor
 from d2r.types import LocalFeatures
 
-__all__ = ["DISK_SHA256", "MIN_IMAGE_SIDE", "DiskExtractor", "top_keypoints"]
+__all__ = ["DiskConfig", "DISK_SHA256", "MIN_IMAGE_SIDE", "DiskExtractor", "top_keypoints"]
 
 DISK_SHA256 = "9c2ee4ded238892dfa51569941372601e35e4a74aa6f84ea80053d2ab1c07abe"
 """sha256 of the published ``depth-save.pth`` (cvlab-epfl/disk, the ``depth`` model),
@@ -93,6 +97,30 @@ def top_keypoints(scores: np.ndarray, n: int) -> np.ndarray:
     above = scores > threshold
     tied = scores == threshold
     return above | (tied & (np.cumsum(tied) <= n - above.sum()))
+
+
+@feature_section("disk")
+@dataclass
+class DiskConfig:
+    """DISK (Tyszkiewicz et al., NeurIPS 2020) with its published weights (:mod:`d2r.features.disk`)."""
+
+    weights_path: Optional[str] = None
+    """The published ``depth-save.pth`` (a PyTorch checkpoint, read without PyTorch);
+    ``python data/download.py disk`` fetches it and prints this setting."""
+    weights_sha256: Optional[str] = None
+    """Refuse a weights file with another sha256 (None: the published file's)."""
+    max_keypoints: int = 2048
+    """Keep at most this many keypoints, the strongest (the reference's ``max_num_keypoints``)."""
+    detection_threshold: float = 0.0
+    """Heatmap logit a keypoint must exceed (the reference's ``detection_threshold``)."""
+    max_image_side: Optional[int] = None
+    """Downscale so the longer side is at most this first (None: as decoded, ``images.max_side``)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "max_keypoints": "[1, inf)",
+        "detection_threshold": "(-inf, inf)",
+        "max_image_side": "[16, inf)",
+    }
 
 
 @register_extractor

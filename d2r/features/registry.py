@@ -1,7 +1,8 @@
 """Feature extractors registered by name (``features.backend``).
 
 An extractor class declares ``name`` (its ``features.backend`` value and its config
-section ``features.<name>``), ``output_type`` (:class:`~d2r.types.LocalFeatures` or
+section ``features.<name>``, a dataclass registered with
+:func:`d2r.config.feature_section` in the same module), ``output_type`` (:class:`~d2r.types.LocalFeatures` or
 :class:`~d2r.types.GlobalDescriptors`), ``record_type`` (the ``"type"`` of its
 ``config()`` description), ``method_key`` (the config key naming the retrieval
 method that takes its output, e.g. ``aggregation.method``), optionally ``extra`` (the
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from d2r.config import Config, upgrade_record
+from d2r.config import BUILTIN_EXTRACTORS, Config, upgrade_record
 from d2r.registry import Registry
 
 __all__ = [
@@ -29,13 +30,7 @@ __all__ = [
     "comparable_extractor_config",
 ]
 
-EXTRACTORS = Registry("extractor", "name", {
-    "rootsift": "d2r.features.rootsift",
-    "delf": "d2r.features.delf",
-    "xfeat": "d2r.features.xfeat",
-    "disk": "d2r.features.disk",
-    "cnn": "d2r.cnn.extractor",
-}, required=("output_type", "record_type", "method_key", "from_config"),
+EXTRACTORS = Registry("extractor", "name", BUILTIN_EXTRACTORS, required=("output_type", "record_type", "method_key", "from_config"),
     prefix="features.backend: ")
 """The feature extractors by ``features.backend`` (built-ins: name -> their module)."""
 

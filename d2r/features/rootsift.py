@@ -12,17 +12,19 @@ first; ``locations`` are OpenCV's sub-pixel (x, y) (pixel centres at integers);
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 
 from d2r.checks import check_positive_int
+from d2r.config import feature_section
 from d2r.features.base import BaseExtractor
 from d2r.features.pca import PCA, load_pca, postprocess_descriptors
 from d2r.features.registry import register_extractor
 from d2r.types import LocalFeatures
 
-__all__ = ["RootSiftExtractor", "root_sift"]
+__all__ = ["RootSiftConfig", "RootSiftExtractor", "root_sift"]
 
 SIFT_DIM = 128
 
@@ -36,6 +38,29 @@ def root_sift(descriptors: np.ndarray, *, eps: float = 1e-12) -> np.ndarray:
         raise ValueError("SIFT descriptors must be non-negative")
     l1 = np.maximum(d.sum(axis=1, keepdims=True, dtype=np.float64), eps)
     return np.sqrt(d / l1).astype(np.float32)
+
+
+@feature_section("rootsift")
+@dataclass
+class RootSiftConfig:
+    """OpenCV SIFT + Hellinger (RootSIFT) normalisation."""
+
+    max_features: int = 1000
+    """Keep at most this many keypoints, strongest response first."""
+    contrast_threshold: float = 0.04
+    edge_threshold: float = 10.0
+    pca_path: Optional[str] = None
+    """Directory of learned PCA parameters for RootSIFT (None: raw 128-D RootSIFT)."""
+    pca_dim: Optional[int] = None
+    """Keep this many PCA components (None: all)."""
+    use_whitening: bool = False
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "max_features": "[1, inf)",
+        "contrast_threshold": "[0, inf)",
+        "edge_threshold": "(0, inf)",
+        "pca_dim": "[1, 128]",
+    }
 
 
 @register_extractor
@@ -90,8 +115,8 @@ class RootSiftExtractor(BaseExtractor):
     """The config key naming the retrieval method that takes this extractor's output."""
 
     @classmethod
-    def from_config(cls, config: "RootSiftConfig") -> "RootSiftExtractor":
-        """Extractor described by a :class:`d2r.config.RootSiftConfig` (``features.rootsift``)."""
+    def from_config(cls, config: RootSiftConfig) -> "RootSiftExtractor":
+        """Extractor described by a :class:`RootSiftConfig` (``features.rootsift``)."""
         pca = load_pca(config.pca_path) if config.pca_path else None
         return cls(max_features=config.max_features, contrast_threshold=config.contrast_threshold,
                    edge_threshold=config.edge_threshold, pca=pca,

@@ -26,14 +26,18 @@ run in TensorFlow (GPU when it sees one), step 4 in numpy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
 import numpy as np
 
+from d2r.config import feature_section
 from d2r.features.published import PublishedWeightsExtractor
 from d2r.features.registry import register_extractor
 from d2r.features.xfeat_model import CELL, XFEAT_DIM, load_xfeat_model
 from d2r.types import LocalFeatures
 
-__all__ = ["XFEAT_SHA256", "MIN_IMAGE_SIDE", "XFeatExtractor", "select_keypoints"]
+__all__ = ["XFeatConfig", "XFEAT_SHA256", "MIN_IMAGE_SIDE", "XFeatExtractor", "select_keypoints"]
 
 XFEAT_SHA256 = "0f5187fd7bedd26c7fe6acc9685444493a165a35ecc087b33c2db3627f3ea10b"
 """sha256 of the published ``xfeat.pt`` (verlab/accelerated_features ``weights/xfeat.pt``,
@@ -148,6 +152,30 @@ def select_keypoints(points: np.ndarray, heatmap: np.ndarray, reliability: np.nd
     descriptors = sample_bicubic(descriptor_map, _map_coordinates(xy, size, descriptor_map.shape[1::-1]))
     norms = np.maximum(np.linalg.norm(descriptors, axis=1, keepdims=True), 1e-12)
     return xy, scores, (descriptors / norms).astype(np.float32)
+
+
+@feature_section("xfeat")
+@dataclass
+class XFeatConfig:
+    """XFeat (Potje et al., CVPR 2024) with its published weights (:mod:`d2r.features.xfeat`)."""
+
+    weights_path: Optional[str] = None
+    """The published ``xfeat.pt`` (a PyTorch checkpoint, read without PyTorch);
+    ``python data/download.py xfeat`` fetches it and prints this setting."""
+    weights_sha256: Optional[str] = None
+    """Refuse a weights file with another sha256 (None: the published file's)."""
+    max_keypoints: int = 4096
+    """Keep at most this many keypoints, best score first (the reference's ``top_k``)."""
+    detection_threshold: float = 0.05
+    """Heatmap probability a keypoint must exceed."""
+    max_image_side: Optional[int] = None
+    """Downscale so the longer side is at most this first (None: as decoded, ``images.max_side``)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "max_keypoints": "[1, inf)",
+        "detection_threshold": "[0, 1)",
+        "max_image_side": "[32, inf)",
+    }
 
 
 @register_extractor

@@ -60,7 +60,7 @@ def validate(config: Config):
     """Refuse a config whose parts do not go together; returns its method.
 
     Checks every numeric setting against its declared range
-    (:data:`d2r.config.RANGES`), that the extractor and the method exist, that the method
+    (:func:`d2r.config.setting_ranges`), that the extractor and the method exist, that the method
     takes what the extractor produces, then the method's own rules
     (:meth:`RetrievalMethod.validate`).
     Raises ConfigError naming the offending keys.
