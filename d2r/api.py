@@ -26,6 +26,7 @@ from d2r.config import Config, load_config
 from d2r.datasets.benchmarks import load_benchmark
 from d2r.errors import InputError
 from d2r.io.image_inputs import ImageInput, image_file, image_source, label
+from d2r.io.images import DEFAULT_EXTENSIONS
 from d2r.evaluation.tables import MetricTable, load_ranks
 from d2r.pipeline.build import build_index as _build
 from d2r.pipeline.run import run_dataset, run_images, search_depth
@@ -245,15 +246,27 @@ class Index:
 
     # ------------------------------------------------------------------ changing
 
-    def add(self, images: Sequence[ImageInput], *,
+    def add(self, images: str | os.PathLike | Sequence[ImageInput], *,
             names: Optional[Sequence[Optional[str]]] = None, replace: bool = False,
             kept_in: Optional[str | os.PathLike] = None,
             progress: Optional[bool] = None) -> UpdateSummary:
-        """Add ``images`` (any input :meth:`search` takes) as a new segment, what
-        ``d2r add`` does; ``names[i]`` (default: a path's file name; required for other
-        inputs) names image ``i``.  ``replace``: replace images of the same names.
-        ``kept_in``: the folder that will hold each added file as ``kept_in/NAME``
-        (:meth:`image_file` looks there; the server's ``uploads/``)."""
+        """Add ``images`` as a new segment, what ``d2r add`` does.
+
+        ``images``: a folder (every image below it, named by relative path, as
+        :func:`build_index`), a text file listing one image path per line (``d2r add
+        --image-list``), or a list of inputs :meth:`search` takes, where ``names[i]``
+        (default: a path's file name; required for other inputs) names image ``i``.
+        ``replace``: replace images of the same names.  ``kept_in``: the folder that
+        will hold each added file as ``kept_in/NAME`` (:meth:`image_file` looks there;
+        the server's ``uploads/``).  Unreadable images and, in a batch, images without
+        features are left out and listed in the summary; one alone is refused.
+        """
+        self._open()
+        if isinstance(images, (str, os.PathLike)):
+            if names is not None or kept_in is not None:
+                raise InputError("names and kept_in go with a list of images, not a folder "
+                                 "or list file")
+            return self._add(_source(images), replace, progress)
         images = list(images)
         names = [None] * len(images) if names is None else list(names)
         if len(names) != len(images):
@@ -263,11 +276,13 @@ class Index:
         repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
         if repeated is not None:
             raise InputError(f"two of the images to add are named {repeated!r}")
-        self._open()
         with _files(images) as paths:
             source = ImageSource(tuple(names), tuple(map(Path, paths)),
                                  root=None if kept_in is None else Path(kept_in).resolve())
-            summary = add_images(self.path, source, replace=replace, show_progress=progress)
+            return self._add(source, replace, progress)
+
+    def _add(self, source: ImageSource, replace: bool, progress: Optional[bool]) -> UpdateSummary:
+        summary = add_images(self.path, source, replace=replace, show_progress=progress)
         self.refresh()
         return summary
 
@@ -402,8 +417,13 @@ def evaluate(dataset_dir: str | os.PathLike, ranks: Union[np.ndarray, str, os.Pa
 
 
 def _source(images: str | os.PathLike | Sequence[str | os.PathLike]) -> ImageSource:
+    """The images a folder, a list file or a list of image files names."""
     if isinstance(images, (str, os.PathLike)):
-        return ImageSource.from_directory(images)
+        path = Path(images)
+        if path.is_file() and path.suffix.lower() in DEFAULT_EXTENSIONS:
+            raise InputError(f"{path} is one image: give a list ([{str(path)!r}]), a folder "
+                             f"or a text file listing images")
+        return ImageSource.from_list(path) if path.is_file() else ImageSource.from_directory(path)
     paths = [Path(path) for path in images]
     if not paths:
         raise InputError("no images to index")

@@ -250,6 +250,28 @@ def test_add_remove_compact_through_the_api(built, tiny_dataset, tmp_path):
         assert reopened.names == index_names(copy)
 
 
+def test_add_a_folder_or_a_list_file_names_images_as_build_index_does(built, tiny_dataset,
+                                                                         tmp_path):
+    copy = tmp_path / "index"
+    shutil.copytree(built, copy)
+    folder = tmp_path / "new" / "sub"
+    folder.mkdir(parents=True)
+    for name in ("synth_q_0001.jpg", "synth_q_0002.jpg"):
+        shutil.copy(tiny_dataset / "jpg" / name, folder / name)
+    listed = tmp_path / "list.txt"
+    listed.write_text("new/sub/synth_q_0001.jpg\n")
+    with d2r.open_index(copy) as index:
+        assert index.add(tmp_path / "new").added == ["sub/synth_q_0001.jpg",
+                                                     "sub/synth_q_0002.jpg"]
+        assert index.image_file("sub/synth_q_0002.jpg") == (folder / "synth_q_0002.jpg").resolve()
+        assert index.add(listed).added == ["new/sub/synth_q_0001.jpg"]
+        assert len(index) == 19
+        with pytest.raises(InputError, match=r"is one image: give a list"):
+            index.add(folder / "synth_q_0001.jpg")
+        with pytest.raises(InputError, match="names and kept_in go with a list"):
+            index.add(tmp_path / "new", names=["x.jpg"])
+
+
 def index_names(path):
     with d2r.open_index(path) as opened:
         return opened.names

@@ -30,14 +30,16 @@ def _python_block(section: str) -> str:
 
 def test_the_use_from_python_example_runs(tiny_dataset, tmp_path, monkeypatch, capsys):
     """The README's "Use from Python" block, run as written in a folder of 16 photos."""
-    photos, new = tmp_path / "photos", tmp_path / "new"
+    photos, new, more = tmp_path / "photos", tmp_path / "new", tmp_path / "more_photos" / "x"
     photos.mkdir()
     new.mkdir()
+    more.mkdir(parents=True)
     for i, image in enumerate(sorted((tiny_dataset / "jpg").glob("synth_db_*.jpg"))):
         shutil.copy(image, photos / f"eiffel-{i:02d}.jpg")
     shutil.copy(tiny_dataset / "jpg" / "synth_q_0001.jpg", new / "tower.jpg")
+    shutil.copy(tiny_dataset / "jpg" / "synth_q_0002.jpg", more / "gate.jpg")
     monkeypatch.chdir(tmp_path)
     exec(compile(_python_block("Use from Python"), "README.md", "exec"), {})
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("1 ") and lines[0].endswith(" True eiffel-03.jpg")
-    assert lines[-1] == "16 images; sound"
+    assert lines[-1] == "17 images; sound"
