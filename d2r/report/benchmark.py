@@ -302,7 +302,6 @@ def write_report(
         raise ValueError(f"aps must have shape ({dataset.num_queries},), got {aps.shape}")
     if metrics is None:
         metrics = dataset.evaluate(ranks)
-    region_of = _regions_of(regions, dataset)
     verification = {key: _check_pair(value, key) for key, value in (verification or {}).items()}
 
     out = Path(out_dir)
@@ -310,7 +309,31 @@ def write_report(
         (out / sub).mkdir(parents=True, exist_ok=True)
     for old in [*(out / "matches").glob("q*.html"), *(out / "matches").glob("q*_db*.jpg")]:
         old.unlink()  # match views of an earlier report (this one writes its own)
+    curves = _write_curves(out, dataset, ranks, gnd)
 
+    shown = ranks[:, :top_k]
+    labels = label_results(shown, dataset, protocol=protocol)
+    shown_pairs = {(q, int(i)) for q, row in enumerate(shown.tolist()) for i in row if i >= 0}
+    thumbs = _Thumbnails(out, dataset, _regions_of(regions, dataset), thumb_side,
+                         max(thumb_side, match_side) if shown_pairs & verification.keys()
+                         else thumb_side)
+    sections = [_query_section(out, dataset, q, shown[q], labels[q], aps[q],
+                               gnd[protocol][q]["ok"].size, protocol, query_side, thumbs,
+                               verification)
+                for q in track(range(dataset.num_queries), desc="report", unit="query",
+                               show=show_progress)]
+    page = _report_page(dataset, title, protocol, top_k, settings, metrics, initial_metrics,
+                        curves, sections, _extras_note(verification, regions))
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    logger.info("wrote report %s (%d queries, %d thumbnails)", index, dataset.num_queries,
+                len(thumbs.written))
+    return index
+
+
+def _write_curves(out: Path, dataset: Benchmark, ranks: np.ndarray,
+                  gnd: Mapping[str, Any]) -> list[str]:
+    """Write ``pr_<protocol>.png`` for every protocol; their ``<img>`` tags."""
     curves = []
     for p in dataset.protocols:
         mean_ap = compute_map(ranks, gnd[p])[0]
@@ -318,66 +341,83 @@ def write_report(
         curves.append(
             f'<img src="pr_{p}.png" alt="{p} precision-recall curve" width="360" height="300">'
         )
+    return curves
 
-    shown = ranks[:, :top_k]
-    labels = label_results(shown, dataset, protocol=protocol)
-    shown_pairs = {(q, int(i)) for q, row in enumerate(shown.tolist()) for i in row if i >= 0}
-    stored_side = max(thumb_side, match_side) if shown_pairs & verification.keys() else thumb_side
-    written: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
-    sections = []
-    protocol_name = protocol.capitalize()
-    for q in track(range(dataset.num_queries), desc="report", unit="query", show=show_progress):
-        q_image, q_scale = _query_thumbnail(dataset, q, query_side, 3)
-        save_jpeg(q_image, out / "thumbs" / f"q_{q:04d}.jpg")
-        kinds = dataset.result_kinds(q)
-        figures, pairs = [], []
-        for pos, db_id in enumerate(shown[q].tolist()):
-            if db_id < 0:
-                continue
-            if db_id not in written:
-                image, scale = thumbnail(dataset.db_path(db_id), stored_side,
-                                          dataset.rotation(db_id))
-                boxes = region_of(db_id)
-                if boxes is not None:
-                    if not isinstance(boxes, Boxes):
-                        raise TypeError(f"regions of database image {db_id} must be Boxes")
-                    draw_boxes(image, boxes.xyxy, scale, REGION_BOX, 2)
-                save_jpeg(image, out / "thumbs" / f"db_{db_id:06d}.jpg")
-                written[db_id] = (image.size, scale)
-            (width, height), scale = written[db_id]
-            shrink = min(1.0, thumb_side / max(width, height))
-            label = labels[q, pos]
-            db_name = html.escape(dataset.db_names[db_id])
-            img = (f'<img src="thumbs/db_{db_id:06d}.jpg" width="{round(width * shrink)}" '
-                   f'height="{round(height * shrink)}" alt="{db_name}">')
-            caption = f"#{pos + 1} {db_name}"
-            if db_id in kinds:
-                caption += f" · {_KIND_WORDS.get(kinds[db_id], html.escape(kinds[db_id]))}"
-            if (q, db_id) in verification:
-                pair = verification[(q, db_id)]
-                link = f"matches/q{q:04d}.html#db{db_id:06d}"
-                img = f'<a href="{link}">{img}</a>'
-                caption += f' · <a href="{link}">{len(pair[0])} matched points</a>'
-                pairs.append(_pair_section(
-                    q, q_image.size, q_scale, db_id, (width, height), scale, pair, pos,
-                    db_name, label, protocol_name))
-            figures.append(
-                f'<figure class="result {label}" data-db-id="{db_id}" data-label="{label}">'
-                f"{img}<figcaption>{caption}</figcaption></figure>"
-            )
-        if pairs:
-            _write_match_page(out, dataset, q, pairs)
-        ap_text = "n/a" if np.isnan(aps[q]) else f"{100 * aps[q]:.1f}"
-        n_pos = gnd[protocol][q]["ok"].size
-        sections.append(
-            f'<section class="query" id="q{q}"><div class="qinfo">'
-            f'<img src="thumbs/q_{q:04d}.jpg" width="{q_image.width}" height="{q_image.height}" '
-            f'alt="query {q}"><div><b>{html.escape(dataset.query_names[q])}</b></div>'
-            f'<div class="ap" title="average precision, out of 100">AP ({protocol}) '
-            f'{ap_text} · {n_pos} correct images in the database</div></div>'
-            f'<div class="results">{"".join(figures)}</div></section>'
+
+class _Thumbnails:
+    """Database thumbnails written once each (``thumbs/db_<id>.jpg``, at ``stored_side``,
+    regions drawn); ``written[id]`` = (stored size, scale from original pixels)."""
+
+    def __init__(self, out: Path, dataset: Benchmark, region_of, side: int,
+                 stored_side: int) -> None:
+        self.out, self.dataset, self.region_of = out, dataset, region_of
+        self.side, self.stored_side = side, stored_side
+        self.written: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
+
+    def get(self, db_id: int) -> tuple[tuple[int, int], np.ndarray]:
+        if db_id not in self.written:
+            image, scale = thumbnail(self.dataset.db_path(db_id), self.stored_side,
+                                     self.dataset.rotation(db_id))
+            boxes = self.region_of(db_id)
+            if boxes is not None:
+                if not isinstance(boxes, Boxes):
+                    raise TypeError(f"regions of database image {db_id} must be Boxes")
+                draw_boxes(image, boxes.xyxy, scale, REGION_BOX, 2)
+            save_jpeg(image, self.out / "thumbs" / f"db_{db_id:06d}.jpg")
+            self.written[db_id] = (image.size, scale)
+        return self.written[db_id]
+
+
+def _query_section(out: Path, dataset: Benchmark, q: int, shown: np.ndarray,
+                   labels: np.ndarray, ap: float, n_pos: int, protocol: str, query_side: int,
+                   thumbs: _Thumbnails, verification: Mapping) -> str:
+    """The HTML section of query ``q``: its thumbnail, AP and ``shown`` (K,) results
+    labelled ``labels`` (K,); writes its thumbnail and its match page (if any pair)."""
+    q_image, q_scale = _query_thumbnail(dataset, q, query_side, 3)
+    save_jpeg(q_image, out / "thumbs" / f"q_{q:04d}.jpg")
+    kinds = dataset.result_kinds(q)
+    figures, pairs = [], []
+    for pos, db_id in enumerate(shown.tolist()):
+        if db_id < 0:
+            continue
+        (width, height), scale = thumbs.get(db_id)
+        shrink = min(1.0, thumbs.side / max(width, height))
+        label = labels[pos]
+        db_name = html.escape(dataset.db_names[db_id])
+        img = (f'<img src="thumbs/db_{db_id:06d}.jpg" width="{round(width * shrink)}" '
+               f'height="{round(height * shrink)}" alt="{db_name}">')
+        caption = f"#{pos + 1} {db_name}"
+        if db_id in kinds:
+            caption += f" · {_KIND_WORDS.get(kinds[db_id], html.escape(kinds[db_id]))}"
+        if (q, db_id) in verification:
+            pair = verification[(q, db_id)]
+            link = f"matches/q{q:04d}.html#db{db_id:06d}"
+            img = f'<a href="{link}">{img}</a>'
+            caption += f' · <a href="{link}">{len(pair[0])} matched points</a>'
+            pairs.append(_pair_section(
+                q, q_image.size, q_scale, db_id, (width, height), scale, pair, pos,
+                db_name, label, protocol.capitalize()))
+        figures.append(
+            f'<figure class="result {label}" data-db-id="{db_id}" data-label="{label}">'
+            f"{img}<figcaption>{caption}</figcaption></figure>"
         )
+    if pairs:
+        _write_match_page(out, dataset, q, pairs)
+    ap_text = "n/a" if np.isnan(ap) else f"{100 * ap:.1f}"
+    return (
+        f'<section class="query" id="q{q}"><div class="qinfo">'
+        f'<img src="thumbs/q_{q:04d}.jpg" width="{q_image.width}" height="{q_image.height}" '
+        f'alt="query {q}"><div><b>{html.escape(dataset.query_names[q])}</b></div>'
+        f'<div class="ap" title="average precision, out of 100">AP ({protocol}) '
+        f'{ap_text} · {n_pos} correct images in the database</div></div>'
+        f'<div class="results">{"".join(figures)}</div></section>'
+    )
 
+
+def _report_page(dataset: Benchmark, title: str | None, protocol: str, top_k: int,
+                 settings: Any, metrics: Mapping, initial_metrics: Mapping | None,
+                 curves: Sequence[str], sections: Sequence[str], extras: str) -> str:
+    """The whole ``index.html`` around the query sections."""
     legend = "".join(
         f'<span style="background:{c}">{LABEL_WORDS[label]}</span>'
         for label, c in LABEL_COLOURS.items()
@@ -393,7 +433,7 @@ def write_report(
         curves_intro = "After re-ranking. "
     else:
         metrics_intro, curves_intro = "", ""
-    page = (
+    return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{name}</title>'
         f"<style>{_CSS}</style></head><body><h1>{name}</h1>"
         f"<p>{html.escape(dataset.name)}: {dataset.num_db} database images, "
@@ -412,14 +452,9 @@ def write_report(
         f'<p class="legend">{legend}</p>'
         f'<p class="note">Green border: correct match ({_protocol_short(protocol)}); red: wrong '
         f"match; grey: ignored (junk: counts neither way). "
-        f"{_extras_note(verification, regions)}</p>"
+        f"{extras}</p>"
         f"{''.join(sections)}</body></html>\n"
     )
-    index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
-    logger.info("wrote report %s (%d queries, %d thumbnails)", index, dataset.num_queries,
-                len(written))
-    return index
 
 
 def _protocol_short(protocol: str) -> str:

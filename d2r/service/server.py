@@ -338,8 +338,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.add_middleware(RequestGuard, bind_host=settings.host,
                        allowed_hosts=settings.allowed_hosts, allow_writes=settings.allow_writes,
                        token=settings.token)
-    bearer = Security(HTTPBearer(auto_error=False,
-                                 description="the --token of d2r serve, when it has one"))
+    _answer_errors(app, service)
+    _add_routes(app, service, pool, settings)
+    return app
+
+
+def _answer_errors(app: FastAPI, service: IndexService) -> None:
+    """Every error as ``{"error": one line}`` with its status; a user's error says what was
+    wrong with the request, an internal one only its type (the log has the rest)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -375,6 +381,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
                      exc_info=exc)
         return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server "
                                       f"log"}, status_code=500)
+
+
+def _add_routes(app: FastAPI, service: IndexService, pool: WorkPool,
+                settings: ServeSettings) -> None:
+    """The page, its settings, search, and the writes (behind the bearer token, if any)."""
+    bearer = Security(HTTPBearer(auto_error=False,
+                                 description="the --token of d2r serve, when it has one"))
 
     @app.get("/health")
     def health() -> dict:
@@ -421,6 +434,4 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         return _page()
-
-    return app
 
