@@ -155,14 +155,18 @@ def _features_from_dict(values: Mapping[str, Any]) -> FeaturesConfig:
 
 @functools.lru_cache(maxsize=None)
 def _features_class() -> type:
-    fields = [(name, cls, field(default_factory=cls)) for name, cls in _SECTIONS.items()]
+    order = [*BUILTIN_EXTRACTORS, *sorted(set(_SECTIONS) - set(BUILTIN_EXTRACTORS))]
+    fields = [(name, _SECTIONS[name], field(default_factory=_SECTIONS[name]))
+              for name in order if name in _SECTIONS]
     cls = dataclasses.make_dataclass("FeaturesConfig", fields, bases=(FeaturesConfig,))
     cls.__module__ = __name__
     return cls
 
 
 def features_class() -> type:
-    """The :class:`FeaturesConfig` subclass with a field for every registered section."""
+    """The :class:`FeaturesConfig` subclass with a field for every registered section: the
+    built-in ones in :data:`BUILTIN_EXTRACTORS` order, then the plugins' by name (so records
+    keep one key order whatever was imported first)."""
     feature_sections()
     return _features_class()
 
