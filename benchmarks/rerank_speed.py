@@ -22,10 +22,10 @@ Medium-protocol AP before and after re-ranking with either method.
     python benchmarks/rerank_speed.py --candidates 20     # quick run
     python benchmarks/rerank_speed.py --decision nfa      # the a-contrario decision
 
-It also prints what the verification decision (:func:`d2r.spatial.score.decide`: one-to-one
-inliers, the a-contrario score, the sanity checks) costs per pair, before and after the
-query's KD-tree is shared by its pairs (built per pair vs once per query; medians of
-``--repeats`` alternating serial runs).
+It also prints what re-ranking costs per pair (matching, RANSAC and the decision,
+:func:`d2r.spatial.score.decide`: one-to-one inliers, the a-contrario score, the sanity
+checks) and the decision's part, with the numpy decision and the compiled one
+(:mod:`d2r.spatial._score_kernels`); medians of ``--repeats`` alternating serial runs.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from d2r.spatial import ransac as ransac_module
 from d2r.spatial.matching import match_descriptors
 from d2r.spatial.ransac import verify_pair
 from d2r.spatial.reranking import rerank
+from d2r.spatial.score import QueryPoints
 
 
 def _kdtree_matches(query, db, threshold: float) -> np.ndarray:
@@ -63,9 +64,10 @@ def _timed(fn):
     return value, time.perf_counter() - start
 
 
-def _decision_cost(query, db, matches, options: dict, repeats: int) -> None:
-    """Print the seconds per pair of serial verification and the part of it spent deciding,
-    with the query's KD-tree built for every pair (before) and once per query (after)."""
+def _decision_cost(query, db, match_options: dict, options: dict, repeats: int) -> None:
+    """Print the milliseconds per pair of serial re-ranking (matching, RANSAC, decision) and
+    the part spent deciding, with the numpy decision (before) and the compiled one (after),
+    the query's locations indexed once per query either way."""
     spent = [0.0]
     decide = ransac_module.decide
 
@@ -76,36 +78,35 @@ def _decision_cost(query, db, matches, options: dict, repeats: int) -> None:
         finally:
             spent[0] += time.perf_counter() - start
 
-    def per_pair():
-        return [verify_pair(query, d, matches=m, **options) for d, m in zip(db, matches)]
+    def rerank_pairs(compiled: bool):
+        points = QueryPoints(query.locations, compiled=compiled)
+        return [verify_pair(query, d, query_points=points, **match_options, **options)
+                for d in db]
 
-    def shared():
-        tree = cKDTree(query.locations)
-        return [verify_pair(query, d, matches=m, query_tree=tree, **options)
-                for d, m in zip(db, matches)]
-
-    runs = {"tree per pair (before)": [], "tree per query (after)": []}
+    runs = {"numpy (before)": [], "compiled (after)": []}
+    rerank_pairs(True)  # compiles (or loads) the kernels outside the timing
     ransac_module.decide = timed_decide
     try:
         for _ in range(repeats):
-            for name, fn in zip(runs, (per_pair, shared)):
+            for name, compiled in zip(runs, (False, True)):
                 spent[0] = 0.0
-                results, seconds = _timed(fn)
+                results, seconds = _timed(lambda: rerank_pairs(compiled))
                 runs[name].append((seconds, spent[0], results))
     finally:
         ransac_module.decide = decide
     before, after = ([r[2] for r in runs[name]][0] for name in runs)
-    same = all((a.num_inliers, a.score, a.verified) == (b.num_inliers, b.score, b.verified)
+    same = all((a.inlier_matches.tolist(), a.score, a.verified, a.reason)
+               == (b.inlier_matches.tolist(), b.score, b.verified, b.reason)
                for a, b in zip(before, after))
     n = len(db)
-    print(f"\ndecision cost ({options['decision']}), serial, medians of {repeats} runs; "
-          f"results identical: {same}")
-    print(f"| {'query KD-tree':<24} | {'ms/pair':>8} | {'decide ms/pair':>14} | {'share':>6} |")
-    print(f"|{'-' * 26}|{'-' * 10}|{'-' * 16}|{'-' * 8}|")
+    print(f"\nre-ranking cost per pair ({options['decision']}: matching, RANSAC, decision), "
+          f"serial, medians of {repeats} alternating runs; results identical: {same}")
+    print(f"| {'decision':<18} | {'ms/pair':>8} | {'decide ms/pair':>14} | {'share':>6} |")
+    print(f"|{'-' * 20}|{'-' * 10}|{'-' * 16}|{'-' * 8}|")
     for name, values in runs.items():
         total = float(np.median([v[0] for v in values]))
         deciding = float(np.median([v[1] for v in values]))
-        print(f"| {name:<24} | {1000 * total / n:8.3f} | {1000 * deciding / n:14.3f} | "
+        print(f"| {name:<18} | {1000 * total / n:8.3f} | {1000 * deciding / n:14.3f} | "
               f"{100 * deciding / total:5.1f}% |")
 
 
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
         print(f"| {name:<42} | {seconds:8.3f} | {1000 * seconds / n:8.2f} | "
               f"{reference / seconds:7.1f}x |")
 
-    _decision_cost(query, db, matches, dict(method="opencv", **ransac), args.repeats)
+    _decision_cost(query, db, match_options, dict(method="opencv", **ransac), args.repeats)
 
     labels = _labels(dataset.gnd[args.query], n)
     cv_in = np.array([r.num_inliers for r in cv_runs])

@@ -137,7 +137,9 @@ def true_pairs(seed: int, workers: int, root: Path, config) -> np.ndarray:
                for q in range(dataset.num_queries)]
     db = [extractor.extract(load_image(dataset.db_path(i))) for i in range(dataset.num_db)]
     positive = [set(np.concatenate([g.easy, g.hard]).tolist()) for g in dataset.gnd]
-    return measure(queries, db, lambda i, j: j not in positive[i], workers, config)
+    hard = np.array([j in set(g.hard.tolist()) for i, g in enumerate(dataset.gnd)
+                     for j in range(dataset.num_db) if j in positive[i]])
+    return measure(queries, db, lambda i, j: j not in positive[i], workers, config), hard
 
 
 def curve(negatives: np.ndarray, positives: np.ndarray):
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     negatives = unrelated_pairs(args.views, args.seed, args.workers, config)
     neg_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="calibration_") as tmp:
-        positives = true_pairs(args.seed, args.workers, Path(tmp) / "synth", config)
+        positives, hard = true_pairs(args.seed, args.workers, Path(tmp) / "synth", config)
     total_s = time.perf_counter() - start
     rows = curve(negatives, positives)
     print(f"{len(negatives):,} unrelated pairs ({neg_s:.0f} s), {len(positives):,} true pairs; "
@@ -212,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| old: >= 8 RANSAC inliers | {old[2]:.2f} | {old[3]:.1f} % |")
     print(f"| new: -log10 NFA >= {config.min_score:g}, sane, >= {config.min_inliers} one-to-one "
           f"inliers | {new[2]:.2f} | {new[3]:.1f} % |\n")
+    for name, rows_of in (("easy", ~hard), ("hard", hard)):
+        part = positives[rows_of]
+        print(f"{name} true pairs ({len(part)}): old {100 * (part[:, 0] >= 8).mean():.1f} %, "
+              f"new {100 * ((part[:, 2] > 0) & (part[:, 1] >= config.min_score)).mean():.1f} %")
+    print()
     print(f"settings: {config}\n")
     print("| rule | threshold | FPR per 1,000 | TPR % |\n|---|---:|---:|---:|")
     for family, t, fpr, tpr in rows:

@@ -443,5 +443,7 @@ def test_json_and_csv_carry_the_decision_and_its_score(index, photos):
     table = d2r(*query)
     assert table.returncode == 0, table.stderr
     verified = sum(row["verified"] for row in rows)
-    assert f"the top 4 were spatially verified; {verified} verified (>= 8 inliers) come first " \
-           f"(most inliers first)" in table.stdout.splitlines()[0]
+    assert (f"the top 4 were spatially verified; {verified} verified (a-contrario, -log10 NFA "
+            f">= 3: at most 1 false in 1,000 unrelated pairs expected) come first (highest "
+            f"score first), the others checked follow by inliers, then search order"
+            == table.stdout.splitlines()[0][len("# re-ranked: "):])

@@ -51,8 +51,10 @@ def test_upgrade_record_gives_a_missing_extractor_section_its_defaults():
 
 def test_legacy_values_reproduce_the_defaults_except_the_changed_one():
     """Every key added since 0.1.0 defaults to its legacy value, except selective search,
-    whose default became the paper's 'fast' mode (old records keep 'single'), and the HNSW
-    search breadth, 128 when approximate quantization had no setting for it, now 24."""
+    whose default became the paper's 'fast' mode (old records keep 'single'), the HNSW
+    search breadth, 128 when approximate quantization had no setting for it, now 24, and
+    the verification decision, now the a-contrario test at score 3 (old records keep the
+    inlier count)."""
     config = to_dict(load_config(None))
     changed = []
     for dotted, value in legacy_values().items():
@@ -61,7 +63,8 @@ def test_legacy_values_reproduce_the_defaults_except_the_changed_one():
             node = node[part]
         if node != value:
             changed.append(dotted)
-    assert changed == ["codebook.ef_search", "regions.selective_search_mode"]
+    assert changed == ["codebook.ef_search", "regions.selective_search_mode",
+                       "verification.decision", "verification.min_score"]
 
 
 @pytest.fixture()

@@ -106,24 +106,33 @@ def photos_index(tiny_dataset, tmp_path_factory):
     return index, sorted((tiny_dataset / "jpg").glob("synth_q_*.jpg"))
 
 
-def _ranking(index, queries, *overrides):
-    with Searcher(index, overrides=["verification.rerank=16", "verification.min_inliers=6",
-                                    *overrides]) as searcher:
+def _ranking(index, queries, *overrides, rerank=16):
+    with Searcher(index, overrides=[f"verification.rerank={rerank}",
+                                    "verification.min_inliers=6", *overrides]) as searcher:
         q = [searcher.query(path) for path in queries]
         result, details = searcher.rerank(q, searcher.search([x.features for x in q], k=16))
         return result.ids, details
 
 
 @pytest.mark.parametrize("variant", [[], ["search.qe_alpha=3"], ["search.qe_features=inliers"],
-                                     ["search.qe_features=region"]])
-def test_expansion_keeps_the_verified_head_and_reorders_the_rest(photos_index, variant):
+                                     ["search.qe_features=all"]])
+@pytest.mark.parametrize("decision", ["nfa", "inliers"])
+def test_expansion_keeps_the_verified_head_and_reorders_the_rest(photos_index, variant,
+                                                                 decision):
+    """Under ``nfa`` the whole checked head (8) keeps its order, under ``inliers`` only the
+    verified images; the expanded query reorders what follows."""
     index, queries = photos_index
-    plain, details = _ranking(index, queries)
-    expanded, after = _ranking(index, queries, "search.query_expansion=3", *variant)
+    rerank = 8 if decision == "nfa" else 16
+    plain, details = _ranking(index, queries, f"verification.decision={decision}",
+                              rerank=rerank)
+    expanded, after = _ranking(index, queries, f"verification.decision={decision}",
+                               "search.query_expansion=3", *variant, rerank=rerank)
     assert expanded.shape == plain.shape
     changed = 0
     for q, verified in enumerate(details):
         head = int(np.sum(verified.verified))
+        if decision == "nfa":
+            np.testing.assert_array_equal(expanded[q, :rerank], plain[q, :rerank])
         np.testing.assert_array_equal(expanded[q, :head], plain[q, :head])  # never removed
         assert sorted(expanded[q]) == sorted(plain[q])  # the same 16 images, reordered
         assert after[q].inliers[:head].tolist() == verified.inliers[:head].tolist()
@@ -176,4 +185,6 @@ def test_d2r_query_says_how_the_expanded_list_was_ordered(photos_index):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     header = proc.stdout.splitlines()[0]
-    assert "come first" in header and "expanded with up to 3 of them" in header, header
+    assert "come first" in header and header.endswith(
+        "the others checked follow by inliers, then search order; the rest in the order of a "
+        "search expanded with up to 3 verified images"), header

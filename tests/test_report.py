@@ -321,11 +321,13 @@ def test_run_settings_in_plain_words():
     assert "codebooks/0123456789abcdef" in rows["Visual words (codebook)"]
     assert "ASMK*" in rows["Image similarity"]
     assert "top 100" in rows["Re-ranking"]
-    assert "the verified ones (>= 8 inliers) move up, most inliers first" in rows["Re-ranking"]
-    nfa = dict(run_settings(load_config("rootsift-asmk-star", overrides=[
-        "verification.rerank=100", "verification.decision=nfa"]), manifest))
-    assert "the verified ones (a-contrario, -log10 NFA >= 12) move up, highest score first" \
-        in nfa["Re-ranking"]
+    assert ("the verified ones (a-contrario, -log10 NFA >= 3: at most 1 false in 1,000 "
+            "unrelated pairs expected) move up, highest score first; the others checked follow "
+            "by inliers, then search order") in rows["Re-ranking"]
+    old = dict(run_settings(load_config("rootsift-asmk-star", overrides=[
+        "verification.rerank=100", "verification.decision=inliers"]), manifest))
+    assert ("the verified ones (>= 8 inliers: about 22 false in 1,000 unrelated pairs measured) "
+            "move up, most inliers first; the others keep their search order") in old["Re-ranking"]
     assert rows["Queries"] == "40" and rows["Database images"] == "200"
     assert rows["Date"].startswith("2024-05-06 07:08")
     # a build that is no preset: the closest one and what differs

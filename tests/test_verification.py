@@ -295,10 +295,16 @@ def test_rerank_padding_callable_and_top_n_zero(controlled):
         return db[i]
 
     ids = np.array([0, 5, 3, -1, -1])
-    result = reranking.rerank(query, (ids, np.array([3, 2, 1, -np.inf, -np.inf])), fetch, top_n=10)
+    scores = np.array([3, 2, 1, -np.inf, -np.inf])
+    result = reranking.rerank(query, (ids, scores), fetch, top_n=10)
     assert calls == [0, 5, 3]
-    np.testing.assert_array_equal(result.ids, [3, 0, 5, -1, -1])
-    np.testing.assert_array_equal(result.inliers, [20, 0, 3, -1, -1])
+    # 3 verified first; then the unverified by inliers (5: 3 inliers, 0: none)
+    np.testing.assert_array_equal(result.ids, [3, 5, 0, -1, -1])
+    np.testing.assert_array_equal(result.inliers, [20, 3, 0, -1, -1])
+    # the earlier rule: the unverified keep their initial order
+    old = reranking.rerank(query, (ids, scores), db, top_n=10, decision="inliers")
+    np.testing.assert_array_equal(old.ids, [3, 0, 5, -1, -1])
+    np.testing.assert_array_equal(old.inliers, [20, 0, 3, -1, -1])
     calls.clear()
     unchanged = reranking.rerank(query, (ids, np.zeros(5)), fetch, top_n=0)
     assert calls == []

@@ -235,23 +235,21 @@ def test_rerank_puts_verified_first_by_score_then_search_order():
     assert result.verification_scores[0] > result.verification_scores[1] > 12
 
 
-def test_a_query_shares_one_chance_region_tree_and_scores_alike(monkeypatch):
-    """Re-ranking builds the query's KD-tree once for all its pairs; a pair's score is the
-    same with the shared tree as with its own."""
-    from scipy.spatial import cKDTree
+def test_a_query_shares_one_chance_region_index_and_scores_alike(monkeypatch):
+    """Re-ranking indexes the query's locations once for all its pairs; a pair's score is the
+    same with the shared index as with its own."""
+    from d2r.spatial import score
 
     query, dbs = _two_true_matches_among_five()
     expected = reranking.rerank(query, (np.arange(5), np.linspace(1, 0.5, 5)), dbs, decision=NFA)
     built = []
 
-    class Counted(cKDTree):
+    class Counted(score.QueryPoints):
         def __init__(self, *args, **kwargs):
             built.append(1)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(reranking, "cKDTree", Counted)
-    from d2r.spatial import score
-    monkeypatch.setattr(score, "cKDTree", Counted)
+    monkeypatch.setattr(reranking, "QueryPoints", Counted)
     for workers in (1, 3):
         built.clear()
         again = reranking.rerank(query, (np.arange(5), np.linspace(1, 0.5, 5)), dbs,
@@ -259,9 +257,43 @@ def test_a_query_shares_one_chance_region_tree_and_scores_alike(monkeypatch):
         assert len(built) == 1
         np.testing.assert_array_equal(again.ids, expected.ids)
         np.testing.assert_array_equal(again.verification_scores, expected.verification_scores)
-    tree = cKDTree(query.locations)
+    points = score.QueryPoints(query.locations)
     for db in dbs:
         own = ransac.verify_pair(query, db, decision=NFA)
-        shared = ransac.verify_pair(query, db, decision=NFA, query_tree=tree)
+        shared = ransac.verify_pair(query, db, decision=NFA, query_points=points)
         assert (own.score, own.num_inliers, own.verified) == \
             (shared.score, shared.num_inliers, shared.verified)
+
+
+def test_chance_counts_of_the_grid_equal_a_brute_force_count():
+    """The compiled grid counts what a plain distance test counts, points on the radius
+    included, far and outside points too."""
+    from d2r.spatial._score_kernels import grid_counts
+    from d2r.spatial.score import QueryPoints
+
+    rng = np.random.default_rng(3)
+    xy = np.round(rng.uniform(0, 300, (500, 2)), 1)
+    points = np.concatenate([xy[:40], rng.uniform(-50, 350, (200, 2)), [[1e6, 1e6]],
+                             xy[:5] + [20.0, 0.0]])  # the last five exactly 20 px away
+    for radius in (1.0, 7.5, 20.0):
+        want = ((xy[None] - points[:, None]) ** 2).sum(-1) <= radius * radius
+        got = grid_counts(*QueryPoints(xy).grid(radius), points, radius)
+        np.testing.assert_array_equal(got, want.sum(1))
+    assert grid_counts(*QueryPoints(np.zeros((0, 2))).grid(5.0), points, 5.0).sum() == 0
+
+
+@pytest.mark.parametrize("other", ["astronaut", "coffee", "brick", "grass"])
+def test_compiled_and_numpy_decisions_agree(extract, astronaut, other, monkeypatch):
+    """The numba half of the decision gives the numpy half's inliers, score and reason: a
+    crop, a rotated view and unrelated photos against the astronaut, both matchings."""
+    image = astronaut if other == "astronaut" else _rgb(getattr(skimage.data, other)())
+    query = extract(astronaut)
+    views = [extract(image[40:400, 60:460]), extract(np.ascontiguousarray(np.rot90(image)))]
+    for db in views:
+        for options in ({}, {"ratio_test": 0.8}):
+            answers = []
+            for backend in ("numpy", "compiled"):
+                monkeypatch.setenv("D2R_BACKEND", backend)
+                v = ransac.verify_pair(query, db, decision=NFA, **options)
+                answers.append((v.inlier_matches.tolist(), v.score, v.reason, v.verified))
+            assert answers[0] == answers[1]

@@ -90,7 +90,8 @@ def test_search_box_match_view_and_add(browser, server, tiny_dataset):
     green = [card.get_attribute("data-rank") for card in
              browser.find_elements(By.CSS_SELECTOR, "#results .result.verified")]
     assert green == [str(r["rank"]) for r in rows if r["verified"]] and green
-    assert (f"{len(green)} of the 16 checked were verified (>= 8 inliers, framed green)"
+    assert (f"{len(green)} of the 16 checked were verified (a-contrario, -log10 NFA >= 3: at "
+            f"most 1 false in 1,000 unrelated pairs expected, framed green)"
             in browser.find_element(By.ID, "status").text)
     browser.set_window_size(420, 1000)  # one narrow card per row: "inliers" stays one word
     lines = browser.execute_script(

@@ -59,7 +59,7 @@ from d2r.distributed.options import DEFAULT_CPUS_PER_SHARD
 from d2r.errors import InputError
 from d2r.api import DEFAULT_TOP, Hit, Index, evaluate, open_index
 from d2r.io.atomic import atomic_write_json
-from d2r.spatial.decision import rule, verified_order
+from d2r.spatial.decision import error_rate, rest_order, rule, verified_order
 from d2r.report.query_page import write_result_page
 from d2r.pipeline.sources import locate as locate_in
 
@@ -194,7 +194,8 @@ def _write_image_results(out: Path, args: argparse.Namespace, hits: list[Hit], i
     write_result_page(
         out / "report", query=args.image, box=args.box, rows=[hit.row() for hit in hits],
         shown=args.top or len(hits), locate=locate, verification=config.verification,
-        index=str(args.index), hint=None if args.images else "--images DIR")
+        index=str(args.index), hint=None if args.images else "--images DIR",
+        expansion=config.search.query_expansion if any(hit.verified for hit in hits) else 0)
 
 
 def _print_table(shown: list[Hit], hits: list[Hit], config: Config) -> None:
@@ -203,13 +204,11 @@ def _print_table(shown: list[Hit], hits: list[Hit], config: Config) -> None:
     verified = sum(hit.verified for hit in hits)
     checked = sum(hit.inliers is not None for hit in hits)
     if checked:
-        rest = "the others keep their search order"
-        if config.search.query_expansion > 0 and verified:
-            rest = (f"the others follow in the order of a search expanded with up to "
-                    f"{config.search.query_expansion} of them (query expansion)")
+        expansion = config.search.query_expansion if verified else 0
         print(f"# re-ranked: the top {checked} were spatially verified; {verified} verified "
-              f"({rule(config.verification)}) come first "
-              f"({verified_order(config.verification)}), {rest}")
+              f"({rule(config.verification)}: {error_rate(config.verification)}) come first "
+              f"({verified_order(config.verification)}), "
+              f"{rest_order(config.verification, expansion=expansion)}")
     print(f"{'rank':>4}  {'score':>7}  {'inliers':>7}  {'-log10NFA':>9}  {'verified':>8}  name")
     for hit in shown:
         head = hit.inliers is not None

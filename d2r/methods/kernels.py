@@ -121,8 +121,9 @@ class _Kernel(LocalMethod):
     def rerank(self, database: Database, queries: Sequence[Query], result: SearchResult, *,
                workers: int = 1):
         """Spatial verification, then (``search.query_expansion`` > 0) verified query
-        expansion: the verified images stay on top in their verified order, a search with
-        the expanded query (:func:`d2r.encoding.expansion.expand_aggregated`) orders the rest."""
+        expansion: the verified images (under ``nfa``, the whole checked head) stay on top in
+        their re-ranked order, a search with the expanded query
+        (:func:`d2r.encoding.expansion.expand_aggregated`) orders the rest."""
         result, reranked = super().rerank(database, queries, result, workers=workers)
         if reranked is None or self.config.search.query_expansion <= 0:
             return result, reranked
@@ -154,7 +155,11 @@ class _Kernel(LocalMethod):
 
     def _expanded_ranking(self, database, query: LocalFeatures, verified: RerankResult,
                           head: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``head`` verified images, then the expanded query's search without them."""
+        """The ``head`` verified images, then the expanded query's search without them; under
+        ``verification.decision: nfa`` the whole checked head keeps its re-ranked order and
+        the expanded query ranks only what verification did not check, so turning expansion
+        on never reorders what was verified (docs/benchmarks.md: it lowered Hard mAP
+        otherwise)."""
         search = self.config.search
         used = range(min(head, search.query_expansion))
         codebook = database.codebook
@@ -174,7 +179,17 @@ class _Kernel(LocalMethod):
         weights = (inliers / inliers.max()) ** search.qe_alpha
         query_image = expand_aggregated(self.encode_query(query, codebook), images,
                                         method=self.plain, weights=weights)
-        again = database.index.search([query_image], k=k + head, **self.search_options())
+        keep_head = self.config.verification.decision == "nfa"
+        depth = k + (verified.num_verified if keep_head else head)
+        again = database.index.search([query_image], k=depth, **self.search_options())
+        if keep_head:
+            # the checked head keeps its re-ranked order; the expanded query ranks the rest
+            checked = verified.num_verified
+            head_ids = verified.ids[:checked]
+            rest = ~np.isin(again.ids[0], head_ids)
+            ids = np.concatenate([head_ids, again.ids[0][rest]])[:k]
+            scores = np.concatenate([verified.scores[:checked], again.scores[0][rest]])[:k]
+            return ids, scores
         top_ids = verified.ids[:head]
         rest = ~np.isin(again.ids[0], top_ids)
         ids = np.concatenate([top_ids, again.ids[0][rest]])[:k]

@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 
 from d2r.config import VerificationConfig
 from d2r.errors import InputError
-from d2r.spatial.decision import rule, verified_order
+from d2r.spatial.decision import error_rate, rest_order, rule, verified_order
 from d2r.report.drawing import QUERY_BOX, draw_boxes, save_jpeg, thumbnail
 
 __all__ = ["write_result_page"]
@@ -52,14 +52,16 @@ def write_result_page(out_dir: str | os.PathLike, *, query: str | os.PathLike,
                       box: Optional[Sequence[float]], rows: Sequence[dict],
                       locate: Callable[[str], Optional[Path]],
                       verification: VerificationConfig, index: str, shown: Optional[int] = None,
-                      hint: Optional[str] = None, max_side: int = 320) -> Path:
+                      hint: Optional[str] = None, max_side: int = 320,
+                      expansion: int = 0) -> Path:
     """Write the page of one query; returns the path of ``index.html``.
 
     ``rows`` are every :func:`d2r.pipeline.run.run_image` result (``rank``, ``name``,
     ``score``, ``verified``; ``inliers`` and ``verification_score`` for the re-ranked head),
     the first ``shown`` (default all) shown in order, the verified ones framed green; the page
     states how many of the re-ranked head were verified, by the rule of ``verification``
-    (:func:`d2r.spatial.decision.rule`).  ``locate`` maps a
+    (:func:`d2r.spatial.decision.rule`) and with what error rate; ``expansion``: the query
+    was expanded with up to this many verified images (0: not).  ``locate`` maps a
     database name to its file (None when unknown); ``hint`` is the option that points at
     the database images (``"--images DIR"``), suggested when some cannot be read.
     """
@@ -75,8 +77,8 @@ def write_result_page(out_dir: str | os.PathLike, *, query: str | os.PathLike,
     checked = sum("inliers" in row for row in rows)
     verified = sum(row["verified"] for row in rows)
     order = (f"The top {checked} were spatially verified: {verified} verified "
-             f"({rule(verification)}) come first (green border, "
-             f"{verified_order(verification)}); the others keep their search order."
+             f"({rule(verification)}: {error_rate(verification)}) come first (green border, "
+             f"{verified_order(verification)}); {rest_order(verification, expansion=expansion)}."
              if checked else
              "Ordered by search score (no spatial verification; use --rerank N).")
     note = _missing_note(missing, len(shown_rows), hint)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 from typing import Any, Mapping, Optional
 
-from d2r.spatial.decision import rule, verified_order
+from d2r.spatial.decision import error_rate, rest_order, rule, verified_order
 
 __all__ = ["run_settings"]
 
@@ -153,8 +153,9 @@ def run_settings(
         rows.append(("Re-ranking", f"the top {verification.rerank} results of each query are "
                      f"checked by spatial verification "
                      f"({_RANSAC_WORDS.get(verification.method, verification.method)} RANSAC); "
-                     f"the verified ones ({rule(verification)}) move up, "
-                     f"{verified_order(verification)}"))
+                     f"the verified ones ({rule(verification)}: {error_rate(verification)}) "
+                     f"move up, {verified_order(verification)}; "
+                     f"{rest_order(verification)}"))
     else:
         rows.append(("Re-ranking", "none (initial ranking only)"))
     if num_queries is not None:

@@ -55,7 +55,7 @@ from d2r import __version__
 from d2r.checks import parse_box
 from d2r.errors import USER_ERRORS, DiskFullError, disk_full
 from d2r.index.layout import MANIFEST, WriterBusyError
-from d2r.spatial.decision import rule
+from d2r.spatial.decision import error_rate, rule
 from d2r.api import Index
 from d2r.pipeline.update import UnknownImagesError
 from d2r.report.drawing import thumbnail
@@ -401,6 +401,7 @@ def _add_routes(app: FastAPI, service: IndexService, pool: WorkPool,
                 "token_required": bool(settings.token), "top": settings.top,
                 "rerank": verification.rerank, "min_inliers": verification.min_inliers,
                 "decision": verification.decision, "rule": rule(verification),
+                "error_rate": error_rate(verification),
                 "max_upload_bytes": settings.max_upload_bytes,
                 "max_pixels": settings.max_pixels, "kind": index.kind}
 

@@ -20,12 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from d2r.config import VerificationConfig
 from d2r.spatial.checks import check_count, check_features, positive_number
 from d2r.spatial.matching import check_matches, match_descriptors
-from d2r.spatial.score import DECISIONS, decide
+from d2r.spatial.score import DECISIONS, QueryPoints, decide
 from d2r.types import LocalFeatures
 
 __all__ = ["METHODS", "MODELS", "Verification", "check_model", "verify_pair"]
@@ -128,7 +127,7 @@ def verify_pair(
     max_anisotropy: float = _DEFAULTS.max_anisotropy,
     allow_reflection: bool = _DEFAULTS.allow_reflection,
     min_spread: float = _DEFAULTS.min_spread,
-    query_tree: cKDTree | None = None,
+    query_points: QueryPoints | None = None,
 ) -> Verification:
     """Robust geometric verification (affine RANSAC by default) of a pair's putative matches.
 
@@ -153,8 +152,9 @@ def verify_pair(
         decision: ``"nfa"`` (one-to-one inliers, score, sanity) or ``"inliers"`` (RANSAC's
             count >= ``min_inliers``); the other options are the ``verification`` config
             keys of the same names (:func:`d2r.spatial.score.decide`).
-        query_tree: a ``scipy.spatial.cKDTree`` of ``query.locations`` shared by a
-            query's pairs (re-ranking builds it once per query); built here when None.
+        query_points: a :class:`~d2r.spatial.score.QueryPoints` of ``query.locations``
+            shared by a query's pairs (re-ranking builds it once per query); built here when
+            None.
 
     Returns:
         A :class:`Verification`; a non-finite (degenerate) model counts as no model.
@@ -203,7 +203,7 @@ def verify_pair(
         pairs, dst, src, fitted, query.locations, tolerance=threshold, model=model,
         min_inliers=min_inliers, min_score=min_score, max_scale_ratio=max_scale_ratio,
         max_anisotropy=max_anisotropy, allow_reflection=allow_reflection,
-        min_spread=min_spread, query_tree=query_tree,
+        min_spread=min_spread, query_points=query_points,
     )
     if decision == "inliers":
         inliers = pairs[mask]

@@ -38,9 +38,16 @@ or in one small patch.
 
 from __future__ import annotations
 
+import math
+import os
+import sys
+
 import numpy as np
 from scipy.spatial import cKDTree
 from scipy.special import betainc, gammaln
+
+from d2r.index.compiled import AVAILABLE as COMPILED_AVAILABLE
+from d2r.index.compiled import unavailable_reason as compiled_unavailable_reason
 
 __all__ = [
     "SAMPLE_SIZE",
@@ -48,6 +55,9 @@ __all__ = [
     "log10_binomial_tail",
     "log10_nfa",
     "inlier_probability",
+    "QueryPoints",
+    "COMPILED_FROM_PAIRS",
+    "use_compiled",
     "apply",
     "one_to_one",
     "spread",
@@ -64,6 +74,9 @@ it (RANSAC's own inlier count >= ``min_inliers``, nothing else)."""
 
 _LN10 = np.log(10.0)
 _TINY_TAIL = 1e-250
+_CHANCE_SAMPLES = 256
+"""``p`` is the mean of ``p_i`` over at most about this many evenly spaced matches (speed; an
+unbiased estimate of the mean over all)."""
 
 
 def log10_binomial_tail(k, n, p) -> np.ndarray:
@@ -102,15 +115,108 @@ def log10_nfa(k, n, p, *, sample_size: int) -> np.ndarray:
     return tests + log10_binomial_tail(k - s, np.maximum(n - s, 0), p)
 
 
+def _log10_nfa_one(k: int, n: int, p: float, s: int) -> float:
+    """:func:`log10_nfa` of one pair, on Python numbers (the same terms, without the array
+    set-up that costs more than the arithmetic for one pair)."""
+    tests = (float(gammaln(n + 1.0)) - float(gammaln(s + 1.0)) - float(gammaln(n - s + 1.0))
+             if n >= s else 0.0) / _LN10
+    kk, nn = float(k - s), float(max(n - s, 0))
+    if kk <= 0:
+        return tests
+    if kk > nn or p <= 0:
+        return -math.inf
+    if p >= 1:
+        return tests
+    tail = float(betainc(kk, nn - kk + 1.0, p))
+    if tail > _TINY_TAIL:
+        return tests + math.log(tail) / _LN10
+    log_pmf = (float(gammaln(nn + 1)) - float(gammaln(kk + 1)) - float(gammaln(nn - kk + 1))
+               + kk * math.log(p) + (nn - kk) * math.log1p(-p))
+    ratio = min(max((nn - kk) * p / ((kk + 1) * (1 - p)), 0.0), 1 - 1e-12)
+    return tests + (log_pmf - math.log1p(-ratio)) / _LN10
+
+
+COMPILED_FROM_PAIRS = 2000
+"""``auto`` decides pairs with the compiled code from a batch of this many (a query's top 100
+of a benchmark run): loading numba costs about a second per process, the compiled decision
+saves about 0.4 ms per pair (docs/benchmarks.md)."""
+
+
+def use_compiled(pairs: int) -> bool:
+    """Whether deciding a batch of ``pairs`` pairs runs the compiled parts
+    (:mod:`d2r.spatial._score_kernels`): ``$D2R_BACKEND`` ``compiled`` (numba must be
+    installed), ``numpy``, or ``auto`` (default): when numba is installed and either already
+    loaded in this process or the batch has :data:`COMPILED_FROM_PAIRS` pairs or more.
+    Both give the same inliers, scores and reasons."""
+    choice = os.environ.get("D2R_BACKEND", os.environ.get("D2R_KERNEL", "auto"))
+    if choice == "numpy":
+        return False
+    if choice == "compiled" and not COMPILED_AVAILABLE:
+        raise RuntimeError(compiled_unavailable_reason())
+    return COMPILED_AVAILABLE and (choice == "compiled" or "numba" in sys.modules
+                                   or pairs >= COMPILED_FROM_PAIRS)
+
+
+class QueryPoints:
+    """A query's (N, 2) feature locations, indexed once for all of its pairs' chance counts:
+    a grid of cells of the tolerance's side (compiled, one per tolerance) or a ``cKDTree``
+    (numpy); ``compiled`` says which half of the decision its pairs run (default:
+    :func:`use_compiled` of one pair).  Read-only once built; safe to share between
+    threads."""
+
+    def __init__(self, locations: np.ndarray, *, compiled: bool | None = None) -> None:
+        self.compiled = use_compiled(1) if compiled is None else bool(compiled)
+        self.locations = np.ascontiguousarray(locations, dtype=np.float64).reshape(-1, 2)
+        self._tree: cKDTree | None = None
+        self._grids: dict[float, tuple] = {}
+
+    def __len__(self) -> int:
+        return self.locations.shape[0]
+
+    def counts(self, points: np.ndarray, radius: float) -> np.ndarray:
+        """(P,) int64: the locations within ``radius`` (``<=``) of each of the (P, 2) finite
+        ``points``."""
+        points = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 2)
+        if self.compiled:
+            from d2r.spatial._score_kernels import grid_counts
+
+            return grid_counts(*self.grid(float(radius)), points, float(radius))
+        if self._tree is None:
+            self._tree = cKDTree(self.locations)
+        return np.asarray(self._tree.query_ball_point(points, radius, return_length=True),
+                          np.int64)
+
+    def grid(self, cell: float) -> tuple:
+        """(starts, members, xs, ys, origin x, origin y, cell, columns, rows) for
+        :func:`~d2r.spatial._score_kernels.grid_counts`."""
+        grid = self._grids.get(cell)
+        if grid is None:
+            xy = self.locations
+            origin = xy.min(axis=0) if len(xy) else np.zeros(2)
+            cells = np.floor((xy - origin) / cell).astype(np.int64)
+            columns, rows = (int(cells[:, 0].max()) + 1, int(cells[:, 1].max()) + 1) \
+                if len(xy) else (1, 1)
+            ids = cells[:, 1] * columns + cells[:, 0]
+            members = np.argsort(ids, kind="stable")
+            starts = np.zeros(columns * rows + 1, np.int64)
+            np.cumsum(np.bincount(ids, minlength=columns * rows), out=starts[1:])
+            grid = (starts, members, np.ascontiguousarray(xy[:, 0]),
+                    np.ascontiguousarray(xy[:, 1]), float(origin[0]), float(origin[1]), cell,
+                    columns, rows)
+            self._grids[cell] = grid
+        return grid
+
+
 def inlier_probability(query_locations: np.ndarray, predicted: np.ndarray,
-                       tolerance: float, *, tree: cKDTree | None = None) -> float:
+                       tolerance: float, *, points: QueryPoints | None = None) -> float:
     """Mean over the (P, 2) ``predicted`` query points of the fraction of the (N, 2)
-    ``query_locations`` within ``tolerance`` of each (1.0 when either is empty).  ``tree``:
-    a ``cKDTree`` of ``query_locations`` built once for all of a query's pairs (else here)."""
+    ``query_locations`` within ``tolerance`` of each (1.0 when either is empty).
+    ``points``: :class:`QueryPoints` of ``query_locations`` built once for all of a query's
+    pairs (else here)."""
     if query_locations.shape[0] == 0 or predicted.shape[0] == 0:
         return 1.0
-    tree = cKDTree(query_locations) if tree is None else tree
-    near = tree.query_ball_point(predicted, tolerance, return_length=True)
+    points = QueryPoints(query_locations) if points is None else points
+    near = points.counts(predicted, tolerance)
     return float(near.mean() / query_locations.shape[0])
 
 
@@ -131,23 +237,32 @@ def _pixel_key(xy: np.ndarray) -> np.ndarray:
 
 
 def one_to_one(pairs: np.ndarray, query_xy: np.ndarray, db_xy: np.ndarray,
-               error: np.ndarray) -> np.ndarray:
+               error: np.ndarray, *, compiled: bool = False) -> np.ndarray:
     """Positions into ``pairs`` (P, 2) keeping, for every query feature, database feature,
     query pixel and database pixel (``query_xy``, ``db_xy``: (P, 2)), only the match of
     smallest ``error`` (P,); ascending error order."""
     keep = np.argsort(error, kind="stable")
-    for key in (pairs[:, 0], pairs[:, 1], _pixel_key(query_xy), _pixel_key(db_xy)):
+    keys = (pairs[:, 0], pairs[:, 1], _pixel_key(query_xy), _pixel_key(db_xy))
+    if compiled:
+        from d2r.spatial._score_kernels import first_of_each
+
+        return first_of_each(keep, np.stack(keys).astype(np.int64))
+    for key in keys:
         _, first = np.unique(key[keep], return_index=True)
         keep = keep[np.sort(first)]
     return keep
 
 
-def spread(points: np.ndarray) -> float:
+def spread(points: np.ndarray, *, compiled: bool = False) -> float:
     """Robust minor-axis spread (pixels) of (K, 2) points: 1.4826 x the median absolute
     deviation along their minor principal axis; ~0 on a line or in a dot, whatever a few
     stray points do."""
     if points.shape[0] < 3:
         return 0.0
+    if compiled:
+        from d2r.spatial._score_kernels import spread_of
+
+        return float(spread_of(np.ascontiguousarray(points, dtype=np.float64)))
     centered = points.astype(np.float64) - np.median(points, axis=0)
     minor = centered @ np.linalg.svd(centered, full_matrices=False)[2][-1]
     return float(1.4826 * np.median(np.abs(minor - np.median(minor))))
@@ -166,21 +281,33 @@ def _linear_part(transform: np.ndarray, at: np.ndarray) -> np.ndarray | None:
 
 
 def transform_problem(transform: np.ndarray, at: np.ndarray, *, max_scale_ratio: float,
-                      max_anisotropy: float, allow_reflection: bool) -> str:
-    """Why ``transform`` (2, 3) / (3, 3) is degenerate near database point ``at`` (2,), or ""."""
-    linear = _linear_part(transform, at)
-    if linear is None:
+                      max_anisotropy: float, allow_reflection: bool,
+                      compiled: bool = False) -> str:
+    """Why ``transform`` (2, 3) / (3, 3) is degenerate near database point ``at`` (2,), or "".
+    ``compiled``: the numba twin computes the singular values (in closed form)."""
+    if compiled:
+        from d2r.spatial._score_kernels import transform_check
+
+        behind, reflected, large, small = transform_check(
+            np.ascontiguousarray(transform, dtype=np.float64),
+            np.ascontiguousarray(at, dtype=np.float64))
+    else:
+        linear = _linear_part(transform, at)
+        behind = linear is None
+        if not behind:
+            reflected = np.linalg.det(linear) < 0
+            large, small = np.linalg.svd(linear, compute_uv=False)
+    if behind:
         return "degenerate transform"
-    if np.linalg.det(linear) < 0 and not allow_reflection:
+    if reflected and not allow_reflection:
         return "reflection"
-    singular = np.linalg.svd(linear, compute_uv=False)
-    if singular[-1] <= 1e-12:
+    if small <= 1e-12:
         return "degenerate transform"
-    scale = float(np.sqrt(singular[0] * singular[-1]))
+    scale = float(np.sqrt(large * small))
     if max(scale, 1 / scale) > max_scale_ratio:
         return f"scale ratio {max(scale, 1 / scale):.1f} > {max_scale_ratio:g}"
-    if singular[0] / singular[-1] > max_anisotropy:
-        return f"anisotropy {singular[0] / singular[-1]:.1f} > {max_anisotropy:g}"
+    if large / small > max_anisotropy:
+        return f"anisotropy {large / small:.1f} > {max_anisotropy:g}"
     return ""
 
 
@@ -188,14 +315,15 @@ def decide(pairs: np.ndarray, query_xy: np.ndarray, db_xy: np.ndarray, transform
            query_locations: np.ndarray, *, tolerance: float, model: str, min_inliers: int,
            min_score: float, max_scale_ratio: float, max_anisotropy: float,
            allow_reflection: bool, min_spread: float,
-           query_tree: cKDTree | None = None) -> tuple[np.ndarray, float, str]:
+           query_points: QueryPoints | None = None) -> tuple[np.ndarray, float, str]:
     """The one-to-one inliers, score and refusal reason of one fitted pair.
 
     Args:
         pairs: (P, 2) tentative ``(query, database)`` feature indices; query_xy, db_xy:
             (P, 2) their locations; transform: the fitted (2, 3) / (3, 3) database -> query
             map; query_locations: (N, 2) every query feature (the chance region);
-            query_tree: their ``cKDTree`` when the caller built it once for the query.
+            query_points: their :class:`QueryPoints` when the caller built it once for the
+            query.
         tolerance: inlier residual in query pixels; the rest: see :mod:`d2r.config`'s
             ``verification`` section.
     Returns:
@@ -205,20 +333,29 @@ def decide(pairs: np.ndarray, query_xy: np.ndarray, db_xy: np.ndarray, transform
     mapped = apply(transform, db_xy)
     error = np.linalg.norm(mapped - query_xy, axis=1)
     error[~np.isfinite(error)] = np.inf
-    distinct = one_to_one(pairs, query_xy, db_xy, error)
-    inside = np.sort(distinct[error[distinct] <= tolerance])
-    k, n = inside.shape[0], distinct.shape[0]
-    usable = distinct[np.all(np.isfinite(mapped[distinct]), axis=1)]
-    # the mean of p_i from at most ~256 evenly spaced matches (speed; an unbiased estimate)
-    usable = usable[::max(1, usable.shape[0] // 256)]
-    p = inlier_probability(query_locations, mapped[usable], tolerance, tree=query_tree)
-    score = float(-log10_nfa(k, n, p, sample_size=SAMPLE_SIZE[model]))
+    points = QueryPoints(query_locations) if query_points is None else query_points
+    if points.compiled:
+        from d2r.spatial._score_kernels import count_inliers
+
+        inside, n, near, used = count_inliers(
+            pairs, query_xy.astype(np.float64), db_xy.astype(np.float64), mapped, error,
+            float(tolerance), _CHANCE_SAMPLES, *points.grid(float(tolerance)))
+        k = inside.shape[0]
+        p = near / used / len(points) if used and len(points) else 1.0
+    else:
+        distinct = one_to_one(pairs, query_xy, db_xy, error)
+        inside = np.sort(distinct[error[distinct] <= tolerance])
+        k, n = inside.shape[0], distinct.shape[0]
+        usable = distinct[np.all(np.isfinite(mapped[distinct]), axis=1)]
+        usable = usable[::max(1, usable.shape[0] // _CHANCE_SAMPLES)]
+        p = inlier_probability(query_locations, mapped[usable], tolerance, points=points)
+    score = -_log10_nfa_one(k, n, p, SAMPLE_SIZE[model])
     if k == 0:
         return pairs[inside], score, "no inliers"
     reason = transform_problem(transform, db_xy[inside].mean(axis=0).astype(np.float64),
                                max_scale_ratio=max_scale_ratio, max_anisotropy=max_anisotropy,
-                               allow_reflection=allow_reflection)
-    if not reason and spread(query_xy[inside]) < min_spread * tolerance:
+                               allow_reflection=allow_reflection, compiled=points.compiled)
+    if not reason and spread(query_xy[inside], compiled=points.compiled) < min_spread * tolerance:
         reason = "inliers on a line or in a small patch"
     if not reason and k < min_inliers:
         reason = f"{k} inliers < {min_inliers}"
