@@ -282,6 +282,20 @@ def test_chance_counts_of_the_grid_equal_a_brute_force_count():
     assert grid_counts(*QueryPoints(np.zeros((0, 2))).grid(5.0), points, 5.0).sum() == 0
 
 
+def test_the_compiled_one_to_one_filter_equals_four_unique_passes():
+    from d2r.spatial._score_kernels import first_of_each
+
+    rng = np.random.default_rng(5)
+    for size, spread_of_values in [(0, 3), (1, 3), (50, 4), (400, 30), (1000, 1 << 40)]:
+        keys = rng.integers(-spread_of_values, spread_of_values, (4, size))
+        order = rng.permutation(size)
+        want = order
+        for row in keys:
+            _, first = np.unique(row[want], return_index=True)
+            want = want[np.sort(first)]
+        np.testing.assert_array_equal(first_of_each(order, keys), want)
+
+
 @pytest.mark.parametrize("other", ["astronaut", "coffee", "brick", "grass"])
 def test_compiled_and_numpy_decisions_agree(extract, astronaut, other, monkeypatch):
     """The numba half of the decision gives the numpy half's inliers, score and reason: a

@@ -10,7 +10,32 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["first_of_each", "grid_counts", "count_inliers", "transform_check", "spread_of"]
+__all__ = ["first_of_each", "grid_counts", "transform_check", "spread_of", "count_inliers"]
+
+
+@njit(cache=True, nogil=True)
+def _first_by_key(keep, key):
+    """The positions of ``keep`` whose ``key`` value is seen for the first time (in
+    ``keep``'s order): an open-addressing hash set of the values (linear probing)."""
+    size = 1
+    while size < 2 * keep.shape[0]:
+        size *= 2
+    table = np.empty(size, np.int64)
+    used = np.zeros(size, np.bool_)
+    out = np.empty(keep.shape[0], np.int64)
+    count = 0
+    for position in keep:
+        value = key[position]
+        slot = (np.uint64(value) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+        slot = np.int64(slot) & (size - 1)
+        while used[slot] and table[slot] != value:
+            slot = (slot + 1) & (size - 1)
+        if not used[slot]:
+            used[slot] = True
+            table[slot] = value
+            out[count] = position
+            count += 1
+    return out[:count]
 
 
 @njit(cache=True, nogil=True)
@@ -20,40 +45,31 @@ def first_of_each(order, keys):
     applied four times, as :func:`d2r.spatial.score.one_to_one` does."""
     keep = order.copy()
     for row in range(keys.shape[0]):
-        values = keys[row][keep]
-        by_value = np.argsort(values, kind="mergesort")
-        first = np.empty(keep.shape[0], np.int64)
-        count = 0
-        for i in range(by_value.shape[0]):
-            if i == 0 or values[by_value[i]] != values[by_value[i - 1]]:
-                first[count] = by_value[i]
-                count += 1
-        keep = keep[np.sort(first[:count])]
+        keep = _first_by_key(keep, keys[row])
     return keep
 
 
 @njit(cache=True, nogil=True)
-def grid_counts(starts, members, xs, ys, origin_x, origin_y, cell, columns, rows, points,
-                radius):
+def grid_counts(starts, xs, ys, origin_x, origin_y, cell, columns, rows, points, radius):
     """(P,) int64: how many of the gridded points lie within ``radius`` (``<=``) of each of the
     (P, 2) ``points``.  The grid: cells of side ``cell`` (>= radius) from the origin,
-    ``columns`` x ``rows`` of them; cell ``c = row * columns + column`` holds
-    ``members[starts[c]:starts[c + 1]]`` (indices into ``xs``, ``ys``)."""
+    ``columns`` x ``rows`` of them, row by row; cell ``c = row * columns + column`` holds the
+    points ``xs[starts[c]:starts[c + 1]]``, ``ys[...]`` (so the three cells of a row next to
+    a point are one contiguous run)."""
     out = np.zeros(points.shape[0], np.int64)
     limit = radius * radius
     for i in range(points.shape[0]):
         px, py = points[i, 0], points[i, 1]
         cx = int(np.floor((px - origin_x) / cell))
         cy = int(np.floor((py - origin_y) / cell))
+        first, last = max(cx - 1, 0), min(cx + 1, columns - 1)
         count = 0
-        for gy in range(max(cy - 1, 0), min(cy + 2, rows)):
-            for gx in range(max(cx - 1, 0), min(cx + 2, columns)):
-                c = gy * columns + gx
-                for m in range(starts[c], starts[c + 1]):
-                    dx = xs[members[m]] - px
-                    dy = ys[members[m]] - py
-                    if dx * dx + dy * dy <= limit:
-                        count += 1
+        if first <= last:
+            for gy in range(max(cy - 1, 0), min(cy + 2, rows)):
+                for m in range(starts[gy * columns + first], starts[gy * columns + last + 1]):
+                    dx = xs[m] - px
+                    dy = ys[m] - py
+                    count += dx * dx + dy * dy <= limit
         out[i] = count
     return out
 
@@ -64,32 +80,6 @@ def _pixel_keys(xy):
     for i in range(xy.shape[0]):
         keys[i] = np.int64(np.rint(xy[i, 0])) * (1 << 31) + np.int64(np.rint(xy[i, 1]))
     return keys
-
-
-@njit(cache=True, nogil=True)
-def count_inliers(pairs, query_xy, db_xy, mapped, error, tolerance, samples, starts, members,
-                  xs, ys, origin_x, origin_y, cell, columns, rows):
-    """The counting half of :func:`d2r.spatial.score.decide`: ``(inside, n, near, used)`` =
-    the one-to-one inliers (positions into ``pairs``, ascending), the one-to-one matches,
-    and the chance counts summed over ``used`` evenly spaced finite predictions (at most
-    about ``samples``) within ``tolerance`` on the query's grid."""
-    keys = np.empty((4, pairs.shape[0]), np.int64)
-    keys[0] = pairs[:, 0]
-    keys[1] = pairs[:, 1]
-    keys[2] = _pixel_keys(query_xy)
-    keys[3] = _pixel_keys(db_xy)
-    distinct = first_of_each(np.argsort(error, kind="mergesort"), keys)
-    inside = np.sort(distinct[error[distinct] <= tolerance])
-    finite = np.empty(distinct.shape[0], np.bool_)
-    for i in range(distinct.shape[0]):
-        finite[i] = np.isfinite(mapped[distinct[i], 0]) and np.isfinite(mapped[distinct[i], 1])
-    usable = distinct[finite]
-    usable = usable[::max(1, usable.shape[0] // samples)]
-    near = 0
-    if xs.shape[0] > 0 and usable.shape[0] > 0:
-        near = grid_counts(starts, members, xs, ys, origin_x, origin_y, cell, columns, rows,
-                           mapped[usable], tolerance).sum()
-    return inside, distinct.shape[0], near, usable.shape[0]
 
 
 @njit(cache=True, nogil=True)
@@ -138,3 +128,40 @@ def spread_of(xy):
         ux, uy, norm = 0.0, 1.0, 1.0
     minor = ((xy[:, 0] - cx) * ux + (xy[:, 1] - cy) * uy) / norm
     return 1.4826 * np.median(np.abs(minor - np.median(minor)))
+
+
+@njit(cache=True, nogil=True)
+def count_inliers(pairs, query_xy, db_xy, mapped, error, transform, tolerance, samples, starts,
+                  xs, ys, origin_x, origin_y, cell, columns, rows):
+    """The measuring half of :func:`d2r.spatial.score.decide`, in one call: ``(inside, n,
+    near, used, behind, reflected, s1, s2, spread)`` = the one-to-one inliers (positions
+    into ``pairs``, ascending), the one-to-one matches, the chance counts summed over
+    ``used`` evenly spaced finite predictions (at most about ``samples``) within
+    ``tolerance`` on the query's grid, and (with inliers) :func:`transform_check` at their
+    database centre and :func:`spread_of` of their query locations."""
+    keys = np.empty((4, pairs.shape[0]), np.int64)
+    keys[0] = pairs[:, 0]
+    keys[1] = pairs[:, 1]
+    keys[2] = _pixel_keys(query_xy)
+    keys[3] = _pixel_keys(db_xy)
+    distinct = first_of_each(np.argsort(error, kind="mergesort"), keys)
+    inside = np.sort(distinct[error[distinct] <= tolerance])
+    finite = np.empty(distinct.shape[0], np.bool_)
+    for i in range(distinct.shape[0]):
+        finite[i] = np.isfinite(mapped[distinct[i], 0]) and np.isfinite(mapped[distinct[i], 1])
+    usable = distinct[finite]
+    usable = usable[::max(1, usable.shape[0] // samples)]
+    near = 0
+    if xs.shape[0] > 0 and usable.shape[0] > 0:
+        near = grid_counts(starts, xs, ys, origin_x, origin_y, cell, columns, rows,
+                           mapped[usable], tolerance).sum()
+    behind, reflected, large, small, spread = False, False, 0.0, 0.0, 0.0
+    if inside.shape[0] > 0:
+        at = np.zeros(2)
+        for i in inside:
+            at[0] += db_xy[i, 0]
+            at[1] += db_xy[i, 1]
+        behind, reflected, large, small = transform_check(transform, at / inside.shape[0])
+        spread = spread_of(query_xy[inside])
+    return (inside, distinct.shape[0], near, usable.shape[0], behind, reflected, large, small,
+            spread)

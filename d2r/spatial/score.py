@@ -187,8 +187,8 @@ class QueryPoints:
                           np.int64)
 
     def grid(self, cell: float) -> tuple:
-        """(starts, members, xs, ys, origin x, origin y, cell, columns, rows) for
-        :func:`~d2r.spatial._score_kernels.grid_counts`."""
+        """(starts, xs, ys, origin x, origin y, cell, columns, rows) for
+        :func:`~d2r.spatial._score_kernels.grid_counts`: the locations sorted by cell."""
         grid = self._grids.get(cell)
         if grid is None:
             xy = self.locations
@@ -200,9 +200,9 @@ class QueryPoints:
             members = np.argsort(ids, kind="stable")
             starts = np.zeros(columns * rows + 1, np.int64)
             np.cumsum(np.bincount(ids, minlength=columns * rows), out=starts[1:])
-            grid = (starts, members, np.ascontiguousarray(xy[:, 0]),
-                    np.ascontiguousarray(xy[:, 1]), float(origin[0]), float(origin[1]), cell,
-                    columns, rows)
+            grid = (starts, np.ascontiguousarray(xy[members, 0]),
+                    np.ascontiguousarray(xy[members, 1]), float(origin[0]), float(origin[1]),
+                    cell, columns, rows)
             self._grids[cell] = grid
         return grid
 
@@ -237,32 +237,23 @@ def _pixel_key(xy: np.ndarray) -> np.ndarray:
 
 
 def one_to_one(pairs: np.ndarray, query_xy: np.ndarray, db_xy: np.ndarray,
-               error: np.ndarray, *, compiled: bool = False) -> np.ndarray:
+               error: np.ndarray) -> np.ndarray:
     """Positions into ``pairs`` (P, 2) keeping, for every query feature, database feature,
     query pixel and database pixel (``query_xy``, ``db_xy``: (P, 2)), only the match of
     smallest ``error`` (P,); ascending error order."""
     keep = np.argsort(error, kind="stable")
-    keys = (pairs[:, 0], pairs[:, 1], _pixel_key(query_xy), _pixel_key(db_xy))
-    if compiled:
-        from d2r.spatial._score_kernels import first_of_each
-
-        return first_of_each(keep, np.stack(keys).astype(np.int64))
-    for key in keys:
+    for key in (pairs[:, 0], pairs[:, 1], _pixel_key(query_xy), _pixel_key(db_xy)):
         _, first = np.unique(key[keep], return_index=True)
         keep = keep[np.sort(first)]
     return keep
 
 
-def spread(points: np.ndarray, *, compiled: bool = False) -> float:
+def spread(points: np.ndarray) -> float:
     """Robust minor-axis spread (pixels) of (K, 2) points: 1.4826 x the median absolute
     deviation along their minor principal axis; ~0 on a line or in a dot, whatever a few
     stray points do."""
     if points.shape[0] < 3:
         return 0.0
-    if compiled:
-        from d2r.spatial._score_kernels import spread_of
-
-        return float(spread_of(np.ascontiguousarray(points, dtype=np.float64)))
     centered = points.astype(np.float64) - np.median(points, axis=0)
     minor = centered @ np.linalg.svd(centered, full_matrices=False)[2][-1]
     return float(1.4826 * np.median(np.abs(minor - np.median(minor))))
@@ -280,23 +271,21 @@ def _linear_part(transform: np.ndarray, at: np.ndarray) -> np.ndarray | None:
     return (transform[:2, :2] - np.outer(mapped, transform[2, :2])) / w
 
 
-def transform_problem(transform: np.ndarray, at: np.ndarray, *, max_scale_ratio: float,
-                      max_anisotropy: float, allow_reflection: bool,
-                      compiled: bool = False) -> str:
-    """Why ``transform`` (2, 3) / (3, 3) is degenerate near database point ``at`` (2,), or "".
-    ``compiled``: the numba twin computes the singular values (in closed form)."""
-    if compiled:
-        from d2r.spatial._score_kernels import transform_check
+def _linear_geometry(transform: np.ndarray, at: np.ndarray) -> tuple[bool, bool, float, float]:
+    """``(behind, reflected, s1, s2)`` of ``transform``'s local linear part near database
+    point ``at``: whether ``at`` maps behind the camera, whether the part mirrors, and its
+    singular values, largest first (numpy; the compiled twin is
+    :func:`~d2r.spatial._score_kernels.transform_check`)."""
+    linear = _linear_part(transform, at)
+    if linear is None:
+        return True, False, 0.0, 0.0
+    large, small = np.linalg.svd(linear, compute_uv=False)
+    return False, bool(np.linalg.det(linear) < 0), float(large), float(small)
 
-        behind, reflected, large, small = transform_check(
-            np.ascontiguousarray(transform, dtype=np.float64),
-            np.ascontiguousarray(at, dtype=np.float64))
-    else:
-        linear = _linear_part(transform, at)
-        behind = linear is None
-        if not behind:
-            reflected = np.linalg.det(linear) < 0
-            large, small = np.linalg.svd(linear, compute_uv=False)
+
+def _transform_reason(behind: bool, reflected: bool, large: float, small: float, *,
+                      max_scale_ratio: float, max_anisotropy: float,
+                      allow_reflection: bool) -> str:
     if behind:
         return "degenerate transform"
     if reflected and not allow_reflection:
@@ -309,6 +298,13 @@ def transform_problem(transform: np.ndarray, at: np.ndarray, *, max_scale_ratio:
     if large / small > max_anisotropy:
         return f"anisotropy {large / small:.1f} > {max_anisotropy:g}"
     return ""
+
+
+def transform_problem(transform: np.ndarray, at: np.ndarray, *, max_scale_ratio: float,
+                      max_anisotropy: float, allow_reflection: bool) -> str:
+    """Why ``transform`` (2, 3) / (3, 3) is degenerate near database point ``at`` (2,), or ""."""
+    return _transform_reason(*_linear_geometry(transform, at), max_scale_ratio=max_scale_ratio,
+                             max_anisotropy=max_anisotropy, allow_reflection=allow_reflection)
 
 
 def decide(pairs: np.ndarray, query_xy: np.ndarray, db_xy: np.ndarray, transform: np.ndarray,
@@ -337,25 +333,28 @@ def decide(pairs: np.ndarray, query_xy: np.ndarray, db_xy: np.ndarray, transform
     if points.compiled:
         from d2r.spatial._score_kernels import count_inliers
 
-        inside, n, near, used = count_inliers(
+        inside, n, near, used, *geometry, spread_px = count_inliers(
             pairs, query_xy.astype(np.float64), db_xy.astype(np.float64), mapped, error,
-            float(tolerance), _CHANCE_SAMPLES, *points.grid(float(tolerance)))
-        k = inside.shape[0]
+            np.ascontiguousarray(transform, dtype=np.float64), float(tolerance),
+            _CHANCE_SAMPLES, *points.grid(float(tolerance)))
         p = near / used / len(points) if used and len(points) else 1.0
     else:
         distinct = one_to_one(pairs, query_xy, db_xy, error)
         inside = np.sort(distinct[error[distinct] <= tolerance])
-        k, n = inside.shape[0], distinct.shape[0]
+        n = distinct.shape[0]
         usable = distinct[np.all(np.isfinite(mapped[distinct]), axis=1)]
         usable = usable[::max(1, usable.shape[0] // _CHANCE_SAMPLES)]
         p = inlier_probability(query_locations, mapped[usable], tolerance, points=points)
+        if inside.shape[0]:
+            geometry = _linear_geometry(transform, db_xy[inside].mean(axis=0).astype(np.float64))
+            spread_px = spread(query_xy[inside])
+    k = inside.shape[0]
     score = -_log10_nfa_one(k, n, p, SAMPLE_SIZE[model])
     if k == 0:
         return pairs[inside], score, "no inliers"
-    reason = transform_problem(transform, db_xy[inside].mean(axis=0).astype(np.float64),
-                               max_scale_ratio=max_scale_ratio, max_anisotropy=max_anisotropy,
-                               allow_reflection=allow_reflection, compiled=points.compiled)
-    if not reason and spread(query_xy[inside], compiled=points.compiled) < min_spread * tolerance:
+    reason = _transform_reason(*geometry, max_scale_ratio=max_scale_ratio,
+                               max_anisotropy=max_anisotropy, allow_reflection=allow_reflection)
+    if not reason and spread_px < min_spread * tolerance:
         reason = "inliers on a line or in a small patch"
     if not reason and k < min_inliers:
         reason = f"{k} inliers < {min_inliers}"
