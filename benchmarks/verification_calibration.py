@@ -9,7 +9,7 @@ true pairs kept on the synthetic benchmark, for the old rule and the a-contrario
 ``grace_hopper.jpg``) give ``--views`` random views each: a crop of 35-100 % of the side,
 rotated by up to 30 degrees, long side 256-640 pixels.  Every ordered (query view,
 database view) pair of *different* photographs is verified: ``21 * 20 * views**2`` pairs
-(108,000 at the default 18 views).  No benchmark query is among them.
+(136,080 at the default 18 views).  No benchmark query is among them.
 
 **True pairs.**  The synthetic benchmark (:mod:`d2r.datasets.synthetic`, default size,
 ``--seed``), Medium protocol: every query (its box) against every easy and hard positive.

@@ -1,7 +1,8 @@
-"""A retrieval method is one file plus a preset: this module defines bag-of-words with
-tf-idf weighting (Sivic & Zisserman, ICCV 2003) over the ASMK codebook, registers it,
-and runs ``build_index`` and ``query`` on it through the command lines, loaded with
-``D2R_PLUGINS=test_method_plugin``, without any other d2r file knowing about it.
+"""A retrieval method and an index kind are one file plus a preset: this module defines
+bag-of-words with tf-idf weighting (Sivic & Zisserman, ICCV 2003) over the ASMK codebook
+and the index kind holding its word counts, registers both, and runs ``build_index`` and
+``query`` on them through the command lines, loaded with ``D2R_PLUGINS=test_method_plugin``,
+without any other d2r file knowing about them.
 """
 
 from __future__ import annotations
@@ -16,11 +17,19 @@ import numpy as np
 import pytest
 
 from d2r.index.global_index import GlobalIndex
+from d2r.index.registry import register_index
 from d2r.methods import register_method
 from d2r.methods.local import LocalMethod
 from d2r.types import SearchResult
 
 HERE = Path(__file__).resolve().parent
+
+
+@register_index
+class WordCounts(GlobalIndex):
+    """Flat (N, K) rows of word counts, stored and opened under its own kind."""
+
+    kind = "word_counts"
 
 
 @register_method
@@ -34,7 +43,7 @@ class BowTfidf(LocalMethod):
     name = "bow_tfidf"
 
     def new_index(self, codebook, dim):
-        return GlobalIndex(codebook.num_words)
+        return WordCounts(codebook.num_words)
 
     def histogram(self, features, codebook, *, query: bool) -> np.ndarray:
         """(K,) float32 word counts of ``features``."""
@@ -91,7 +100,10 @@ def bow_index(tiny_dataset, tmp_path_factory):
 
 def test_plugin_method_builds_and_answers_through_the_clis(bow_index, tiny_dataset, tmp_path):
     manifest = json.loads((bow_index / "index.json").read_text())
-    assert manifest["kind"] == "global" and manifest["config"]["aggregation"]["method"] == "bow_tfidf"
+    assert manifest["kind"] == "word_counts"
+    assert manifest["config"]["aggregation"]["method"] == "bow_tfidf"
+    search = json.loads((bow_index / "search" / "manifest.json").read_text())
+    assert search["kind"] == "word_counts"
     names = json.loads((bow_index / "search" / "names.json").read_text())
     image = tiny_dataset / "jpg" / f"{names[3]}.jpg"
     _run("d2r.cli.query", "--index", bow_index, "--image", image, "--json", tmp_path / "r.json")
