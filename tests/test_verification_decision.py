@@ -169,6 +169,27 @@ def test_repeated_structure_does_not_verify(extract, name):
     assert not ransac.verify_pair(left, right, decision=NFA).verified
 
 
+def test_the_grass_halves_verify_because_they_share_a_copied_patch(extract):
+    """With the preset's ratio test the two halves of scikit-image's ``grass`` verify: not
+    a chance alignment of a repeated texture but a region of the photo copied to another
+    place (a pure translation; the grey levels around the inliers correlate > 0.7, against
+    ~0 for the halves as a whole)."""
+    gray = skimage.data.grass()
+    image = _rgb(gray)
+    left, right = extract(image[:, :256].copy()), extract(image[:, 256:].copy())
+    pair = ransac.verify_pair(left, right, decision=NFA, ratio_test=0.8)
+    assert pair.verified and pair.num_inliers >= 12
+    np.testing.assert_allclose(pair.transform[:, :2], np.eye(2), atol=0.05)
+    q = np.rint(left.locations[pair.inlier_matches[:, 0]]).astype(int)
+    d = np.rint(right.locations[pair.inlier_matches[:, 1]]).astype(int) + [256, 0]
+    levels, r = gray.astype(np.float64), 12
+    inside = np.all((np.minimum(q, d) >= r) & (np.maximum(q, d) < 512 - r), axis=1)
+    correlations = [np.corrcoef(levels[qy - r:qy + r, qx - r:qx + r].ravel(),
+                                levels[dy - r:dy + r, dx - r:dx + r].ravel())[0, 1]
+                    for (qx, qy), (dx, dy) in zip(q[inside], d[inside])]
+    assert len(correlations) >= 5 and np.median(correlations) > 0.7
+
+
 def test_photos_sharing_only_a_flat_wall_do_not_verify(extract, astronaut):
     rng = np.random.default_rng(0)
     wall = np.clip(180 + rng.normal(0, 2, (200, 512, 3)), 0, 255).astype(np.uint8)
