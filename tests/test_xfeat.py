@@ -223,3 +223,19 @@ def test_preset_builds_and_queries_through_the_clis(tiny_dataset, xfeat_weights,
     Image.fromarray(np.full((120, 160, 3), 90, np.uint8)).save(blank)
     with pytest.raises(FeaturelessQueryError, match=f"^{re.escape(str(blank))}: no local features in the image"):
         run_image(Searcher(index), blank)
+
+
+def test_the_regional_preset_builds_r_asmk_star_and_queries(tiny_dataset, xfeat_weights, tmp_path):
+    """``xfeat-d2r-r-asmk-star`` with grid regions instead of a detector (none can be
+    downloaded here): one R-ASMK* image of 64-bit codes per database image."""
+    index, results = tmp_path / "index", tmp_path / "results"
+    _cli("build-index", "--dataset-dir", str(tiny_dataset), "--out", str(index),
+         "--config", "xfeat-d2r-r-asmk-star", "--set", f"features.xfeat.weights_path={xfeat_weights}",
+         "--set", "features.xfeat.max_keypoints=512", "--set", "codebook.num_words=64",
+         "--set", "regions.source=grid", "--set", "regions.features=select")
+    manifest = json.loads((index / "index.json").read_text())
+    assert manifest["config"]["aggregation"]["method"] == "r_asmk_star"
+    assert manifest["kind"] == "inverted" and manifest["num_images"] == 16
+    _cli("query", "--index", str(index), "--dataset-dir", str(tiny_dataset), "--out", str(results),
+         "--rerank", "10")
+    assert json.loads((results / "metrics.json").read_text())["easy"]["mAP"] > 50.0
