@@ -570,13 +570,19 @@ LEGACY_VALUES: dict[str, Any] = {
 did (the extractors' sections declare theirs: :func:`legacy_values`)."""
 
 
-def legacy_values() -> dict[str, Any]:
-    """:data:`LEGACY_VALUES` and every extractor section's ``LEGACY`` keys, dotted."""
-    out = dict(LEGACY_VALUES)
+def _with_sections(table: Mapping[str, Any], attribute: str) -> dict[str, Any]:
+    """``table`` and every extractor section's class attribute ``attribute`` (a mapping of
+    its keys), the section's keys dotted as ``features.<name>.<key>``."""
+    out = dict(table)
     for name, cls in feature_sections().items():
         out.update({f"features.{name}.{key}": value
-                    for key, value in getattr(cls, "LEGACY", {}).items()})
+                    for key, value in getattr(cls, attribute, {}).items()})
     return out
+
+
+def legacy_values() -> dict[str, Any]:
+    """:data:`LEGACY_VALUES` and every extractor section's ``LEGACY`` keys, dotted."""
+    return _with_sections(LEGACY_VALUES, "LEGACY")
 
 
 def upgrade_record(record: Mapping, prefix: str = "") -> dict:
@@ -669,11 +675,7 @@ value is checked element by element; the extractors' sections declare theirs
 
 def setting_ranges() -> dict[str, str]:
     """:data:`RANGES` and every extractor section's ``RANGES`` keys, dotted."""
-    out = dict(RANGES)
-    for name, cls in feature_sections().items():
-        out.update({f"features.{name}.{key}": spec
-                    for key, spec in getattr(cls, "RANGES", {}).items()})
-    return out
+    return _with_sections(RANGES, "RANGES")
 
 
 def _in_range(value: float, spec: str) -> bool:

@@ -332,3 +332,14 @@ def test_compiled_and_numpy_decisions_agree(extract, astronaut, other, monkeypat
                 v = ransac.verify_pair(query, db, decision=NFA, **options)
                 answers.append((v.inlier_matches.tolist(), v.score, v.reason, v.verified))
             assert answers[0] == answers[1]
+
+
+def test_an_unknown_backend_is_refused_by_the_decision_as_by_the_index(monkeypatch):
+    from d2r.spatial.score import use_compiled
+
+    monkeypatch.setenv("D2R_BACKEND", "gpu")
+    with pytest.raises(ValueError, match=r"decision's backend must be one of .* got 'gpu' "
+                                         r"\(D2R_BACKEND\)"):
+        use_compiled(1)
+    monkeypatch.setenv("D2R_BACKEND", "numpy")
+    assert use_compiled(10 ** 6) is False

@@ -28,8 +28,8 @@ import os
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "binary_scores", "float_scores", "normalized_top_k", "unavailable_reason",
-           "threads"]
+__all__ = ["AVAILABLE", "BACKENDS", "binary_scores", "float_scores", "normalized_top_k",
+           "requested_backend", "unavailable_reason", "threads"]
 
 
 AVAILABLE = importlib.util.find_spec("numba") is not None
@@ -43,6 +43,20 @@ _REASON = "" if AVAILABLE else ("numba is not installed; pip install 'd2r[fast]'
 def unavailable_reason() -> str:
     """Why the compiled kernel cannot run ('' when it can)."""
     return _REASON
+
+
+BACKENDS = ("auto", "numpy", "compiled")
+"""How a computation with a compiled twin runs: ``auto`` decides by its size, or forced."""
+
+
+def requested_backend(backend: str, what: str) -> str:
+    """``backend``, or for ``"auto"`` what ``$D2R_BACKEND`` (formerly ``$D2R_KERNEL``) asks;
+    a value outside :data:`BACKENDS` raises ``ValueError`` naming ``what``."""
+    choice = backend if backend != "auto" else os.environ.get(
+        "D2R_BACKEND", os.environ.get("D2R_KERNEL", "auto"))
+    if choice not in BACKENDS:
+        raise ValueError(f"{what} must be one of {BACKENDS}, got {choice!r} (D2R_BACKEND)")
+    return choice
 
 
 _CPUS = min(8, os.cpu_count() or 1)

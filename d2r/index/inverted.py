@@ -71,7 +71,7 @@ _INT32_MAX = np.iinfo(np.int32).max
 _VECTOR_DTYPES = ("float32", "float16")
 
 
-BACKENDS = ("auto", "numpy", "compiled")
+BACKENDS = compiled.BACKENDS
 """How binary codes are scored: ``auto`` compiles when numba is installed and the index
 holds at least :data:`AUTO_MIN_POSTINGS` postings; or forced."""
 
@@ -359,11 +359,7 @@ class InvertedIndex:
         ``"auto"``, numba is installed and the index is large enough; for binary codes of
         whole 64-bit words or float32 vectors, in posting lists of ascending ids (checked
         once)."""
-        choice = self.backend if self.backend != "auto" else os.environ.get(
-            "D2R_BACKEND", os.environ.get("D2R_KERNEL", "auto"))
-        if choice not in BACKENDS:
-            raise ValueError(f"the inverted file's backend must be one of {BACKENDS}, got "
-                             f"{choice!r} (D2R_BACKEND)")
+        choice = compiled.requested_backend(self.backend, "the inverted file's backend")
         if choice == "numpy" or (self.width % 8 if self.binary else self.vector_dtype != "float32"):
             return False
         if choice == "auto" and self.num_postings < AUTO_MIN_POSTINGS:

@@ -39,7 +39,6 @@ or in one small patch.
 from __future__ import annotations
 
 import math
-import os
 import sys
 
 import numpy as np
@@ -47,6 +46,7 @@ from scipy.spatial import cKDTree
 from scipy.special import betainc, gammaln
 
 from d2r.index.compiled import AVAILABLE as COMPILED_AVAILABLE
+from d2r.index.compiled import requested_backend
 from d2r.index.compiled import unavailable_reason as compiled_unavailable_reason
 
 __all__ = [
@@ -148,7 +148,7 @@ def use_compiled(pairs: int) -> bool:
     installed), ``numpy``, or ``auto`` (default): when numba is installed and either already
     loaded in this process or the batch has :data:`COMPILED_FROM_PAIRS` pairs or more.
     Both give the same inliers, scores and reasons."""
-    choice = os.environ.get("D2R_BACKEND", os.environ.get("D2R_KERNEL", "auto"))
+    choice = requested_backend("auto", "the verification decision's backend")
     if choice == "numpy":
         return False
     if choice == "compiled" and not COMPILED_AVAILABLE:
